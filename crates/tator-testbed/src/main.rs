@@ -1,0 +1,186 @@
+//! `testbed`: run the local control plane for people and tests.
+//!
+//! - `testbed up --dir D` starts a cluster in the background (or reuses the running one) and
+//!   prints `export KUBECONFIG=…` and `export PATH=…` lines to paste or `eval`.
+//! - `testbed down --dir D` stops it and waits until every process has exited.
+//! - `testbed serve --dir D` runs a cluster in the foreground until SIGINT/SIGTERM (or, with
+//!   `--watch-stdin`, until its stdin closes: how tests tie a cluster to their own life).
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use nix::{sys::signal::Signal, unistd::Pid};
+use std::os::unix::process::CommandExt;
+use tator_testbed::{Binaries, Cluster, ClusterOptions, support::READY_FILE};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "testbed", about = "A local Kubernetes control plane for Tator operator tests")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a cluster in the foreground until interrupted.
+    Serve {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Also stop when standard input closes.
+        #[arg(long)]
+        watch_stdin: bool,
+    },
+    /// Start a cluster in the background (or reuse a running one) and print export lines.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Stop the cluster started by `up`.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve { dir, watch_stdin } => serve(&dir, watch_stdin),
+        Cmd::Up { dir } => up(&dir),
+        Cmd::Down { dir } => down(&dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("testbed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(dir: &Path, watch_stdin: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let _ = std::fs::remove_file(dir.join(READY_FILE));
+        std::fs::write(dir.join("pid"), std::process::id().to_string())?;
+        let binaries = Binaries::locate()?;
+        let mut cluster = Cluster::start(ClusterOptions::new(dir), binaries.clone()).await?;
+        std::fs::write(dir.join("bin-dir"), binaries.bin_dir.display().to_string())?;
+        std::fs::write(dir.join(READY_FILE), &cluster.server)?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let stdin_closed = async {
+            if watch_stdin {
+                // Blocking read on a thread of its own: returns on EOF or on any input.
+                let _ = tokio::task::spawn_blocking(|| {
+                    let mut buf = [0u8; 64];
+                    let _ = std::io::stdin().read(&mut buf);
+                })
+                .await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping"),
+            _ = int.recv() => info!("SIGINT: stopping"),
+            _ = stdin_closed => info!("stdin closed: stopping"),
+        }
+        let _ = std::fs::remove_file(dir.join(READY_FILE));
+        cluster.stop();
+        let _ = std::fs::remove_file(dir.join("pid"));
+        info!("every process stopped");
+        Ok(())
+    })
+}
+
+fn running_pid(dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join("pid")).ok()?.trim().parse().ok()?;
+    nix::sys::signal::kill(Pid::from_raw(pid), None).ok()?;
+    Some(pid)
+}
+
+fn print_exports(dir: &Path) -> anyhow::Result<()> {
+    let bin_dir = std::fs::read_to_string(dir.join("bin-dir"))?;
+    let dir = std::fs::canonicalize(dir)?;
+    println!("export KUBECONFIG={}", dir.join("kubeconfig").display());
+    println!("export PATH={}:$PATH", bin_dir.trim());
+    Ok(())
+}
+
+fn up(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if running_pid(dir).is_some() && dir.join(READY_FILE).is_file() {
+        eprintln!("testbed: reusing the cluster already running in {}", dir.display());
+        return print_exports(dir);
+    }
+    let log = dir.join("testbed.log");
+    let out = std::fs::File::create(&log)?;
+    let err = out.try_clone()?;
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let mut child = Command::new(exe)
+        .arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .context("starting the cluster supervisor")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !dir.join(READY_FILE).is_file() {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the cluster supervisor exited ({status}); see {}:\n{}",
+                log.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("the cluster did not become ready in 120 s; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "testbed: cluster ready in {:.1} s (log: {})",
+        started.elapsed().as_secs_f64(),
+        log.display()
+    );
+    print_exports(dir)
+}
+
+fn down(dir: &Path) -> anyhow::Result<()> {
+    let Some(pid) = running_pid(dir) else {
+        eprintln!("testbed: no cluster running in {}", dir.display());
+        return Ok(());
+    };
+    let pid = Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, Signal::SIGTERM)?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        if Instant::now() > deadline {
+            bail!("the cluster supervisor (pid {pid}) did not stop within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("testbed: cluster in {} stopped", dir.display());
+    Ok(())
+}

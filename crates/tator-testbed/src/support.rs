@@ -1,0 +1,342 @@
+//! Support for Rust integration tests: one cluster shared per test binary, extra clusters owned
+//! by a test, fresh namespaces, CRD installation and waiting with useful failure messages.
+//!
+//! Each cluster runs in its own supervisor process (`testbed serve --watch-stdin`). The test
+//! process holds the supervisor's stdin; when the test binary exits (normally, on panic or when
+//! killed) the pipe closes and the supervisor stops every control-plane process in order. A
+//! missing control plane is an error, never a skip.
+
+use std::{
+    future::Future,
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::core::v1::Namespace,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+};
+
+use crate::{Error, io_err, tail};
+
+/// Field manager the test support applies with.
+pub const FIELD_MANAGER: &str = "tator-testbed";
+/// File the supervisor writes once the cluster is healthy.
+pub const READY_FILE: &str = "ready";
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The steering repository's `shared/` folder: `TATOR_SHARED_DIR`, or `../shared` beside the
+/// clone.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("TATOR_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared"))
+}
+
+/// The `testbed` binary: `TATOR_TESTBED_BIN`, or the one cargo built beside the test binary.
+pub fn testbed_binary() -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os("TATOR_TESTBED_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(io_err(Path::new("current_exe")))?;
+    // target/<profile>/deps/<test> -> target/<profile>/testbed
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("testbed"))
+        .unwrap_or_default();
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(Error::Binaries(format!(
+            "the testbed binary is not at {}; build it with `cargo build -p tator-testbed` or set TATOR_TESTBED_BIN",
+            candidate.display()
+        )))
+    }
+}
+
+/// A cluster run by a supervisor process that this test process owns.
+pub struct TestCluster {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl TestCluster {
+    /// Starts a new cluster in a fresh folder under the system temp folder and waits for it.
+    pub fn start(label: &str) -> Result<Self, Error> {
+        let root = std::env::temp_dir();
+        let dir = root.join(format!(
+            "tator-testbed-{}-{}-{}",
+            label,
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let log = dir.join("supervisor.log");
+        let out = std::fs::File::create(&log).map_err(io_err(&log))?;
+        let err = out.try_clone().map_err(io_err(&log))?;
+        let mut child = Command::new(testbed_binary()?)
+            .arg("serve")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--watch-stdin")
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                process: "testbed serve".into(),
+                source,
+            })?;
+        let stdin = child.stdin.take();
+        let ready = dir.join(READY_FILE);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !ready.is_file() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(Error::Exited {
+                    process: "testbed serve".into(),
+                    status: status.to_string(),
+                    log: log.clone(),
+                    tail: tail(&log, 40),
+                });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Timeout {
+                    what: "the test cluster to become ready".into(),
+                    seconds: 120,
+                    last: format!("; supervisor log:\n{}", tail(&log, 40)),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Self {
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+            child,
+            stdin,
+        })
+    }
+
+    /// An admin client (create one per test: clients are bound to the test's runtime).
+    pub async fn client(&self) -> Result<Client, Error> {
+        crate::cluster::client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// Stops the cluster and waits for every process to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"stop\n");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("{:06x}", nanos & 0xff_ffff)
+}
+
+static SHARED: OnceLock<Result<Mutex<TestCluster>, String>> = OnceLock::new();
+
+/// The kubeconfig of the cluster shared by every test in this test binary, starting it on first
+/// use. It stops when the test binary exits.
+pub fn shared_kubeconfig() -> Result<PathBuf, String> {
+    let shared = SHARED.get_or_init(|| {
+        TestCluster::start("shared")
+            .map(Mutex::new)
+            .map_err(|e| e.to_string())
+    });
+    match shared {
+        Ok(cluster) => cluster
+            .lock()
+            .map(|c| c.kubeconfig.clone())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// An admin client to the shared cluster.
+pub async fn shared_client() -> Result<Client, Error> {
+    let kubeconfig = shared_kubeconfig().map_err(Error::Binaries)?;
+    crate::cluster::client_from_kubeconfig(&kubeconfig).await
+}
+
+/// Creates a fresh namespace `<prefix>-<random>`, optionally enforcing PodSecurity `restricted`.
+pub async fn namespace(client: &Client, prefix: &str, restricted: bool) -> Result<String, Error> {
+    let name = format!("{prefix}-{}", rand_suffix());
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("tator.io/test".to_string(), "true".to_string());
+    if restricted {
+        labels.insert(
+            "pod-security.kubernetes.io/enforce".to_string(),
+            "restricted".to_string(),
+        );
+        labels.insert(
+            "pod-security.kubernetes.io/enforce-version".to_string(),
+            "latest".to_string(),
+        );
+    }
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .map_err(|source| Error::Kube {
+            action: format!("creating namespace {name}"),
+            source,
+        })?;
+    Ok(name)
+}
+
+/// Reads every CustomResourceDefinition in a YAML file or in the `*.yaml` files of a folder.
+pub fn read_crds(path: &Path) -> Result<Vec<CustomResourceDefinition>, Error> {
+    let mut files = Vec::new();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(io_err(path))? {
+            let p = entry.map_err(io_err(path))?.path();
+            if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(p);
+            }
+        }
+        files.sort();
+    } else {
+        files.push(path.to_path_buf());
+    }
+    let mut crds = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(io_err(&file))?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value: serde_json::Value =
+                serde::Deserialize::deserialize(doc).map_err(|e| Error::Yaml {
+                    path: file.clone(),
+                    message: e.to_string(),
+                })?;
+            if value.is_null() {
+                continue;
+            }
+            let crd: CustomResourceDefinition =
+                serde_json::from_value(value).map_err(|e| Error::Yaml {
+                    path: file.clone(),
+                    message: e.to_string(),
+                })?;
+            crds.push(crd);
+        }
+    }
+    Ok(crds)
+}
+
+/// Installs CRDs with server-side apply and waits until each is Established.
+pub async fn install_crds(client: &Client, path: &Path) -> Result<Vec<String>, Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for mut crd in read_crds(path)? {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crd.metadata.managed_fields = None;
+        crd.metadata.resource_version = None;
+        crd.status = None;
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            action: format!("applying CRD {name}"),
+            source,
+        })?;
+        names.push(name);
+    }
+    for name in &names {
+        let api = api.clone();
+        wait_for(
+            &format!("CRD {name} to be Established"),
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await.map_err(|e| e.to_string())?;
+                    let established = crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    if established {
+                        Ok(())
+                    } else {
+                        Err("not Established yet".to_string())
+                    }
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(names)
+}
+
+/// Polls `check` every 100 ms until it returns `Ok`, or fails after `timeout` with `what` and the
+/// last state `check` described.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return Ok(v),
+            Err(state) if Instant::now() > deadline => {
+                return Err(Error::Timeout {
+                    what: what.to_string(),
+                    seconds: timeout.as_secs(),
+                    last: format!(" (last seen: {state})"),
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Builds the local test bed's binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl, etcd, kwok, helm) from Go modules pinned in tests/tools/*/go.mod, into a cache folder
+# outside the clone keyed by the pinned versions. A second run with the same pins is a no-op.
+#
+# Usage: tests/tools/build.sh [--print-bin]
+#   --print-bin  only print the bin folder the current pins map to (builds nothing)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache_root=${TATOR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tator-operator}
+
+pin() { # pin <tool dir> <module path>: the version that module is pinned to
+  awk -v m="$2" '$1 == "require" && $2 == m { print $3 } $1 == m && NF == 2 { print $2 }' "$here/$1/go.mod" | head -n1
+}
+k8s_version=$(pin kubernetes k8s.io/kubernetes)
+etcd_version=$(pin etcd go.etcd.io/etcd/server/v3)
+kwok_version=$(pin kwok sigs.k8s.io/kwok)
+helm_version=$(pin helm helm.sh/helm/v3)
+key="k8s-${k8s_version}_etcd-${etcd_version}_kwok-${kwok_version}_helm-${helm_version}"
+bin="$cache_root/$key/bin"
+
+if [[ "${1:-}" == "--print-bin" ]]; then
+  echo "$bin"
+  exit 0
+fi
+
+mkdir -p "$bin"
+log() { printf '[tools] %s\n' "$*" >&2; }
+
+build() { # build <tool dir> <output name> <package> [ldflags]
+  local dir=$1 out=$2 pkg=$3 ldflags=${4:-}
+  if [[ -x "$bin/$out" ]]; then
+    return 0
+  fi
+  log "building $out from $pkg (first build takes minutes; cached afterwards in $bin)"
+  local start=$SECONDS
+  (cd "$here/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$bin/$out.tmp" "$pkg")
+  mv "$bin/$out.tmp" "$bin/$out"
+  log "built $out in $((SECONDS - start)) s"
+}
+
+k8s_minor=$(echo "$k8s_version" | cut -d. -f2)
+stamp="-X k8s.io/component-base/version.gitVersion=${k8s_version}"
+stamp+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${k8s_minor}"
+stamp+=" -X k8s.io/component-base/version.gitTreeState=clean"
+stamp+=" -X k8s.io/client-go/pkg/version.gitVersion=${k8s_version}"
+stamp+=" -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=${k8s_minor}"
+
+build etcd etcd go.etcd.io/etcd/server/v3
+build kubernetes kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$stamp"
+build kubernetes kubectl k8s.io/kubernetes/cmd/kubectl "$stamp"
+build helm helm helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=${helm_version}"
+build kwok kwok sigs.k8s.io/kwok/cmd/kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${kwok_version#v}"
+build kubernetes kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$stamp"
+build kubernetes kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$stamp"
+
+# kwok refuses to start without stages: keep the ones shipped in its module beside the binaries.
+stages="$cache_root/$key/kwok-stages.yaml"
+if [[ ! -s "$stages" ]]; then
+  kwok_dir=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  if [[ -z "$kwok_dir" || ! -d "$kwok_dir" ]]; then
+    (cd "$here/kwok" && go mod download sigs.k8s.io/kwok)
+    kwok_dir=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  fi
+  : > "$stages.tmp"
+  for s in node/fast node/heartbeat-with-lease pod/fast pod/chaos; do
+    for f in "$kwok_dir/kustomize/stage/$s"/*.yaml; do
+      [[ "$(basename "$f")" == kustomization.yaml ]] && continue
+      { echo "---"; cat "$f"; } >> "$stages.tmp"
+    done
+  done
+  mv "$stages.tmp" "$stages"
+fi
+echo "$bin"

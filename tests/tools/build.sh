@@ -64,9 +64,10 @@ if [[ ! -s "$stages" ]]; then
     kwok_dir=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
   fi
   : > "$stages.tmp"
-  for s in node/fast node/heartbeat-with-lease pod/fast pod/chaos; do
+  for s in node/fast node/heartbeat-with-lease pod/fast pod/chaos volume/fast; do
     for f in "$kwok_dir/kustomize/stage/$s"/*.yaml; do
-      [[ "$(basename "$f")" == kustomization.yaml ]] && continue
+      # kustomization.yaml is not a Stage; the StorageClass is created by the launcher.
+      case "$(basename "$f")" in kustomization.yaml | storage-class.yaml) continue ;; esac
       { echo "---"; cat "$f"; } >> "$stages.tmp"
     done
   done

@@ -102,6 +102,8 @@ pub struct FakeNode {
     pub labels: BTreeMap<String, String>,
     /// Extended resources in addition to cpu, memory and pods (for example `nvidia.com/gpu`).
     pub extra_capacity: BTreeMap<String, String>,
+    /// Taints as `(key, value, effect)`.
+    pub taints: Vec<(String, String, String)>,
 }
 
 impl FakeNode {
@@ -116,10 +118,12 @@ impl FakeNode {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            taints: Vec::new(),
         }
     }
 
-    /// Two web/CPU worker nodes and one GPU worker, labelled the way Tator's chart expected.
+    /// Two web/CPU worker nodes and one GPU worker (tainted `nvidia.com/gpu=present:NoSchedule`),
+    /// labelled the way Tator's chart expected.
     pub fn defaults() -> Vec<Self> {
         vec![
             Self::new(
@@ -132,11 +136,18 @@ impl FakeNode {
                 &[("webServer", "yes"), ("cpuWorker", "yes")],
                 &[],
             ),
-            Self::new(
-                "kwok-gpu-0",
-                &[("gpuWorker", "yes")],
-                &[("nvidia.com/gpu", "1")],
-            ),
+            Self {
+                taints: vec![(
+                    "nvidia.com/gpu".into(),
+                    "present".into(),
+                    "NoSchedule".into(),
+                )],
+                ..Self::new(
+                    "kwok-gpu-0",
+                    &[("gpuWorker", "yes")],
+                    &[("nvidia.com/gpu", "1")],
+                )
+            },
         ]
     }
 }
@@ -343,7 +354,7 @@ impl Cluster {
                 format!("--client-ca-file={}", p("ca.crt")),
                 "--authorization-mode=RBAC".into(),
                 "--enable-admission-plugins=PodSecurity,NamespaceLifecycle,ServiceAccount,DefaultStorageClass,ResourceQuota,LimitRanger".into(),
-                format!("--service-account-key-file={}", p("sa.key")),
+                format!("--service-account-key-file={}", p("sa.pub")),
                 format!("--service-account-signing-key-file={}", p("sa.key")),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
@@ -365,7 +376,7 @@ impl Cluster {
                 "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={kcm_port}"),
                 format!("--cert-dir={}", p("kcm-certs")),
-                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle-controller".into(),
+                "--controllers=*,-nodeipam".into(),
                 "--leader-elect=false".into(),
                 "--use-service-account-credentials=true".into(),
                 format!("--service-account-private-key-file={}", p("sa.key")),
@@ -409,6 +420,7 @@ impl Cluster {
         )?;
 
         cluster.create_nodes(&client, &options.nodes).await?;
+        create_storage_class(&client).await?;
         cluster.wait_controllers(&client, &options.nodes, Duration::from_secs(60)).await?;
         if options.load_balancer_controller {
             cluster.lb = Some(tokio::spawn(crate::lb::run(client.clone())));
@@ -524,6 +536,20 @@ impl Cluster {
                     ),
                     ..Default::default()
                 },
+                spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                    taints: Some(
+                        node.taints
+                            .iter()
+                            .map(|(key, value, effect)| k8s_openapi::api::core::v1::Taint {
+                                key: key.clone(),
+                                value: Some(value.clone()),
+                                effect: effect.clone(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                    ..Default::default()
+                }),
                 status: Some(k8s_openapi::api::core::v1::NodeStatus {
                     allocatable: Some(capacity.clone()),
                     capacity: Some(capacity),
@@ -620,6 +646,43 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Default StorageClass whose claims kwok's volume stages provision and bind at once (no data is
+/// ever written: pods do not run).
+pub const STORAGE_CLASS: &str = "kwok-volume";
+
+async fn create_storage_class(client: &Client) -> Result<(), Error> {
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let sc = StorageClass {
+        metadata: ObjectMeta {
+            name: Some(STORAGE_CLASS.into()),
+            annotations: Some(
+                [(
+                    "storageclass.kubernetes.io/is-default-class".to_string(),
+                    "true".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        provisioner: "kwok.x-k8s.io/volume".into(),
+        reclaim_policy: Some("Delete".into()),
+        volume_binding_mode: Some("Immediate".into()),
+        allow_volume_expansion: Some(true),
+        ..Default::default()
+    };
+    match Api::<StorageClass>::all(client.clone())
+        .create(&PostParams::default(), &sc)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: "creating the default StorageClass".into(),
+            source,
+        }),
     }
 }
 

@@ -37,6 +37,9 @@ enum Cmd {
         /// Also stop when standard input closes.
         #[arg(long)]
         watch_stdin: bool,
+        /// Remove the folder after stopping (for throw-away test clusters).
+        #[arg(long)]
+        remove_dir: bool,
     },
     /// Start a cluster in the background (or reuse a running one) and print export lines.
     Up {
@@ -54,13 +57,17 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
+                .unwrap_or_else(|_| "info,kube=warn,kube_client=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Serve { dir, watch_stdin } => serve(&dir, watch_stdin),
+        Cmd::Serve {
+            dir,
+            watch_stdin,
+            remove_dir,
+        } => serve(&dir, watch_stdin, remove_dir),
         Cmd::Up { dir } => up(&dir),
         Cmd::Down { dir } => down(&dir),
     };
@@ -73,7 +80,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(dir: &Path, watch_stdin: bool) -> anyhow::Result<()> {
+fn serve(dir: &Path, watch_stdin: bool, remove_dir: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -106,6 +113,9 @@ fn serve(dir: &Path, watch_stdin: bool) -> anyhow::Result<()> {
         cluster.stop();
         let _ = std::fs::remove_file(dir.join("pid"));
         info!("every process stopped");
+        if remove_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         Ok(())
     })
 }

@@ -27,6 +27,8 @@ pub struct ClusterPki {
     pub scheduler: CertPair,
     /// Private key that signs ServiceAccount tokens.
     pub service_account_key_pem: String,
+    /// Its public key, which verifies them.
+    pub service_account_pub_pem: String,
 }
 
 fn pki_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> Error {
@@ -135,6 +137,7 @@ impl ClusterPki {
             controller_manager,
             scheduler,
             service_account_key_pem: sa_key.serialize_pem(),
+            service_account_pub_pem: sa_key.public_key_pem(),
         })
     }
 
@@ -146,6 +149,7 @@ impl ClusterPki {
             ("apiserver.crt", &self.serving.cert_pem),
             ("apiserver.key", &self.serving.key_pem),
             ("sa.key", &self.service_account_key_pem),
+            ("sa.pub", &self.service_account_pub_pem),
         ];
         for (name, contents) in files {
             crate::write_private(&dir.join(name), contents)?;

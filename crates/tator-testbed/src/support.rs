@@ -93,6 +93,7 @@ impl TestCluster {
             .arg("--dir")
             .arg(&dir)
             .arg("--watch-stdin")
+            .arg("--remove-dir")
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)

@@ -1,0 +1,569 @@
+//! `tator.io/v1alpha1`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{Affinity, ResourceRequirements, Toleration},
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+// Maintainer note: field docs below are user-facing (`kubectl explain`). Defaults are serde
+// defaults so that a stored object that omits a field reads back with the documented value.
+
+/// A whole Tator installation: the REST API and its workers, the UI and the NGINX entry point,
+/// kept in the state this spec describes by the Tator operator.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tator.io",
+    version = "v1alpha1",
+    kind = "TatorDeployment",
+    plural = "tatordeployments",
+    shortname = "tator",
+    category = "tator",
+    namespaced,
+    status = "TatorDeploymentStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters: child object names are derived from it")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TatorDeploymentSpec {
+    /// Tator release to run, for example "1.5.0". It selects the image tag of every Tator image.
+    /// Changing it upgrades the installation: a migrations Job with the new image must succeed
+    /// before the REST API and workers roll to it. Moving to an older release is refused.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+\\\\.[0-9]+\\\\.[0-9]+(-[0-9A-Za-z.-]+)?$')").message("version must look like 1.5.0 or 1.5.0-rc1"))]
+    #[schemars(length(max = 64))]
+    pub version: String,
+
+    /// Public DNS name of the installation (Tator's MAIN_HOST and NGINX's server_name).
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("domain must be a lowercase DNS name such as tator.example.com"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub domain: String,
+
+    /// Further DNS names the installation answers to (Tator's ALIAS_HOSTS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(a, size(a) <= 253 && a.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("each alias must be a lowercase DNS name"))]
+    pub aliases: Vec<String>,
+
+    /// Where Tator's images come from.
+    #[serde(default)]
+    pub image: ImageSettings,
+
+    /// HTTPS for the NGINX entry point. Without it NGINX serves plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+
+    /// The gunicorn REST API (Django).
+    #[serde(default)]
+    pub api: ApiSettings,
+
+    /// Background workers (python-rq queues on Redis).
+    #[serde(default)]
+    pub workers: WorkersSettings,
+
+    /// The web UI server.
+    #[serde(default)]
+    pub ui: UiSettings,
+
+    /// NGINX, the only public entry point: routes, TLS termination and the LoadBalancer Service.
+    #[serde(default)]
+    pub nginx: NginxSettings,
+
+    /// Volumes Tator keeps files on.
+    #[serde(default)]
+    pub storage: StorageSettings,
+
+    /// The database migrations Job run before each version rolls out.
+    #[serde(default)]
+    pub migrations: MigrationSettings,
+}
+
+/// Where Tator's images come from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSettings {
+    /// Registry and namespace of the Tator images, for example "cvisionai" or
+    /// "registry.example.com/tator". Images are <registry>/tator_online:<version> and
+    /// <registry>/tator_ui:<version>.
+    #[serde(default = "default_registry")]
+    #[schemars(length(min = 1, max = 200))]
+    pub registry: String,
+
+    /// Image pull policy of every Tator container.
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+
+    /// Names of Secrets in this namespace used to pull images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub pull_secrets: Vec<String>,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        Self {
+            registry: default_registry(),
+            pull_policy: PullPolicy::default(),
+            pull_secrets: Vec::new(),
+        }
+    }
+}
+
+fn default_registry() -> String {
+    "cvisionai".into()
+}
+
+/// Image pull policy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// HTTPS for the NGINX entry point.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSettings {
+    /// Name of a Secret of type kubernetes.io/tls in this namespace holding the certificate chain
+    /// (tls.crt) and key (tls.key) for the domain and its aliases.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+
+    /// Redirect plain HTTP to HTTPS (ACME HTTP-01 challenges under /.well-known/acme-challenge/
+    /// are still served over HTTP).
+    #[serde(default = "default_true")]
+    pub redirect_http: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Placement, resources and the escape hatch, shared by every component.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    /// Full image reference replacing the default image of this component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// CPU and memory requests and limits of the main container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node labels the pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Affinity rules of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// A PodTemplateSpec deep-merged over the generated one: the escape hatch for anything this
+    /// spec does not cover. Maps merge key by key; lists of named items (containers, env,
+    /// volumes, volumeMounts, ports) merge by name; other lists replace the generated list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub pod_overrides: Option<serde_json::Value>,
+}
+
+fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// The gunicorn REST API.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiSettings {
+    /// Number of API pods when autoscaling is off.
+    #[serde(default = "two")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: i32,
+
+    /// Scale the API on CPU with a HorizontalPodAutoscaler. While it is set, the operator no
+    /// longer writes the Deployment's replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+
+    /// gunicorn settings.
+    #[serde(default)]
+    pub gunicorn: Gunicorn,
+
+    #[serde(flatten)]
+    pub pod: PodSettings,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            autoscaling: None,
+            gunicorn: Gunicorn::default(),
+            pod: PodSettings::default(),
+        }
+    }
+}
+
+fn one() -> i32 {
+    1
+}
+fn two() -> i32 {
+    2
+}
+
+/// HorizontalPodAutoscaler settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+pub struct Autoscaling {
+    /// Fewest API pods.
+    #[serde(default = "two")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most API pods.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation (percent of requests) the autoscaler aims for.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// gunicorn settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Gunicorn {
+    /// gunicorn worker processes per pod.
+    #[serde(default = "default_gunicorn_workers")]
+    #[schemars(range(min = 1, max = 64))]
+    pub workers: i32,
+    /// Request timeout in seconds (long uploads and exports need a generous one).
+    #[serde(default = "default_gunicorn_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: i32,
+}
+
+impl Default for Gunicorn {
+    fn default() -> Self {
+        Self {
+            workers: default_gunicorn_workers(),
+            timeout_seconds: default_gunicorn_timeout(),
+        }
+    }
+}
+
+fn default_gunicorn_workers() -> i32 {
+    3
+}
+fn default_gunicorn_timeout() -> i32 {
+    600
+}
+
+/// Background workers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkersSettings {
+    /// The db-worker (queue db_jobs).
+    #[serde(default)]
+    pub db: WorkerSettings,
+    /// The image-worker (queue image_jobs).
+    #[serde(default)]
+    pub image: WorkerSettings,
+}
+
+/// One background worker Deployment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSettings {
+    /// Number of worker pods (0 turns the worker off).
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    #[serde(flatten)]
+    pub pod: PodSettings,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            pod: PodSettings::default(),
+        }
+    }
+}
+
+/// The web UI server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UiSettings {
+    /// Number of UI pods.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: i32,
+    #[serde(flatten)]
+    pub pod: PodSettings,
+}
+
+impl Default for UiSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            pod: PodSettings::default(),
+        }
+    }
+}
+
+/// NGINX, the public entry point.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NginxSettings {
+    /// Number of NGINX pods.
+    #[serde(default = "two")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: i32,
+
+    /// Answer every request except the health check with 503 and the maintenance page.
+    #[serde(default)]
+    pub maintenance: bool,
+
+    /// The Service in front of NGINX.
+    #[serde(default)]
+    pub service: NginxService,
+
+    #[serde(flatten)]
+    pub pod: PodSettings,
+}
+
+impl Default for NginxSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            maintenance: false,
+            service: NginxService::default(),
+            pod: PodSettings::default(),
+        }
+    }
+}
+
+/// Service type of the NGINX Service.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    #[default]
+    LoadBalancer,
+    NodePort,
+    ClusterIP,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LoadBalancer => "LoadBalancer",
+            Self::NodePort => "NodePort",
+            Self::ClusterIP => "ClusterIP",
+        }
+    }
+}
+
+/// External traffic policy of the NGINX Service.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+impl TrafficPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cluster => "Cluster",
+            Self::Local => "Local",
+        }
+    }
+}
+
+/// The Service in front of NGINX.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'LoadBalancer' || (!has(self.loadBalancerClass) && !has(self.loadBalancerIP))").message("loadBalancerClass and loadBalancerIP need service.type LoadBalancer"))]
+pub struct NginxService {
+    /// Service type. LoadBalancer (the default) publishes Tator through the cluster's load
+    /// balancer and fills status.url from its ingress address.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+
+    /// Annotations for the Service (load-balancer settings of your cloud or MetalLB).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Load-balancer implementation to use (spec.loadBalancerClass). Immutable once set, as in
+    /// Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub load_balancer_class: Option<String>,
+
+    /// Address to ask the load balancer for (spec.loadBalancerIP, honoured by MetalLB and some
+    /// clouds).
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "loadBalancerIP")]
+    #[schemars(length(max = 64))]
+    pub load_balancer_ip: Option<String>,
+
+    /// Cluster spreads traffic over every node; Local keeps client source addresses.
+    #[serde(default)]
+    pub external_traffic_policy: TrafficPolicy,
+}
+
+/// Volumes Tator keeps files on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSettings {
+    /// The shared ReadWriteMany volume mounted by the API, workers and NGINX with the
+    /// sub-folders static, media, backup and migrations. The migrations folder is persistent
+    /// state Tator's future upgrades depend on: back it up.
+    #[serde(default)]
+    pub shared: SharedVolume,
+}
+
+/// The shared ReadWriteMany volume.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.existingClaim) || !has(self.storageClassName)").message("storage.shared: existingClaim and storageClassName are mutually exclusive"))]
+#[x_kube(validation = Rule::new("has(self.existingClaim) == has(oldSelf.existingClaim) && (!has(self.existingClaim) || self.existingClaim == oldSelf.existingClaim)").message("storage.shared.existingClaim is immutable: changing it would detach Tator from its files"))]
+#[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("storage.shared.storageClassName is immutable: changing it would replace the volume and lose its files"))]
+pub struct SharedVolume {
+    /// Size of the claim the operator creates (ignored with existingClaim). It can grow when
+    /// the storage class allows expansion.
+    #[serde(default = "default_shared_size")]
+    #[schemars(length(max = 32))]
+    pub size: String,
+
+    /// Storage class of the claim the operator creates; it must support ReadWriteMany. Empty
+    /// means the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+
+    /// Use this existing PersistentVolumeClaim instead of creating one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub existing_claim: Option<String>,
+}
+
+impl Default for SharedVolume {
+    fn default() -> Self {
+        Self {
+            size: default_shared_size(),
+            storage_class_name: None,
+            existing_claim: None,
+        }
+    }
+}
+
+fn default_shared_size() -> String {
+    "100Gi".into()
+}
+
+/// The migrations Job.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationSettings {
+    /// Seconds the migrations Job may run before it is failed.
+    #[serde(default = "default_migration_deadline")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub active_deadline_seconds: i64,
+
+    #[serde(flatten)]
+    pub pod: PodSettings,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        Self {
+            active_deadline_seconds: default_migration_deadline(),
+            pod: PodSettings::default(),
+        }
+    }
+}
+
+fn default_migration_deadline() -> i64 {
+    7200
+}
+
+/// Observed state of a Tator installation.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TatorDeploymentStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Summary for display (Pending, Progressing, Upgrading, Ready, Degraded, Failed). Automation
+    /// should read the conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+
+    /// The Tator version currently serving (migrated and rolled out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// Where Tator answers, from the NGINX load-balancer ingress (or the domain when no ingress
+    /// address is known yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+
+    /// Ready, Reconciling, Stalled, Migrations and one condition per component (Api, Workers,
+    /// Ui, Nginx, Storage), each with a reason and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+
+    /// Ready and desired replicas per component.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, ComponentStatus>,
+}
+
+/// Ready and desired replicas of one component.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    pub ready: i32,
+    pub desired: i32,
+}
+
+fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = <Vec<Condition>>::json_schema(generator);
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema
+}

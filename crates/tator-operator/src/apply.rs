@@ -1,0 +1,228 @@
+//! Apply: one server-side-apply path under a fixed field manager, in a fixed order, then deletion
+//! of orphans (children carrying our labels and owner reference that were not applied this round).
+
+use std::{collections::BTreeSet, fmt::Debug};
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        batch::v1::Job,
+        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
+        policy::v1::PodDisruptionBudget,
+    },
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::info;
+
+use crate::{
+    build::{DesiredResources, common::instance_selector, storage},
+    error::Error,
+    validate::ValidatedTator,
+};
+
+/// The one field manager the operator writes with.
+pub const FIELD_MANAGER: &str = "tator-operator";
+
+/// The live objects returned by the API server for everything applied this round.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    pub claims: Vec<PersistentVolumeClaim>,
+    pub config_maps: Vec<ConfigMap>,
+    pub services: Vec<Service>,
+    pub jobs: Vec<Job>,
+    pub deployments: Vec<Deployment>,
+    pub autoscalers: Vec<HorizontalPodAutoscaler>,
+    pub disruption_budgets: Vec<PodDisruptionBudget>,
+}
+
+trait Child:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + k8s_openapi::Resource
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + Debug
+{
+}
+impl<K> Child for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug
+{
+}
+
+async fn apply_all<K: Child>(client: &Client, ns: &str, objs: Vec<K>) -> Result<Vec<K>, Error> {
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut out = Vec::with_capacity(objs.len());
+    for obj in objs {
+        let name = obj.name_any();
+        let live = api
+            .patch(&name, &params, &Patch::Apply(&obj))
+            .await
+            .map_err(|source| Error::Apply {
+                kind: <K as k8s_openapi::Resource>::KIND,
+                name: name.clone(),
+                source,
+            })?;
+        out.push(live);
+    }
+    Ok(out)
+}
+
+/// Applies every desired child in dependency order: claims, configuration, Services, Jobs,
+/// workloads, then the objects that refer to workloads.
+pub async fn apply(client: &Client, t: &ValidatedTator, desired: DesiredResources) -> Result<Applied, Error> {
+    let DesiredResources {
+        claims,
+        config_maps,
+        services,
+        jobs,
+        deployments,
+        autoscalers,
+        disruption_budgets,
+    } = desired;
+    let ns = t.namespace.as_str();
+    Ok(Applied {
+        claims: apply_all(client, ns, claims).await?,
+        config_maps: apply_all(client, ns, config_maps).await?,
+        services: apply_all(client, ns, services).await?,
+        jobs: apply_all(client, ns, jobs).await?,
+        deployments: apply_all(client, ns, deployments).await?,
+        autoscalers: apply_all(client, ns, autoscalers).await?,
+        disruption_budgets: apply_all(client, ns, disruption_budgets).await?,
+    })
+}
+
+fn names<K: Resource>(objs: &[K]) -> BTreeSet<String> {
+    objs.iter().map(|o| o.name_any()).collect()
+}
+
+async fn prune_kind<K: Child>(client: &Client, t: &ValidatedTator, keep: BTreeSet<String>) -> Result<u32, Error> {
+    let api: Api<K> = Api::namespaced(client.clone(), &t.namespace);
+    let list = api
+        .list_metadata(&ListParams::default().labels(&instance_selector(&t.name)))
+        .await
+        .map_err(|source| Error::Fetch {
+            what: format!("{} children", <K as k8s_openapi::Resource>::KIND),
+            source,
+        })?;
+    let mut deleted = 0;
+    for obj in list.items {
+        let name = obj.name_any();
+        let ours = obj
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|refs| refs.iter().any(|r| r.uid == t.owner.uid && r.controller == Some(true)));
+        if keep.contains(&name) || !ours || obj.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        info!(kind = <K as k8s_openapi::Resource>::KIND, name = %name, "deleting orphaned child");
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted += 1,
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Prune {
+                    kind: <K as k8s_openapi::Resource>::KIND,
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes children that carry this TatorDeployment's labels and controller reference but were
+/// not applied this round. Claims and Secrets hold data and are never pruned.
+pub async fn prune(client: &Client, t: &ValidatedTator, applied: &Applied) -> Result<u32, Error> {
+    let Applied {
+        claims: _,
+        config_maps,
+        services,
+        jobs,
+        deployments,
+        autoscalers,
+        disruption_budgets,
+    } = applied;
+    let mut n = 0;
+    n += prune_kind::<ConfigMap>(client, t, names(config_maps)).await?;
+    n += prune_kind::<Service>(client, t, names(services)).await?;
+    n += prune_kind::<Job>(client, t, names(jobs)).await?;
+    n += prune_kind::<Deployment>(client, t, names(deployments)).await?;
+    n += prune_kind::<HorizontalPodAutoscaler>(client, t, names(autoscalers)).await?;
+    n += prune_kind::<PodDisruptionBudget>(client, t, names(disruption_budgets)).await?;
+    Ok(n)
+}
+
+/// Creates the Django secret key Secret if it does not exist. An existing one is never rewritten.
+pub async fn ensure_django_secret(client: &Client, t: &ValidatedTator) -> Result<(), Error> {
+    use rand::{Rng, distr::Alphanumeric};
+    let api: Api<Secret> = Api::namespaced(client.clone(), &t.namespace);
+    let name = t.child_name("django");
+    let exists = api
+        .get_metadata_opt(&name)
+        .await
+        .map_err(|source| Error::Fetch {
+            what: format!("Secret {name}"),
+            source,
+        })?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    let key: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(64)
+        .map(char::from)
+        .collect();
+    let secret = storage::django_secret(t, &key);
+    match api
+        .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
+        .await
+    {
+        Ok(_) => {
+            info!(secret = %name, "generated the Django secret key");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(source) => Err(Error::Apply {
+            kind: "Secret",
+            name,
+            source,
+        }),
+    }
+}
+
+/// Whether a Secret exists (metadata only: its data is never read).
+pub async fn secret_exists(client: &Client, ns: &str, name: &str) -> Result<bool, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    api.get_metadata_opt(name)
+        .await
+        .map(|m| m.is_some())
+        .map_err(|source| Error::Fetch {
+            what: format!("Secret {name}"),
+            source,
+        })
+}
+
+/// The migrations Job by name, if it exists.
+pub async fn get_job(client: &Client, ns: &str, name: &str) -> Result<Option<Job>, Error> {
+    Api::<Job>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Fetch {
+            what: format!("Job {name}"),
+            source,
+        })
+}

@@ -1,0 +1,401 @@
+//! Pieces every builder shares: names, labels, owner references, pod security and the
+//! `podOverrides` merge.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, Container, EnvVar, EnvVarSource, LocalObjectReference, ObjectFieldSelector,
+        PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector,
+        SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tator_api::{PodSettings, labels};
+
+use crate::validate::ValidatedTator;
+
+/// Annotation on pod templates carrying a hash of the configuration they read, so that a
+/// configuration change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "tator.io/config-hash";
+/// Key of the Django secret key in its Secret.
+pub const DJANGO_SECRET_KEY: &str = "secretKey";
+/// User and group Tator containers run as (PodSecurity `restricted` needs a non-root user).
+pub const TATOR_UID: i64 = 1000;
+
+/// The labels selecting one component's pods.
+pub fn selector_labels(t: &ValidatedTator, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.to_string(), labels::APP.to_string()),
+        (labels::INSTANCE.to_string(), t.name.clone()),
+        (labels::COMPONENT.to_string(), component.to_string()),
+    ])
+}
+
+/// Every recommended label of a child object.
+pub fn child_labels(t: &ValidatedTator, component: &str, version: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = selector_labels(t, component);
+    l.insert(labels::PART_OF.into(), labels::APP.into());
+    l.insert(labels::MANAGED_BY.into(), labels::MANAGER.into());
+    if let Some(v) = version {
+        l.insert(labels::VERSION.into(), v.to_string());
+    }
+    l
+}
+
+/// Label selector matching every child of one TatorDeployment (used to prune orphans).
+pub fn instance_selector(name: &str) -> String {
+    format!(
+        "{}={},{}={}",
+        labels::INSTANCE,
+        name,
+        labels::MANAGED_BY,
+        labels::MANAGER
+    )
+}
+
+/// Metadata of a child: name, namespace, labels and the controller owner reference.
+pub fn child_meta(t: &ValidatedTator, name: String, component: &str, version: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(t.namespace.clone()),
+        labels: Some(child_labels(t, component, version)),
+        owner_references: Some(vec![t.owner.clone()]),
+        ..Default::default()
+    }
+}
+
+/// Metadata of a child that outlives its TatorDeployment (data: volumes, generated secrets).
+pub fn retained_meta(t: &ValidatedTator, name: String, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(t.namespace.clone()),
+        labels: Some(child_labels(t, component, None)),
+        ..Default::default()
+    }
+}
+
+pub fn label_selector(t: &ValidatedTator, component: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(t, component)),
+        ..Default::default()
+    }
+}
+
+/// Hex SHA-256 of some bytes, shortened to `len` characters.
+pub fn short_hash(bytes: &[u8], len: usize) -> String {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    hex[..len.min(hex.len())].to_string()
+}
+
+/// Pod security context meeting PodSecurity `restricted`.
+pub fn pod_security(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Container security context meeting PodSecurity `restricted`.
+pub fn container_security(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(read_only_root),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Spread a component's pods over nodes (best effort).
+pub fn spread(t: &ValidatedTator, component: &str) -> Vec<TopologySpreadConstraint> {
+    vec![TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "kubernetes.io/hostname".into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(label_selector(t, component)),
+        ..Default::default()
+    }]
+}
+
+/// Image pull secrets from the spec.
+pub fn pull_secrets(t: &ValidatedTator) -> Option<Vec<LocalObjectReference>> {
+    let s = &t.spec.image.pull_secrets;
+    (!s.is_empty()).then(|| {
+        s.iter()
+            .map(|n| LocalObjectReference { name: n.clone() })
+            .collect()
+    })
+}
+
+/// `<registry>/<image>:<version>`, or the component's override.
+pub fn tator_image(t: &ValidatedTator, image: &str, version: &str, pod: &PodSettings) -> String {
+    pod.image
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}:{}", t.spec.image.registry, image, version))
+}
+
+/// Name of the shared ReadWriteMany claim.
+pub fn shared_claim_name(t: &ValidatedTator) -> String {
+    t.spec
+        .storage
+        .shared
+        .existing_claim
+        .clone()
+        .unwrap_or_else(|| t.child_name("shared"))
+}
+
+/// The shared volume, as a pod volume.
+pub fn shared_volume(t: &ValidatedTator) -> Volume {
+    Volume {
+        name: "shared".into(),
+        persistent_volume_claim: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
+            claim_name: shared_claim_name(t),
+            read_only: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Mounts of the shared volume's sub-folders (`static`, `media`, `backup`, `migrations`).
+pub fn shared_mounts(subpaths: &[(&str, &str)], read_only: bool) -> Vec<VolumeMount> {
+    subpaths
+        .iter()
+        .map(|(sub, path)| VolumeMount {
+            name: "shared".into(),
+            mount_path: (*path).into(),
+            sub_path: Some((*sub).into()),
+            read_only: read_only.then_some(true),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The shared folders every Tator (Django) container mounts.
+pub const TATOR_SHARED: &[(&str, &str)] = &[
+    ("static", "/static"),
+    ("media", "/media"),
+    ("backup", "/backup"),
+    ("migrations", "/tator_online/main/migrations"),
+];
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// The environment Tator's Django processes (API, workers, migrations) expect. Secret values
+/// are always `secretKeyRef`s.
+pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
+    let spec = &t.spec;
+    vec![
+        EnvVar {
+            name: "DJANGO_SECRET_KEY".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: t.child_name("django"),
+                    key: DJANGO_SECRET_KEY.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        env("MAIN_HOST", spec.domain.clone()),
+        env("ALIAS_HOSTS", spec.aliases.join(",")),
+        env("REQUIRE_HTTPS", if spec.tls.is_some() { "TRUE" } else { "FALSE" }),
+        env("TATOR_DEBUG", "false"),
+        env("TATOR_USE_MIN_JS", "true"),
+        env("DOCKER_REGISTRY", spec.image.registry.clone()),
+        env("SYSTEM_IMAGES_REGISTRY", spec.image.registry.clone()),
+        env("GIT_VERSION", version),
+        EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
+}
+
+/// Pod-level placement settings from the component's spec.
+pub fn apply_placement(spec: &mut PodSpec, pod: &PodSettings) {
+    if !pod.node_selector.is_empty() {
+        spec.node_selector = Some(pod.node_selector.clone());
+    }
+    if !pod.tolerations.is_empty() {
+        spec.tolerations = Some(pod.tolerations.clone());
+    }
+    if pod.affinity.is_some() {
+        spec.affinity = pod.affinity.clone();
+    }
+}
+
+/// Resources of the main container: the spec's, or the component's default.
+pub fn resources_or(
+    pod: &PodSettings,
+    default: k8s_openapi::api::core::v1::ResourceRequirements,
+) -> k8s_openapi::api::core::v1::ResourceRequirements {
+    pod.resources.clone().unwrap_or(default)
+}
+
+pub fn requirements(
+    cpu_req: &str,
+    mem_req: &str,
+    mem_limit: &str,
+) -> k8s_openapi::api::core::v1::ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    k8s_openapi::api::core::v1::ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu_req.into())),
+            ("memory".to_string(), Quantity(mem_req.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(mem_limit.into()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Assembles a pod template: placement, pull secrets, then the component's `podOverrides`.
+pub fn pod_template(
+    t: &ValidatedTator,
+    component: &str,
+    version: Option<&str>,
+    mut spec: PodSpec,
+    annotations: BTreeMap<String, String>,
+    pod: &PodSettings,
+) -> PodTemplateSpec {
+    apply_placement(&mut spec, pod);
+    if spec.image_pull_secrets.is_none() {
+        spec.image_pull_secrets = pull_secrets(t);
+    }
+    let mut labels = selector_labels(t, component);
+    if let Some(v) = version {
+        labels.insert(tator_api::labels::VERSION.into(), v.into());
+    }
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..Default::default()
+        }),
+        spec: Some(spec),
+    };
+    with_overrides(template, pod.pod_overrides.as_ref())
+}
+
+/// Deep-merges `overrides` over a generated pod template. Validation has already checked that the
+/// overrides parse as a PodTemplateSpec; if the merged result does not, the generated template is
+/// kept unchanged.
+pub fn with_overrides(template: PodTemplateSpec, overrides: Option<&Value>) -> PodTemplateSpec {
+    let Some(overrides) = overrides else {
+        return template;
+    };
+    let Ok(mut base) = serde_json::to_value(&template) else {
+        return template;
+    };
+    merge(&mut base, overrides);
+    serde_json::from_value(base).unwrap_or(template)
+}
+
+/// Merges `overlay` into `base`: maps key by key (`null` removes a key), lists whose items all
+/// carry a `name` item by item by name, any other value replaces.
+pub fn merge(base: &mut Value, overlay: &Value) {
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                if v.is_null() {
+                    b.remove(k);
+                } else if let Some(existing) = b.get_mut(k) {
+                    merge(existing, v);
+                } else {
+                    b.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(o)) if named(b) && named(o) => {
+            for item in o {
+                let name = item.get("name");
+                match b.iter_mut().find(|x| x.get("name") == name) {
+                    Some(existing) => merge(existing, item),
+                    None => b.push(item.clone()),
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+fn named(items: &[Value]) -> bool {
+    items.iter().all(|i| i.get("name").is_some_and(Value::is_string))
+}
+
+/// A container with the fields every generated container sets.
+pub fn container(name: &str, image: String, pull_policy: &str, read_only_root: bool) -> Container {
+    Container {
+        name: name.into(),
+        image: Some(image),
+        image_pull_policy: Some(pull_policy.into()),
+        security_context: Some(container_security(read_only_root)),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_by_name_and_replace_other_lists() {
+        let mut base = json!({
+            "metadata": {"labels": {"a": "1"}},
+            "spec": {"containers": [{"name": "api", "image": "x", "args": ["a", "b"]}],
+                     "tolerations": [{"key": "k"}]}
+        });
+        merge(&mut base, &json!({
+            "metadata": {"labels": {"b": "2"}},
+            "spec": {"containers": [{"name": "api", "args": ["c"]}, {"name": "sidecar", "image": "s"}],
+                     "tolerations": [{"key": "z"}], "hostname": null}
+        }));
+        assert_eq!(base["metadata"]["labels"], json!({"a": "1", "b": "2"}));
+        assert_eq!(base["spec"]["containers"][0]["image"], "x");
+        assert_eq!(base["spec"]["containers"][0]["args"], json!(["c"]));
+        assert_eq!(base["spec"]["containers"][1]["name"], "sidecar");
+        assert_eq!(base["spec"]["tolerations"], json!([{"key": "z"}]));
+    }
+
+    #[test]
+    fn null_removes_a_key() {
+        let mut base = json!({"a": 1, "b": 2});
+        merge(&mut base, &json!({"a": null}));
+        assert_eq!(base, json!({"b": 2}));
+    }
+}

@@ -1,0 +1,133 @@
+//! Build: every desired child from pure functions of the validated spec and the rollout.
+
+pub mod common;
+pub mod migrations;
+pub mod nginx;
+pub mod storage;
+pub mod web;
+
+use k8s_openapi::api::{
+    apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, batch::v1::Job,
+    core::v1::{ConfigMap, PersistentVolumeClaim, Service},
+    policy::v1::PodDisruptionBudget,
+};
+
+use crate::validate::ValidatedTator;
+use migrations::Rollout;
+
+/// Every child the operator applies for one TatorDeployment, in one place so that apply
+/// destructures it exhaustively and nothing built can be left unapplied.
+#[derive(Clone, Debug, Default)]
+pub struct DesiredResources {
+    pub claims: Vec<PersistentVolumeClaim>,
+    pub config_maps: Vec<ConfigMap>,
+    pub services: Vec<Service>,
+    pub jobs: Vec<Job>,
+    pub deployments: Vec<Deployment>,
+    pub autoscalers: Vec<HorizontalPodAutoscaler>,
+    pub disruption_budgets: Vec<PodDisruptionBudget>,
+}
+
+/// Builds the desired children.
+pub fn build(t: &ValidatedTator, rollout: &Rollout) -> DesiredResources {
+    let mut d = DesiredResources::default();
+    d.claims.extend(storage::shared_claim(t));
+
+    let conf = nginx::render_conf(&nginx::NginxConfig::from_spec(t));
+    d.config_maps.push(nginx::config_map(t, &conf));
+
+    d.services.push(web::cluster_service(t, web::API, web::API_PORT));
+    d.services.push(web::cluster_service(t, web::UI, web::UI_PORT));
+    d.services.push(nginx::service(t));
+
+    d.jobs.extend(rollout.migration_job.clone());
+
+    // Tator's own processes run only once a release is migrated.
+    if let Some(v) = rollout.app_version.as_deref() {
+        d.deployments.push(web::api_deployment(t, v));
+        for w in [web::DB_WORKER, web::IMAGE_WORKER] {
+            d.deployments.push(web::worker_deployment(t, v, w));
+        }
+        d.deployments.push(web::ui_deployment(t, v));
+    }
+    d.deployments.push(nginx::deployment(t, &conf));
+
+    d.autoscalers.extend(web::api_hpa(t));
+    d.disruption_budgets.push(web::pdb(t, web::API));
+    d.disruption_budgets.push(web::pdb(t, nginx::NGINX));
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{test_fixtures::minimal, validate::validate};
+    use migrations::{JobState, decide};
+
+    fn steady(td: &tator_api::TatorDeployment) -> (ValidatedTator, Rollout) {
+        let t = validate(td).unwrap();
+        let r = decide(crate::validate::VersionPlan::Steady(t.target_version.clone()), None, JobState::Missing);
+        (t, r)
+    }
+
+    #[test]
+    fn minimal_spec_builds_the_web_tier() {
+        let (t, r) = steady(&minimal("1.5.0"));
+        let d = build(&t, &r);
+        let names: Vec<String> = d.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["tator-api", "tator-db-worker", "tator-image-worker", "tator-ui", "tator-nginx"]);
+        assert_eq!(d.services.len(), 3);
+        assert_eq!(d.claims.len(), 1);
+        assert!(d.autoscalers.is_empty());
+        let api = &d.deployments[0];
+        let pod = api.spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.containers[0].image.as_deref(), Some("cvisionai/tator_online:1.5.0"));
+        let env = pod.containers[0].env.as_ref().unwrap();
+        let secret = env.iter().find(|e| e.name == "DJANGO_SECRET_KEY").unwrap();
+        assert!(secret.value.is_none() && secret.value_from.is_some(), "secrets only by reference");
+        for obj in &d.deployments {
+            let refs = obj.metadata.owner_references.as_ref().unwrap();
+            assert_eq!(refs[0].controller, Some(true));
+            assert_eq!(obj.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"], "tator-operator");
+        }
+    }
+
+    #[test]
+    fn autoscaling_leaves_replicas_to_the_hpa() {
+        let mut td = minimal("1.5.0");
+        td.spec.api.autoscaling = Some(tator_api::Autoscaling {
+            min_replicas: 2,
+            max_replicas: 5,
+            target_cpu_utilization_percentage: 60,
+        });
+        let (t, r) = steady(&td);
+        let d = build(&t, &r);
+        assert_eq!(d.autoscalers.len(), 1);
+        assert_eq!(d.deployments[0].spec.replicas, None);
+    }
+
+    #[test]
+    fn no_tator_processes_before_the_first_migration() {
+        let td = minimal("1.5.0");
+        let t = validate(&td).unwrap();
+        let job = migrations::job(&t, "1.5.0");
+        let r = decide(t.plan(), Some(job), JobState::Running);
+        let d = build(&t, &r);
+        let names: Vec<String> = d.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["tator-nginx"]);
+        assert_eq!(d.jobs.len(), 1);
+    }
+
+    #[test]
+    fn overrides_reach_the_pod_template() {
+        let mut td = minimal("1.5.0");
+        td.spec.migrations.pod.pod_overrides = Some(serde_json::json!({
+            "metadata": {"labels": {"pod-container-running-failed.stage.kwok.x-k8s.io": "true"}}
+        }));
+        let t = validate(&td).unwrap();
+        let job = migrations::job(&t, "1.5.0");
+        let labels = job.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["pod-container-running-failed.stage.kwok.x-k8s.io"], "true");
+        assert_eq!(labels["app.kubernetes.io/component"], "migrations");
+    }
+}

@@ -1,0 +1,257 @@
+//! The REST API (gunicorn), the background workers and the UI.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        autoscaling::v2::{
+            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+            MetricSpec, MetricTarget, ResourceMetricSource,
+        },
+        core::v1::{
+            ContainerPort, PodSpec, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use super::common::*;
+use crate::validate::ValidatedTator;
+
+pub const API: &str = "api";
+pub const DB_WORKER: &str = "db-worker";
+pub const IMAGE_WORKER: &str = "image-worker";
+pub const UI: &str = "ui";
+pub const API_PORT: i32 = 8000;
+pub const UI_PORT: i32 = 3000;
+
+/// Rolling update that never takes a serving pod away before its replacement is ready.
+pub fn zero_downtime() -> DeploymentStrategy {
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(0)),
+        }),
+    }
+}
+
+fn tcp_probe(port: i32, initial: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(port),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+/// The gunicorn REST API Deployment.
+pub fn api_deployment(t: &ValidatedTator, version: &str) -> Deployment {
+    let s = &t.spec.api;
+    let mut c = container(
+        API,
+        tator_image(t, "tator_online", version, &s.pod),
+        t.spec.image.pull_policy.as_str(),
+        false,
+    );
+    c.command = Some(vec!["gunicorn".into()]);
+    c.args = Some(vec![
+        "--workers".into(),
+        s.gunicorn.workers.to_string(),
+        "--worker-class=gevent".into(),
+        "--worker-connections".into(),
+        "100".into(),
+        "--max-requests".into(),
+        "10000".into(),
+        "--timeout".into(),
+        s.gunicorn.timeout_seconds.to_string(),
+        "-b".into(),
+        format!(":{API_PORT}"),
+        "tator_online.wsgi".into(),
+    ]);
+    c.working_dir = Some("/tator_online".into());
+    c.ports = Some(vec![ContainerPort {
+        name: Some("http".into()),
+        container_port: API_PORT,
+        ..Default::default()
+    }]);
+    c.env = Some(tator_env(t, version));
+    c.volume_mounts = Some(shared_mounts(TATOR_SHARED, false));
+    c.readiness_probe = Some(tcp_probe(API_PORT, 5, 5, 3));
+    c.liveness_probe = Some(tcp_probe(API_PORT, 60, 20, 6));
+    c.resources = Some(resources_or(&s.pod, requirements("1", "4Gi", "16Gi")));
+    let spec = PodSpec {
+        containers: vec![c],
+        volumes: Some(vec![shared_volume(t)]),
+        security_context: Some(pod_security(TATOR_UID)),
+        termination_grace_period_seconds: Some(60),
+        topology_spread_constraints: Some(spread(t, API)),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: child_meta(t, t.child_name(API), API, Some(version)),
+        spec: DeploymentSpec {
+            // With autoscaling the HPA owns the replica count: leave the field out of our apply.
+            replicas: s.autoscaling.is_none().then_some(s.replicas),
+            selector: label_selector(t, API),
+            strategy: Some(zero_downtime()),
+            progress_deadline_seconds: Some(600),
+            template: pod_template(t, API, Some(version), spec, BTreeMap::new(), &s.pod),
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+/// A worker Deployment (`python3 worker.py <queue>`).
+pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> Deployment {
+    let (settings, queue) = if component == DB_WORKER {
+        (&t.spec.workers.db, "db_jobs")
+    } else {
+        (&t.spec.workers.image, "image_jobs")
+    };
+    let mut c = container(
+        component,
+        tator_image(t, "tator_online", version, &settings.pod),
+        t.spec.image.pull_policy.as_str(),
+        false,
+    );
+    c.command = Some(vec!["python3".into(), "worker.py".into(), queue.into()]);
+    c.working_dir = Some("/tator_online/main".into());
+    c.env = Some(tator_env(t, version));
+    c.volume_mounts = Some(shared_mounts(TATOR_SHARED, false));
+    c.resources = Some(resources_or(&settings.pod, requirements("500m", "1Gi", "4Gi")));
+    let spec = PodSpec {
+        containers: vec![c],
+        volumes: Some(vec![shared_volume(t)]),
+        security_context: Some(pod_security(TATOR_UID)),
+        termination_grace_period_seconds: Some(60),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: child_meta(t, t.child_name(component), component, Some(version)),
+        spec: DeploymentSpec {
+            replicas: Some(settings.replicas),
+            selector: label_selector(t, component),
+            template: pod_template(t, component, Some(version), spec, BTreeMap::new(), &settings.pod),
+            progress_deadline_seconds: Some(600),
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+/// The UI Deployment.
+pub fn ui_deployment(t: &ValidatedTator, version: &str) -> Deployment {
+    let s = &t.spec.ui;
+    let mut c = container(
+        UI,
+        tator_image(t, "tator_ui", version, &s.pod),
+        t.spec.image.pull_policy.as_str(),
+        false,
+    );
+    c.command = Some(vec!["npm".into()]);
+    c.args = Some(vec![
+        "run".into(),
+        "serve".into(),
+        "--".into(),
+        "--backend=".into(),
+        format!("--static_path=/static/{version}"),
+    ]);
+    c.ports = Some(vec![ContainerPort {
+        name: Some("http".into()),
+        container_port: UI_PORT,
+        ..Default::default()
+    }]);
+    c.readiness_probe = Some(tcp_probe(UI_PORT, 3, 5, 3));
+    c.liveness_probe = Some(tcp_probe(UI_PORT, 30, 20, 6));
+    c.resources = Some(resources_or(&s.pod, requirements("250m", "512Mi", "2Gi")));
+    let spec = PodSpec {
+        containers: vec![c],
+        security_context: Some(pod_security(TATOR_UID)),
+        topology_spread_constraints: Some(spread(t, UI)),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: child_meta(t, t.child_name(UI), UI, Some(version)),
+        spec: DeploymentSpec {
+            replicas: Some(s.replicas),
+            selector: label_selector(t, UI),
+            strategy: Some(zero_downtime()),
+            progress_deadline_seconds: Some(600),
+            template: pod_template(t, UI, Some(version), spec, BTreeMap::new(), &s.pod),
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+/// A ClusterIP Service for a component.
+pub fn cluster_service(t: &ValidatedTator, component: &str, port: i32) -> Service {
+    Service {
+        metadata: child_meta(t, t.child_name(component), component, None),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(t, component)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The API's HorizontalPodAutoscaler, when autoscaling is on.
+pub fn api_hpa(t: &ValidatedTator) -> Option<HorizontalPodAutoscaler> {
+    let a = t.spec.api.autoscaling.as_ref()?;
+    Some(HorizontalPodAutoscaler {
+        metadata: child_meta(t, t.child_name(API), API, None),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: t.child_name(API),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(a.target_cpu_utilization_percentage),
+                        ..Default::default()
+                    },
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        },
+        status: None,
+    })
+}
+
+/// A PodDisruptionBudget allowing one voluntary disruption at a time.
+pub fn pdb(t: &ValidatedTator, component: &str) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: child_meta(t, t.child_name(component), component, None),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(label_selector(t, component)),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}

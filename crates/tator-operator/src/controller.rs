@@ -1,0 +1,263 @@
+//! The controller: watches TatorDeployments and their children and runs the reconcile pipeline
+//! fetch → validate → build → apply → status.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    autoscaling::v2::HorizontalPodAutoscaler,
+    batch::v1::Job,
+    core::v1::{ConfigMap, PersistentVolumeClaim, Service},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{Action, Config as ControllerConfig},
+        events::{Event, EventType, Recorder, Reporter},
+        predicates, reflector, watcher,
+    },
+};
+use serde_json::json;
+use tator_api::{TatorDeployment, TatorDeploymentStatus, labels};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    apply::{self, FIELD_MANAGER},
+    build::{
+        self,
+        migrations::{self, JobState},
+    },
+    error::Error,
+    status::{self, Observations},
+    validate::{self, VersionPlan},
+};
+
+/// Settings of the controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch only this namespace (None: every namespace).
+    pub namespace: Option<String>,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    /// Requeue interval once Ready (a safety net: watches drive the work).
+    pub resync: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            concurrency: 4,
+            resync: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Shared state of every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures(&self, key: &str, reset: bool) -> u32 {
+        let Ok(mut map) = self.failures.lock() else { return 0 };
+        if reset {
+            map.remove(key);
+            0
+        } else {
+            let n = map.entry(key.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        }
+    }
+}
+
+fn key(td: &TatorDeployment) -> String {
+    format!("{}/{}", td.namespace().unwrap_or_default(), td.name_any())
+}
+
+async fn publish(ctx: &Context, td: &TatorDeployment, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &td.object_ref(&())).await {
+        warn!(error = %e, "could not publish an Event");
+    }
+}
+
+async fn write_status(ctx: &Context, td: &TatorDeployment, status: &TatorDeploymentStatus) -> Result<bool, Error> {
+    if !status::differs(td.status.as_ref(), status) {
+        return Ok(false);
+    }
+    let api: Api<TatorDeployment> = Api::namespaced(ctx.client.clone(), &td.namespace().unwrap_or_default());
+    let body = json!({
+        "apiVersion": TatorDeployment::api_version(&()),
+        "kind": TatorDeployment::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&td.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(Error::Status)?;
+    Ok(true)
+}
+
+/// One reconcile of one TatorDeployment.
+pub async fn reconcile(td: Arc<TatorDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!("reconcile", tator = %key(&td), generation = td.meta().generation.unwrap_or_default());
+    async move {
+        if td.meta().deletion_timestamp.is_some() {
+            // Children go with their owner references; nothing to clean up outside the cluster.
+            return Ok(Action::await_change());
+        }
+        // validate
+        let t = match validate::validate(&td) {
+            Ok(t) => t,
+            Err(e) => {
+                let generation = td.meta().generation.unwrap_or_default();
+                let msg = e.to_string();
+                let st = status::invalid_spec(td.status.as_ref(), generation, &msg);
+                if write_status(&ctx, &td, &st).await? {
+                    publish(&ctx, &td, EventType::Warning, e.category(), msg).await;
+                }
+                return Err(e);
+            }
+        };
+        // fetch
+        let plan = t.plan();
+        let (job, state) = match &plan {
+            VersionPlan::Migrate { to, .. } => {
+                let job = migrations::job(&t, &to.to_string());
+                let live = apply::get_job(&ctx.client, &t.namespace, &job.name_any()).await?;
+                let state = migrations::job_state(live.as_ref());
+                (Some(job), state)
+            }
+            _ => (None, JobState::Missing),
+        };
+        let rollout = migrations::decide(plan, job, state);
+        apply::ensure_django_secret(&ctx.client, &t).await?;
+        let mut obs = Observations::default();
+        if let Some(tls) = &t.spec.tls {
+            if !apply::secret_exists(&ctx.client, &t.namespace, &tls.secret_name).await? {
+                obs.tls_secret_missing = Some(tls.secret_name.clone());
+            }
+        }
+        // build and apply
+        let desired = build::build(&t, &rollout);
+        let applied = apply::apply(&ctx.client, &t, desired).await?;
+        let pruned = apply::prune(&ctx.client, &t, &applied).await?;
+        if pruned > 0 {
+            info!(pruned, "deleted orphaned children");
+        }
+        // status
+        let (st, conds) = status::compute(&t, &rollout, &applied, &obs);
+        let st = status::with_conditions(st, &conds, td.status.as_ref(), t.generation);
+        let old_phase = td.status.as_ref().and_then(|s| s.phase.clone());
+        let ready = st.phase.as_deref() == Some("Ready");
+        if write_status(&ctx, &td, &st).await? && old_phase != st.phase {
+            let new_phase = st.phase.clone().unwrap_or_default();
+            let (kind, reason) = if new_phase == "Failed" {
+                (EventType::Warning, "Stalled")
+            } else {
+                (EventType::Normal, "PhaseChanged")
+            };
+            let detail = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == if kind == EventType::Warning { "Stalled" } else { "Ready" })
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            let from = old_phase.unwrap_or_else(|| "None".into());
+            publish(&ctx, &td, kind, reason, format!("{from} -> {new_phase}: {detail}")).await;
+        }
+        ctx.failures(&key(&td), true);
+        Ok(if ready {
+            Action::requeue(ctx.settings.resync)
+        } else {
+            Action::requeue(Duration::from_secs(30))
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// Permanent errors wait for a spec change; transient ones back off exponentially.
+pub fn error_policy(td: Arc<TatorDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+    let n = ctx.failures(&key(&td), false);
+    warn!(tator = %key(&td), category = error.category(), error = %error, attempt = n, "reconcile failed");
+    error.action(n)
+}
+
+fn child_config() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER))
+}
+
+fn api_for<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until SIGINT/SIGTERM.
+pub async fn run(client: Client, settings: Settings) {
+    let ns = settings.namespace.clone();
+    let ns = ns.as_deref();
+    let tds: Api<TatorDeployment> = api_for(&client, ns);
+    let (reader, writer) = reflector::store();
+    // Only spec changes (generation) trigger from the resource itself: our own status writes do not.
+    let trigger = watcher(tds, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let ctx = Arc::new(Context::new(client.clone(), settings.clone()));
+    Controller::for_stream(trigger, reader)
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        .owns(api_for::<Deployment>(&client, ns), child_config())
+        .owns(api_for::<Service>(&client, ns), child_config())
+        .owns(api_for::<ConfigMap>(&client, ns), child_config())
+        .owns(api_for::<Job>(&client, ns), child_config())
+        .owns(api_for::<HorizontalPodAutoscaler>(&client, ns), child_config())
+        .owns(api_for::<PodDisruptionBudget>(&client, ns), child_config())
+        .watches(api_for::<PersistentVolumeClaim>(&client, ns), child_config(), |pvc| {
+            let instance = pvc.labels().get(labels::INSTANCE).cloned()?;
+            Some(reflector::ObjectRef::new(&instance).within(&pvc.namespace()?))
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    info!("controller stopped");
+}

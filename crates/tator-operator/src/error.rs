@@ -1,0 +1,78 @@
+//! Errors of the reconcile pipeline, each with a stable category for metrics and Events.
+
+use kube::runtime::controller::Action;
+
+/// An error from one stage of the reconcile pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec cannot be turned into a deployment; waits for a change of the spec.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+
+    /// Reading the cluster failed.
+    #[error("could not read {what}: {source}")]
+    Fetch {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    /// Server-side apply of a child failed.
+    #[error("could not apply {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    /// Deleting an orphaned child failed.
+    #[error("could not delete orphaned {kind} {name}: {source}")]
+    Prune {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    /// Writing the status failed.
+    #[error("could not write status: {0}")]
+    Status(#[source] kube::Error),
+
+    /// An object could not be serialized (a bug).
+    #[error("could not serialize {what}: {source}")]
+    Serialize {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// A stable, low-cardinality name for metrics labels and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::InvalidSpec(_) => "InvalidSpec",
+            Self::Fetch { .. } => "FetchFailed",
+            Self::Apply { .. } => "ApplyFailed",
+            Self::Prune { .. } => "PruneFailed",
+            Self::Status(_) => "StatusFailed",
+            Self::Serialize { .. } => "SerializeFailed",
+        }
+    }
+
+    /// Permanent errors wait for the user to change the spec; the rest are retried.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::InvalidSpec(_) | Self::Serialize { .. })
+    }
+
+    /// What the controller does after this error, given how many times in a row it failed.
+    pub fn action(&self, consecutive_failures: u32) -> Action {
+        if self.is_permanent() {
+            return Action::await_change();
+        }
+        let exp = consecutive_failures.min(6);
+        let secs = (1u64 << exp).min(300);
+        Action::requeue(std::time::Duration::from_secs(secs))
+    }
+}

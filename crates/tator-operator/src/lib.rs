@@ -1,0 +1,37 @@
+//! The Tator operator: runs a whole Tator deployment from one `TatorDeployment` resource.
+//!
+//! The reconcile pipeline has one module per stage: [`validate`] (spec checks and defaults),
+//! [`build`] (pure builders of every child), [`apply`] (server-side apply and pruning) and
+//! [`status`] (conditions computed from what was applied); [`controller`] wires them to watches.
+
+pub mod apply;
+pub mod build;
+pub mod controller;
+pub mod error;
+pub mod render;
+pub mod status;
+pub mod validate;
+
+#[cfg(test)]
+pub(crate) mod test_fixtures {
+    use kube::api::ObjectMeta;
+    use tator_api::{TatorDeployment, TatorDeploymentSpec};
+
+    /// A minimal TatorDeployment (domain + version), as the API server would store it.
+    pub fn minimal(version: &str) -> TatorDeployment {
+        let spec: TatorDeploymentSpec = serde_json::from_value(serde_json::json!({
+            "version": version,
+            "domain": "tator.example.com",
+        }))
+        .unwrap();
+        let mut td = TatorDeployment::new("tator", spec);
+        td.metadata = ObjectMeta {
+            name: Some("tator".into()),
+            namespace: Some("tator".into()),
+            uid: Some("0000-1111".into()),
+            generation: Some(1),
+            ..Default::default()
+        };
+        td
+    }
+}

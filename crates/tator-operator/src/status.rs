@@ -1,0 +1,357 @@
+//! Status: conditions computed from the objects the API server returned when they were applied.
+//!
+//! Conditions follow kstatus: `Ready` is True only when the generation is observed and every
+//! component is available; `Reconciling` while work is under way; `Stalled` when progress needs
+//! a person (failed migration, refused downgrade, a rollout past its deadline, an invalid spec).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Service},
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::ResourceExt;
+use tator_api::{ComponentStatus, TatorDeploymentStatus, labels};
+
+use crate::{
+    apply::Applied,
+    build::{
+        migrations::{JobState, Rollout},
+        nginx::NGINX,
+        web::{API, DB_WORKER, IMAGE_WORKER, UI},
+    },
+    validate::{ValidatedTator, VersionPlan},
+};
+
+/// One condition before timestamps are attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cond {
+    pub type_: String,
+    pub ok: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Cond {
+    fn new(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_: type_.into(),
+            ok,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Extra facts status needs that are not in the applied objects.
+#[derive(Clone, Debug, Default)]
+pub struct Observations {
+    /// The TLS Secret named in the spec is missing.
+    pub tls_secret_missing: Option<String>,
+}
+
+struct DeployState {
+    ready: i32,
+    desired: i32,
+    available: bool,
+    stalled: Option<String>,
+}
+
+fn deploy_state(d: &Deployment) -> DeployState {
+    let spec_replicas = d.spec.replicas;
+    let st = d.status.clone().unwrap_or_default();
+    let desired = spec_replicas.unwrap_or(st.replicas.unwrap_or(1));
+    let ready = st.ready_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let total = st.replicas.unwrap_or(0);
+    let observed = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    let stalled = st.conditions.unwrap_or_default().into_iter().find_map(|c| {
+        (c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+            .then(|| c.message.unwrap_or_else(|| "progress deadline exceeded".into()))
+    });
+    DeployState {
+        ready,
+        desired,
+        available: observed && updated >= desired && ready >= desired && total == updated,
+        stalled,
+    }
+}
+
+fn component_of(d: &Deployment) -> String {
+    d.labels().get(labels::COMPONENT).cloned().unwrap_or_default()
+}
+
+fn deployment_cond(type_: &str, deps: &[&Deployment], waiting_for_migration: bool) -> Cond {
+    if deps.is_empty() {
+        return if waiting_for_migration {
+            Cond::new(type_, false, "WaitingForMigrations", "starts once the database migrations have succeeded")
+        } else {
+            Cond::new(type_, false, "NotApplied", "not created yet")
+        };
+    }
+    let mut msgs = Vec::new();
+    let mut all_ok = true;
+    for d in deps {
+        let s = deploy_state(d);
+        if let Some(why) = s.stalled {
+            return Cond::new(type_, false, "ProgressDeadlineExceeded", format!("{}: {why}", d.name_any()));
+        }
+        all_ok &= s.available;
+        msgs.push(format!("{}: {}/{} ready", d.name_any(), s.ready, s.desired));
+    }
+    if all_ok {
+        Cond::new(type_, true, "Available", msgs.join("; "))
+    } else {
+        Cond::new(type_, false, "RollingOut", msgs.join("; "))
+    }
+}
+
+fn ingress_address(svc: &Service) -> Option<String> {
+    let ingress = svc.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?;
+    let first = ingress.first()?;
+    first.ip.clone().or_else(|| first.hostname.clone())
+}
+
+/// Computes the new status from what was applied this round.
+pub fn compute(
+    t: &ValidatedTator,
+    rollout: &Rollout,
+    applied: &Applied,
+    obs: &Observations,
+) -> (TatorDeploymentStatus, Vec<Cond>) {
+    let by_component = |c: &str| -> Vec<&Deployment> {
+        applied.deployments.iter().filter(|d| component_of(d) == c).collect()
+    };
+    let waiting = rollout.app_version.is_none();
+    let mut conds = vec![
+        deployment_cond("Api", &by_component(API), waiting),
+        deployment_cond(
+            "Workers",
+            &[by_component(DB_WORKER), by_component(IMAGE_WORKER)].concat(),
+            waiting,
+        ),
+        deployment_cond("Ui", &by_component(UI), waiting),
+    ];
+
+    let nginx_svc = applied.services.iter().find(|s| s.name_any() == t.child_name(NGINX));
+    let lb = t.spec.nginx.service.type_ == tator_api::ServiceType::LoadBalancer;
+    let address = nginx_svc.and_then(ingress_address);
+    let mut nginx = deployment_cond("Nginx", &by_component(NGINX), false);
+    if let Some(secret) = &obs.tls_secret_missing {
+        nginx = Cond::new("Nginx", false, "TLSSecretNotFound", format!("TLS Secret {secret} does not exist"));
+    } else if nginx.ok && lb && address.is_none() {
+        nginx = Cond::new("Nginx", false, "WaitingForLoadBalancer", "the LoadBalancer Service has no ingress address yet");
+    }
+    conds.push(nginx);
+
+    let storage = match &t.spec.storage.shared.existing_claim {
+        Some(claim) => Cond::new("Storage", true, "ExistingClaim", format!("using claim {claim}")),
+        None => match applied.claims.first() {
+            Some(pvc) => {
+                let phase = pvc.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into());
+                let ok = phase == "Bound";
+                Cond::new("Storage", ok, if ok { "Bound" } else { "Pending" }, format!("claim {} is {phase}", pvc.name_any()))
+            }
+            None => Cond::new("Storage", false, "NotApplied", "claim not created yet"),
+        },
+    };
+    conds.push(storage);
+
+    let mut stalled: Option<(String, String)> = None;
+    let migrations = match (&rollout.plan, &rollout.migration_state) {
+        (VersionPlan::Steady(v), _) => Cond::new("Migrations", true, "UpToDate", format!("release {v} is migrated")),
+        (VersionPlan::DowngradeRefused { serving, requested }, _) => {
+            let msg = format!(
+                "spec.version {requested} is older than the serving release {serving}; downgrades are refused (restore a backup of {requested} instead)"
+            );
+            stalled = Some(("DowngradeRefused".into(), msg.clone()));
+            Cond::new("Migrations", false, "DowngradeRefused", msg)
+        }
+        (VersionPlan::Migrate { to, .. }, Some(JobState::Succeeded)) => {
+            Cond::new("Migrations", true, "Succeeded", format!("migrations for {to} succeeded"))
+        }
+        (VersionPlan::Migrate { from, to }, Some(JobState::Failed(why))) => {
+            let serving = from.as_ref().map_or("nothing".to_string(), |v| format!("release {v}"));
+            let msg = format!("migrations for {to} failed: {why}; {serving} keeps serving. Fix the cause, then delete the failed Job or change the spec to retry");
+            stalled = Some(("MigrationFailed".into(), msg.clone()));
+            Cond::new("Migrations", false, "Failed", msg)
+        }
+        (VersionPlan::Migrate { to, .. }, _) => {
+            Cond::new("Migrations", false, "Running", format!("running migrations for {to}"))
+        }
+    };
+    conds.push(migrations);
+
+    if stalled.is_none() {
+        stalled = conds
+            .iter()
+            .find(|c| c.reason == "ProgressDeadlineExceeded")
+            .map(|c| ("ProgressDeadlineExceeded".to_string(), c.message.clone()));
+    }
+    let not_ready: Vec<&Cond> = conds.iter().filter(|c| !c.ok).collect();
+    let all_ok = not_ready.is_empty();
+    let ready = if all_ok {
+        Cond::new("Ready", true, "AllComponentsAvailable", "every component is available")
+    } else {
+        let summary: Vec<String> = not_ready.iter().map(|c| format!("{}: {}", c.type_, c.reason)).collect();
+        let reason = stalled.as_ref().map_or("Progressing", |(r, _)| r.as_str());
+        Cond::new("Ready", false, reason, summary.join(", "))
+    };
+    let reconciling = if all_ok || stalled.is_some() {
+        Cond::new("Reconciling", false, "Idle", "")
+    } else {
+        Cond::new("Reconciling", true, "Progressing", "waiting for components to become available")
+    };
+    let stalled_cond = match &stalled {
+        Some((reason, msg)) => Cond::new("Stalled", true, reason, msg.clone()),
+        None => Cond::new("Stalled", false, "Progressing", ""),
+    };
+    let mut all = vec![ready, reconciling, stalled_cond];
+    all.extend(conds);
+
+    let phase = if all_ok {
+        "Ready"
+    } else if stalled.is_some() {
+        "Failed"
+    } else if matches!(rollout.plan, VersionPlan::Migrate { from: Some(_), .. }) {
+        "Upgrading"
+    } else {
+        "Progressing"
+    };
+    let mut components = BTreeMap::new();
+    for d in &applied.deployments {
+        let s = deploy_state(d);
+        components.insert(component_of(d), ComponentStatus { ready: s.ready, desired: s.desired });
+    }
+    let scheme = if t.spec.tls.is_some() { "https" } else { "http" };
+    let url = if lb { address.map(|a| format!("{scheme}://{a}")) } else { Some(format!("{scheme}://{}", t.spec.domain)) };
+    let status = TatorDeploymentStatus {
+        observed_generation: Some(t.generation),
+        phase: Some(phase.into()),
+        version: rollout.app_version.clone(),
+        url,
+        conditions: Vec::new(),
+        components,
+    };
+    (status, all)
+}
+
+/// Attaches timestamps, keeping `lastTransitionTime` of conditions whose status did not change.
+pub fn with_conditions(
+    mut status: TatorDeploymentStatus,
+    conds: &[Cond],
+    previous: Option<&TatorDeploymentStatus>,
+    generation: i64,
+) -> TatorDeploymentStatus {
+    let now = Time(Timestamp::now());
+    status.conditions = conds
+        .iter()
+        .map(|c| {
+            let s = if c.ok { "True" } else { "False" };
+            let prev = previous.and_then(|p| p.conditions.iter().find(|x| x.type_ == c.type_));
+            let since = match prev {
+                Some(p) if p.status == s => p.last_transition_time.clone(),
+                _ => now.clone(),
+            };
+            Condition {
+                type_: c.type_.clone(),
+                status: s.into(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                last_transition_time: since,
+                observed_generation: Some(generation),
+            }
+        })
+        .collect();
+    status
+}
+
+/// A status for a spec that failed validation: the last known state, marked Stalled.
+pub fn invalid_spec(previous: Option<&TatorDeploymentStatus>, generation: i64, message: &str) -> TatorDeploymentStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.observed_generation = Some(generation);
+    status.phase = Some("Failed".into());
+    let mut conds: Vec<Cond> = status
+        .conditions
+        .iter()
+        .filter(|c| !matches!(c.type_.as_str(), "Ready" | "Reconciling" | "Stalled"))
+        .map(|c| Cond {
+            type_: c.type_.clone(),
+            ok: c.status == "True",
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        })
+        .collect();
+    conds.insert(0, Cond::new("Stalled", true, "InvalidSpec", message));
+    conds.insert(0, Cond::new("Reconciling", false, "InvalidSpec", ""));
+    conds.insert(0, Cond::new("Ready", false, "InvalidSpec", message));
+    with_conditions(status, &conds, previous, generation)
+}
+
+/// Whether two statuses differ in anything but condition timestamps.
+pub fn differs(a: Option<&TatorDeploymentStatus>, b: &TatorDeploymentStatus) -> bool {
+    let Some(a) = a else { return true };
+    let strip = |s: &TatorDeploymentStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        }
+        s.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
+        s
+    };
+    strip(a) != strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        build::{build, migrations::decide},
+        test_fixtures::minimal,
+        validate::validate,
+    };
+
+    #[test]
+    fn nothing_available_is_not_ready() {
+        let t = validate(&minimal("1.5.0")).unwrap();
+        let r = decide(VersionPlan::Steady(t.target_version.clone()), None, JobState::Missing);
+        let d = build(&t, &r);
+        let applied = Applied {
+            deployments: d.deployments,
+            services: d.services,
+            claims: d.claims,
+            ..Default::default()
+        };
+        let (status, conds) = compute(&t, &r, &applied, &Observations::default());
+        assert_eq!(status.phase.as_deref(), Some("Progressing"));
+        let ready = conds.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert!(!ready.ok);
+        assert!(ready.message.contains("Api: RollingOut"), "{}", ready.message);
+    }
+
+    #[test]
+    fn failed_migration_stalls_and_keeps_old_version() {
+        let mut td = minimal("1.6.0");
+        td.status = Some(TatorDeploymentStatus { version: Some("1.5.0".into()), ..Default::default() });
+        let t = validate(&td).unwrap();
+        let r = decide(t.plan(), None, JobState::Failed("BackoffLimitExceeded".into()));
+        assert_eq!(r.app_version.as_deref(), Some("1.5.0"));
+        let (status, conds) = compute(&t, &r, &Applied::default(), &Observations::default());
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+        assert_eq!(status.version.as_deref(), Some("1.5.0"));
+        let stalled = conds.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert!(stalled.ok && stalled.reason == "MigrationFailed");
+    }
+
+    #[test]
+    fn timestamps_survive_unchanged_conditions() {
+        let conds = vec![Cond::new("Ready", false, "Progressing", "x")];
+        let first = with_conditions(TatorDeploymentStatus::default(), &conds, None, 1);
+        let mut old = first.clone();
+        old.conditions[0].last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        let second = with_conditions(TatorDeploymentStatus::default(), &conds, Some(&old), 1);
+        assert_eq!(second.conditions[0].last_transition_time, Time(Timestamp::UNIX_EPOCH));
+        assert!(!differs(Some(&first), &second));
+    }
+}

@@ -1,0 +1,161 @@
+//! Validate: turn a `TatorDeployment` into a [`ValidatedTator`] that builders read.
+//!
+//! The CRD's schema and CEL rules reject most bad input at admission; what they cannot express
+//! (for example that `podOverrides` is a valid PodTemplateSpec, or a downgrade relative to the
+//! version that is serving) is checked here and reported as a permanent error.
+
+use k8s_openapi::{
+    api::core::v1::PodTemplateSpec, apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{Resource, ResourceExt};
+use semver::Version;
+use tator_api::{PodSettings, TatorDeployment, TatorDeploymentSpec};
+
+use crate::error::Error;
+
+/// Longest TatorDeployment name: child names append up to 23 characters.
+pub const MAX_NAME_LEN: usize = 40;
+
+/// A TatorDeployment whose spec has passed every check, with defaults applied.
+#[derive(Clone, Debug)]
+pub struct ValidatedTator {
+    pub name: String,
+    pub namespace: String,
+    pub generation: i64,
+    pub spec: TatorDeploymentSpec,
+    /// The release the spec asks for.
+    pub target_version: Version,
+    /// The release that is migrated and serving (from status), if any.
+    pub serving_version: Option<Version>,
+    pub owner: OwnerReference,
+}
+
+/// Where the installation stands between the serving and the requested release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VersionPlan {
+    /// The requested release is serving: nothing to migrate.
+    Steady(Version),
+    /// The requested release must be migrated before it serves.
+    Migrate { from: Option<Version>, to: Version },
+    /// The spec asks for an older release than the one serving.
+    DowngradeRefused { serving: Version, requested: Version },
+}
+
+impl ValidatedTator {
+    pub fn plan(&self) -> VersionPlan {
+        match &self.serving_version {
+            Some(serving) if *serving == self.target_version => {
+                VersionPlan::Steady(serving.clone())
+            }
+            Some(serving) if *serving > self.target_version => VersionPlan::DowngradeRefused {
+                serving: serving.clone(),
+                requested: self.target_version.clone(),
+            },
+            from => VersionPlan::Migrate {
+                from: from.clone(),
+                to: self.target_version.clone(),
+            },
+        }
+    }
+
+    /// Prefix of every child's name.
+    pub fn child_name(&self, suffix: &str) -> String {
+        format!("{}-{}", self.name, suffix)
+    }
+}
+
+fn parse_version(v: &str, what: &str) -> Result<Version, Error> {
+    Version::parse(v).map_err(|e| Error::InvalidSpec(format!("{what} {v:?} is not a release number: {e}")))
+}
+
+fn check_overrides(component: &str, pod: &PodSettings) -> Result<(), Error> {
+    if let Some(overrides) = &pod.pod_overrides {
+        serde_json::from_value::<PodTemplateSpec>(overrides.clone()).map_err(|e| {
+            Error::InvalidSpec(format!(
+                "{component}.podOverrides is not a valid PodTemplateSpec: {e}"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks a TatorDeployment and applies defaults.
+pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
+    let name = td.name_any();
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::InvalidSpec(format!(
+            "metadata.name {name:?} is longer than {MAX_NAME_LEN} characters"
+        )));
+    }
+    let namespace = td
+        .namespace()
+        .ok_or_else(|| Error::InvalidSpec("a TatorDeployment must be namespaced".into()))?;
+    let owner = td
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::InvalidSpec("the object has no uid yet".into()))?;
+    let spec = td.spec.clone();
+    let target_version = parse_version(&spec.version, "spec.version")?;
+    let serving_version = td
+        .status
+        .as_ref()
+        .and_then(|s| s.version.as_deref())
+        .and_then(|v| Version::parse(v).ok());
+    if let Some(a) = &spec.api.autoscaling {
+        if a.min_replicas > a.max_replicas {
+            return Err(Error::InvalidSpec(
+                "api.autoscaling.minReplicas must not exceed maxReplicas".into(),
+            ));
+        }
+    }
+    check_overrides("api", &spec.api.pod)?;
+    check_overrides("workers.db", &spec.workers.db.pod)?;
+    check_overrides("workers.image", &spec.workers.image.pod)?;
+    check_overrides("ui", &spec.ui.pod)?;
+    check_overrides("nginx", &spec.nginx.pod)?;
+    check_overrides("migrations", &spec.migrations.pod)?;
+    Ok(ValidatedTator {
+        name,
+        namespace,
+        generation: td.meta().generation.unwrap_or_default(),
+        spec,
+        target_version,
+        serving_version,
+        owner,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_fixtures::minimal;
+
+    #[test]
+    fn plans_follow_serving_version() {
+        let mut td = minimal("1.5.0");
+        let v = validate(&td).unwrap();
+        assert!(matches!(v.plan(), VersionPlan::Migrate { from: None, .. }));
+        td.status = Some(tator_api::TatorDeploymentStatus {
+            version: Some("1.5.0".into()),
+            ..Default::default()
+        });
+        assert_eq!(validate(&td).unwrap().plan(), VersionPlan::Steady(Version::new(1, 5, 0)));
+        td.spec.version = "1.6.0".into();
+        assert!(matches!(
+            validate(&td).unwrap().plan(),
+            VersionPlan::Migrate { from: Some(_), .. }
+        ));
+        td.spec.version = "1.4.2".into();
+        assert!(matches!(
+            validate(&td).unwrap().plan(),
+            VersionPlan::DowngradeRefused { .. }
+        ));
+    }
+
+    #[test]
+    fn invalid_overrides_are_reported_with_the_component() {
+        let mut td = minimal("1.5.0");
+        td.spec.api.pod.pod_overrides = Some(serde_json::json!({"spec": {"containers": "nope"}}));
+        let err = validate(&td).unwrap_err().to_string();
+        assert!(err.contains("api.podOverrides"), "{err}");
+    }
+}

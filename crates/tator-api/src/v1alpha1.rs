@@ -49,8 +49,7 @@ pub struct TatorDeploymentSpec {
 
     /// Further DNS names the installation answers to (Tator's ALIAS_HOSTS).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(a, size(a) <= 253 && a.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("each alias must be a lowercase DNS name"))]
+    #[schemars(schema_with = "aliases_schema")]
     pub aliases: Vec<String>,
 
     /// Where Tator's images come from.
@@ -190,6 +189,21 @@ pub struct PodSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub pod_overrides: Option<serde_json::Value>,
+}
+
+fn aliases_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "items": {
+            "type": "string",
+            "maxLength": 253,
+            "x-kubernetes-validations": [{
+                "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+                "message": "each alias must be a lowercase DNS name"
+            }]
+        }
+    })
 }
 
 fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {

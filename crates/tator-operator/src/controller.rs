@@ -3,7 +3,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -67,6 +70,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     failures: Mutex<HashMap<String, u32>>,
+    reconciles: AtomicU64,
 }
 
 impl Context {
@@ -80,7 +84,13 @@ impl Context {
             client,
             settings,
             failures: Mutex::new(HashMap::new()),
+            reconciles: AtomicU64::new(0),
         }
+    }
+
+    /// Reconciles started since this context was created.
+    pub fn reconcile_count(&self) -> u64 {
+        self.reconciles.load(Ordering::Relaxed)
     }
 
     fn failures(&self, key: &str, reset: bool) -> u32 {
@@ -132,6 +142,7 @@ async fn write_status(ctx: &Context, td: &TatorDeployment, status: &TatorDeploym
 /// One reconcile of one TatorDeployment.
 pub async fn reconcile(td: Arc<TatorDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!("reconcile", tator = %key(&td), generation = td.meta().generation.unwrap_or_default());
+    ctx.reconciles.fetch_add(1, Ordering::Relaxed);
     async move {
         if td.meta().deletion_timestamp.is_some() {
             // Children go with their owner references; nothing to clean up outside the cluster.
@@ -183,11 +194,13 @@ pub async fn reconcile(td: Arc<TatorDeployment>, ctx: Arc<Context>) -> Result<Ac
         let ready = st.phase.as_deref() == Some("Ready");
         if write_status(&ctx, &td, &st).await? && old_phase != st.phase {
             let new_phase = st.phase.clone().unwrap_or_default();
-            let (kind, reason) = if new_phase == "Failed" {
-                (EventType::Warning, "Stalled")
+            // The phase is the reason: the event recorder folds repeats of one reason into a series.
+            let kind = if new_phase == "Failed" {
+                EventType::Warning
             } else {
-                (EventType::Normal, "PhaseChanged")
+                EventType::Normal
             };
+            let reason = new_phase.as_str();
             let detail = st
                 .conditions
                 .iter()
@@ -231,7 +244,9 @@ where
 }
 
 /// Runs the controller until SIGINT/SIGTERM.
-pub async fn run(client: Client, settings: Settings) {
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let settings = ctx.settings.clone();
     let ns = settings.namespace.clone();
     let ns = ns.as_deref();
     let tds: Api<TatorDeployment> = api_for(&client, ns);
@@ -242,7 +257,6 @@ pub async fn run(client: Client, settings: Settings) {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
-    let ctx = Arc::new(Context::new(client.clone(), settings.clone()));
     Controller::for_stream(trigger, reader)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .owns(api_for::<Deployment>(&client, ns), child_config())

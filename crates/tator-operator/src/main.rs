@@ -73,7 +73,9 @@ fn run_cli() -> anyhow::Result<()> {
         } => {
             let filter = tracing_subscriber::EnvFilter::try_new(&log_level)
                 .with_context(|| format!("invalid log level {log_level:?}"))?;
-            let builder = tracing_subscriber::fmt().with_env_filter(filter);
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
             if json_logs {
                 builder.json().with_current_span(true).init();
             } else {
@@ -88,7 +90,7 @@ fn run_cli() -> anyhow::Result<()> {
                     resync: Duration::from_secs(600),
                 };
                 tracing::info!(version = env!("CARGO_PKG_VERSION"), "tator-operator starting");
-                controller::run(client, settings).await;
+                controller::run(std::sync::Arc::new(controller::Context::new(client, settings))).await;
                 Ok(())
             })
         }

@@ -115,9 +115,12 @@ pub fn decide(plan: VersionPlan, job: Option<Job>, state: JobState) -> Rollout {
         },
         VersionPlan::Migrate { from, to } => {
             if state == JobState::Succeeded {
+                // Keep the Job applied until a later reconcile reads the new serving version
+                // back from status: a reconcile from a stale cache then finds the Job done
+                // instead of running the migrations again.
                 Rollout {
                     app_version: Some(to.to_string()),
-                    migration_job: None,
+                    migration_job: job,
                     migration_state: Some(state),
                     plan,
                 }

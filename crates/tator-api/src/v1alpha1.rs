@@ -449,7 +449,11 @@ pub struct NginxService {
 
     /// Address to ask the load balancer for (spec.loadBalancerIP, honoured by MetalLB and some
     /// clouds).
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "loadBalancerIP")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "loadBalancerIP"
+    )]
     #[schemars(length(max = 64))]
     pub load_balancer_ip: Option<String>,
 
@@ -578,6 +582,9 @@ pub struct ComponentStatus {
 fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
     let mut schema = <Vec<Condition>>::json_schema(generator);
     schema.insert("x-kubernetes-list-type".into(), "map".into());
-    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
     schema
 }

@@ -81,7 +81,11 @@ async fn apply_all<K: Child>(client: &Client, ns: &str, objs: Vec<K>) -> Result<
 
 /// Applies every desired child in dependency order: claims, configuration, Services, Jobs,
 /// workloads, then the objects that refer to workloads.
-pub async fn apply(client: &Client, t: &ValidatedTator, desired: DesiredResources) -> Result<Applied, Error> {
+pub async fn apply(
+    client: &Client,
+    t: &ValidatedTator,
+    desired: DesiredResources,
+) -> Result<Applied, Error> {
     let DesiredResources {
         claims,
         config_maps,
@@ -107,7 +111,11 @@ fn names<K: Resource>(objs: &[K]) -> BTreeSet<String> {
     objs.iter().map(|o| o.name_any()).collect()
 }
 
-async fn prune_kind<K: Child>(client: &Client, t: &ValidatedTator, keep: BTreeSet<String>) -> Result<u32, Error> {
+async fn prune_kind<K: Child>(
+    client: &Client,
+    t: &ValidatedTator,
+    keep: BTreeSet<String>,
+) -> Result<u32, Error> {
     let api: Api<K> = Api::namespaced(client.clone(), &t.namespace);
     let list = api
         .list_metadata(&ListParams::default().labels(&instance_selector(&t.name)))
@@ -119,11 +127,10 @@ async fn prune_kind<K: Child>(client: &Client, t: &ValidatedTator, keep: BTreeSe
     let mut deleted = 0;
     for obj in list.items {
         let name = obj.name_any();
-        let ours = obj
-            .metadata
-            .owner_references
-            .as_ref()
-            .is_some_and(|refs| refs.iter().any(|r| r.uid == t.owner.uid && r.controller == Some(true)));
+        let ours = obj.metadata.owner_references.as_ref().is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.uid == t.owner.uid && r.controller == Some(true))
+        });
         if keep.contains(&name) || !ours || obj.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -188,7 +195,13 @@ pub async fn ensure_django_secret(client: &Client, t: &ValidatedTator) -> Result
         .collect();
     let secret = storage::django_secret(t, &key);
     match api
-        .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &secret,
+        )
         .await
     {
         Ok(_) => {

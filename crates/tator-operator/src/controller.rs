@@ -94,7 +94,9 @@ impl Context {
     }
 
     fn failures(&self, key: &str, reset: bool) -> u32 {
-        let Ok(mut map) = self.failures.lock() else { return 0 };
+        let Ok(mut map) = self.failures.lock() else {
+            return 0;
+        };
         if reset {
             map.remove(key);
             0
@@ -110,7 +112,13 @@ fn key(td: &TatorDeployment) -> String {
     format!("{}/{}", td.namespace().unwrap_or_default(), td.name_any())
 }
 
-async fn publish(ctx: &Context, td: &TatorDeployment, type_: EventType, reason: &str, note: String) {
+async fn publish(
+    ctx: &Context,
+    td: &TatorDeployment,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -123,19 +131,28 @@ async fn publish(ctx: &Context, td: &TatorDeployment, type_: EventType, reason: 
     }
 }
 
-async fn write_status(ctx: &Context, td: &TatorDeployment, status: &TatorDeploymentStatus) -> Result<bool, Error> {
+async fn write_status(
+    ctx: &Context,
+    td: &TatorDeployment,
+    status: &TatorDeploymentStatus,
+) -> Result<bool, Error> {
     if !status::differs(td.status.as_ref(), status) {
         return Ok(false);
     }
-    let api: Api<TatorDeployment> = Api::namespaced(ctx.client.clone(), &td.namespace().unwrap_or_default());
+    let api: Api<TatorDeployment> =
+        Api::namespaced(ctx.client.clone(), &td.namespace().unwrap_or_default());
     let body = json!({
         "apiVersion": TatorDeployment::api_version(&()),
         "kind": TatorDeployment::kind(&()),
         "status": status,
     });
-    api.patch_status(&td.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(Error::Status)?;
+    api.patch_status(
+        &td.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::Status)?;
     Ok(true)
 }
 
@@ -175,10 +192,10 @@ pub async fn reconcile(td: Arc<TatorDeployment>, ctx: Arc<Context>) -> Result<Ac
         let rollout = migrations::decide(plan, job, state);
         apply::ensure_django_secret(&ctx.client, &t).await?;
         let mut obs = Observations::default();
-        if let Some(tls) = &t.spec.tls {
-            if !apply::secret_exists(&ctx.client, &t.namespace, &tls.secret_name).await? {
-                obs.tls_secret_missing = Some(tls.secret_name.clone());
-            }
+        if let Some(tls) = &t.spec.tls
+            && !apply::secret_exists(&ctx.client, &t.namespace, &tls.secret_name).await?
+        {
+            obs.tls_secret_missing = Some(tls.secret_name.clone());
         }
         // build and apply
         let desired = build::build(&t, &rollout);
@@ -204,11 +221,25 @@ pub async fn reconcile(td: Arc<TatorDeployment>, ctx: Arc<Context>) -> Result<Ac
             let detail = st
                 .conditions
                 .iter()
-                .find(|c| c.type_ == if kind == EventType::Warning { "Stalled" } else { "Ready" })
+                .find(|c| {
+                    c.type_
+                        == if kind == EventType::Warning {
+                            "Stalled"
+                        } else {
+                            "Ready"
+                        }
+                })
                 .map(|c| c.message.clone())
                 .unwrap_or_default();
             let from = old_phase.unwrap_or_else(|| "None".into());
-            publish(&ctx, &td, kind, reason, format!("{from} -> {new_phase}: {detail}")).await;
+            publish(
+                &ctx,
+                &td,
+                kind,
+                reason,
+                format!("{from} -> {new_phase}: {detail}"),
+            )
+            .await;
         }
         ctx.failures(&key(&td), true);
         Ok(if ready {
@@ -263,12 +294,19 @@ pub async fn run(ctx: Arc<Context>) {
         .owns(api_for::<Service>(&client, ns), child_config())
         .owns(api_for::<ConfigMap>(&client, ns), child_config())
         .owns(api_for::<Job>(&client, ns), child_config())
-        .owns(api_for::<HorizontalPodAutoscaler>(&client, ns), child_config())
+        .owns(
+            api_for::<HorizontalPodAutoscaler>(&client, ns),
+            child_config(),
+        )
         .owns(api_for::<PodDisruptionBudget>(&client, ns), child_config())
-        .watches(api_for::<PersistentVolumeClaim>(&client, ns), child_config(), |pvc| {
-            let instance = pvc.labels().get(labels::INSTANCE).cloned()?;
-            Some(reflector::ObjectRef::new(&instance).within(&pvc.namespace()?))
-        })
+        .watches(
+            api_for::<PersistentVolumeClaim>(&client, ns),
+            child_config(),
+            |pvc| {
+                let instance = pvc.labels().get(labels::INSTANCE).cloned()?;
+                Some(reflector::ObjectRef::new(&instance).within(&pvc.namespace()?))
+            },
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))

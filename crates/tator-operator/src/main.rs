@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use tator_operator::{controller, render};
 
 #[derive(Parser)]
-#[command(name = "tator-operator", version, about = "Runs Tator deployments on Kubernetes from TatorDeployment resources")]
+#[command(
+    name = "tator-operator",
+    version,
+    about = "Runs Tator deployments on Kubernetes from TatorDeployment resources"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -60,7 +64,8 @@ fn run_cli() -> anyhow::Result<()> {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?
             } else {
-                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
             };
             print!("{}", render::render(&text)?);
             Ok(())
@@ -83,14 +88,22 @@ fn run_cli() -> anyhow::Result<()> {
             }
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to Kubernetes")?;
                 let settings = controller::Settings {
                     namespace,
                     concurrency,
                     resync: Duration::from_secs(600),
                 };
-                tracing::info!(version = env!("CARGO_PKG_VERSION"), "tator-operator starting");
-                controller::run(std::sync::Arc::new(controller::Context::new(client, settings))).await;
+                tracing::info!(
+                    version = env!("CARGO_PKG_VERSION"),
+                    "tator-operator starting"
+                );
+                controller::run(std::sync::Arc::new(controller::Context::new(
+                    client, settings,
+                )))
+                .await;
                 Ok(())
             })
         }

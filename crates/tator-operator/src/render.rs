@@ -51,7 +51,10 @@ pub fn render_values(td: &TatorDeployment) -> Result<Vec<serde_json::Value>, Err
         disruption_budgets,
     } = build::build(&t, &rollout);
     let mut out = Vec::new();
-    let ser = |e| Error::Serialize { what: "a child".into(), source: e };
+    let ser = |e| Error::Serialize {
+        what: "a child".into(),
+        source: e,
+    };
     for v in claims.iter().map(serde_json::to_value) {
         out.push(v.map_err(ser)?);
     }

@@ -67,8 +67,12 @@ fn deploy_state(d: &Deployment) -> DeployState {
     let total = st.replicas.unwrap_or(0);
     let observed = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
     let stalled = st.conditions.unwrap_or_default().into_iter().find_map(|c| {
-        (c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
-            .then(|| c.message.unwrap_or_else(|| "progress deadline exceeded".into()))
+        (c.type_.as_deref() == Some("Progressing")
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+        .then(|| {
+            c.message
+                .unwrap_or_else(|| "progress deadline exceeded".into())
+        })
     });
     DeployState {
         ready,
@@ -79,13 +83,21 @@ fn deploy_state(d: &Deployment) -> DeployState {
 }
 
 fn component_of(d: &Deployment) -> String {
-    d.labels().get(labels::COMPONENT).cloned().unwrap_or_default()
+    d.labels()
+        .get(labels::COMPONENT)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn deployment_cond(type_: &str, deps: &[&Deployment], waiting_for_migration: bool) -> Cond {
     if deps.is_empty() {
         return if waiting_for_migration {
-            Cond::new(type_, false, "WaitingForMigrations", "starts once the database migrations have succeeded")
+            Cond::new(
+                type_,
+                false,
+                "WaitingForMigrations",
+                "starts once the database migrations have succeeded",
+            )
         } else {
             Cond::new(type_, false, "NotApplied", "not created yet")
         };
@@ -95,7 +107,12 @@ fn deployment_cond(type_: &str, deps: &[&Deployment], waiting_for_migration: boo
     for d in deps {
         let s = deploy_state(d);
         if let Some(why) = s.stalled {
-            return Cond::new(type_, false, "ProgressDeadlineExceeded", format!("{}: {why}", d.name_any()));
+            return Cond::new(
+                type_,
+                false,
+                "ProgressDeadlineExceeded",
+                format!("{}: {why}", d.name_any()),
+            );
         }
         all_ok &= s.available;
         msgs.push(format!("{}: {}/{} ready", d.name_any(), s.ready, s.desired));
@@ -108,7 +125,13 @@ fn deployment_cond(type_: &str, deps: &[&Deployment], waiting_for_migration: boo
 }
 
 fn ingress_address(svc: &Service) -> Option<String> {
-    let ingress = svc.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?;
+    let ingress = svc
+        .status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?;
     let first = ingress.first()?;
     first.ip.clone().or_else(|| first.hostname.clone())
 }
@@ -121,7 +144,11 @@ pub fn compute(
     obs: &Observations,
 ) -> (TatorDeploymentStatus, Vec<Cond>) {
     let by_component = |c: &str| -> Vec<&Deployment> {
-        applied.deployments.iter().filter(|d| component_of(d) == c).collect()
+        applied
+            .deployments
+            .iter()
+            .filter(|d| component_of(d) == c)
+            .collect()
     };
     let waiting = rollout.app_version.is_none();
     let mut conds = vec![
@@ -134,24 +161,51 @@ pub fn compute(
         deployment_cond("Ui", &by_component(UI), waiting),
     ];
 
-    let nginx_svc = applied.services.iter().find(|s| s.name_any() == t.child_name(NGINX));
+    let nginx_svc = applied
+        .services
+        .iter()
+        .find(|s| s.name_any() == t.child_name(NGINX));
     let lb = t.spec.nginx.service.type_ == tator_api::ServiceType::LoadBalancer;
     let address = nginx_svc.and_then(ingress_address);
     let mut nginx = deployment_cond("Nginx", &by_component(NGINX), false);
     if let Some(secret) = &obs.tls_secret_missing {
-        nginx = Cond::new("Nginx", false, "TLSSecretNotFound", format!("TLS Secret {secret} does not exist"));
+        nginx = Cond::new(
+            "Nginx",
+            false,
+            "TLSSecretNotFound",
+            format!("TLS Secret {secret} does not exist"),
+        );
     } else if nginx.ok && lb && address.is_none() {
-        nginx = Cond::new("Nginx", false, "WaitingForLoadBalancer", "the LoadBalancer Service has no ingress address yet");
+        nginx = Cond::new(
+            "Nginx",
+            false,
+            "WaitingForLoadBalancer",
+            "the LoadBalancer Service has no ingress address yet",
+        );
     }
     conds.push(nginx);
 
     let storage = match &t.spec.storage.shared.existing_claim {
-        Some(claim) => Cond::new("Storage", true, "ExistingClaim", format!("using claim {claim}")),
+        Some(claim) => Cond::new(
+            "Storage",
+            true,
+            "ExistingClaim",
+            format!("using claim {claim}"),
+        ),
         None => match applied.claims.first() {
             Some(pvc) => {
-                let phase = pvc.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into());
+                let phase = pvc
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.clone())
+                    .unwrap_or_else(|| "Pending".into());
                 let ok = phase == "Bound";
-                Cond::new("Storage", ok, if ok { "Bound" } else { "Pending" }, format!("claim {} is {phase}", pvc.name_any()))
+                Cond::new(
+                    "Storage",
+                    ok,
+                    if ok { "Bound" } else { "Pending" },
+                    format!("claim {} is {phase}", pvc.name_any()),
+                )
             }
             None => Cond::new("Storage", false, "NotApplied", "claim not created yet"),
         },
@@ -160,7 +214,12 @@ pub fn compute(
 
     let mut stalled: Option<(String, String)> = None;
     let migrations = match (&rollout.plan, &rollout.migration_state) {
-        (VersionPlan::Steady(v), _) => Cond::new("Migrations", true, "UpToDate", format!("release {v} is migrated")),
+        (VersionPlan::Steady(v), _) => Cond::new(
+            "Migrations",
+            true,
+            "UpToDate",
+            format!("release {v} is migrated"),
+        ),
         (VersionPlan::DowngradeRefused { serving, requested }, _) => {
             let msg = format!(
                 "spec.version {requested} is older than the serving release {serving}; downgrades are refused (restore a backup of {requested} instead)"
@@ -168,18 +227,28 @@ pub fn compute(
             stalled = Some(("DowngradeRefused".into(), msg.clone()));
             Cond::new("Migrations", false, "DowngradeRefused", msg)
         }
-        (VersionPlan::Migrate { to, .. }, Some(JobState::Succeeded)) => {
-            Cond::new("Migrations", true, "Succeeded", format!("migrations for {to} succeeded"))
-        }
+        (VersionPlan::Migrate { to, .. }, Some(JobState::Succeeded)) => Cond::new(
+            "Migrations",
+            true,
+            "Succeeded",
+            format!("migrations for {to} succeeded"),
+        ),
         (VersionPlan::Migrate { from, to }, Some(JobState::Failed(why))) => {
-            let serving = from.as_ref().map_or("nothing".to_string(), |v| format!("release {v}"));
-            let msg = format!("migrations for {to} failed: {why}; {serving} keeps serving. Fix the cause, then delete the failed Job or change the spec to retry");
+            let serving = from
+                .as_ref()
+                .map_or("nothing".to_string(), |v| format!("release {v}"));
+            let msg = format!(
+                "migrations for {to} failed: {why}; {serving} keeps serving. Fix the cause, then delete the failed Job or change the spec to retry"
+            );
             stalled = Some(("MigrationFailed".into(), msg.clone()));
             Cond::new("Migrations", false, "Failed", msg)
         }
-        (VersionPlan::Migrate { to, .. }, _) => {
-            Cond::new("Migrations", false, "Running", format!("running migrations for {to}"))
-        }
+        (VersionPlan::Migrate { to, .. }, _) => Cond::new(
+            "Migrations",
+            false,
+            "Running",
+            format!("running migrations for {to}"),
+        ),
     };
     conds.push(migrations);
 
@@ -192,16 +261,29 @@ pub fn compute(
     let not_ready: Vec<&Cond> = conds.iter().filter(|c| !c.ok).collect();
     let all_ok = not_ready.is_empty();
     let ready = if all_ok {
-        Cond::new("Ready", true, "AllComponentsAvailable", "every component is available")
+        Cond::new(
+            "Ready",
+            true,
+            "AllComponentsAvailable",
+            "every component is available",
+        )
     } else {
-        let summary: Vec<String> = not_ready.iter().map(|c| format!("{}: {}", c.type_, c.reason)).collect();
+        let summary: Vec<String> = not_ready
+            .iter()
+            .map(|c| format!("{}: {}", c.type_, c.reason))
+            .collect();
         let reason = stalled.as_ref().map_or("Progressing", |(r, _)| r.as_str());
         Cond::new("Ready", false, reason, summary.join(", "))
     };
     let reconciling = if all_ok || stalled.is_some() {
         Cond::new("Reconciling", false, "Idle", "")
     } else {
-        Cond::new("Reconciling", true, "Progressing", "waiting for components to become available")
+        Cond::new(
+            "Reconciling",
+            true,
+            "Progressing",
+            "waiting for components to become available",
+        )
     };
     let stalled_cond = match &stalled {
         Some((reason, msg)) => Cond::new("Stalled", true, reason, msg.clone()),
@@ -222,10 +304,24 @@ pub fn compute(
     let mut components = BTreeMap::new();
     for d in &applied.deployments {
         let s = deploy_state(d);
-        components.insert(component_of(d), ComponentStatus { ready: s.ready, desired: s.desired });
+        components.insert(
+            component_of(d),
+            ComponentStatus {
+                ready: s.ready,
+                desired: s.desired,
+            },
+        );
     }
-    let scheme = if t.spec.tls.is_some() { "https" } else { "http" };
-    let url = if lb { address.map(|a| format!("{scheme}://{a}")) } else { Some(format!("{scheme}://{}", t.spec.domain)) };
+    let scheme = if t.spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = if lb {
+        address.map(|a| format!("{scheme}://{a}"))
+    } else {
+        Some(format!("{scheme}://{}", t.spec.domain))
+    };
     let status = TatorDeploymentStatus {
         observed_generation: Some(t.generation),
         phase: Some(phase.into()),
@@ -268,7 +364,11 @@ pub fn with_conditions(
 }
 
 /// A status for a spec that failed validation: the last known state, marked Stalled.
-pub fn invalid_spec(previous: Option<&TatorDeploymentStatus>, generation: i64, message: &str) -> TatorDeploymentStatus {
+pub fn invalid_spec(
+    previous: Option<&TatorDeploymentStatus>,
+    generation: i64,
+    message: &str,
+) -> TatorDeploymentStatus {
     let mut status = previous.cloned().unwrap_or_default();
     status.observed_generation = Some(generation);
     status.phase = Some("Failed".into());
@@ -315,7 +415,11 @@ mod tests {
     #[test]
     fn nothing_available_is_not_ready() {
         let t = validate(&minimal("1.5.0")).unwrap();
-        let r = decide(VersionPlan::Steady(t.target_version.clone()), None, JobState::Missing);
+        let r = decide(
+            VersionPlan::Steady(t.target_version.clone()),
+            None,
+            JobState::Missing,
+        );
         let d = build(&t, &r);
         let applied = Applied {
             deployments: d.deployments,
@@ -327,15 +431,26 @@ mod tests {
         assert_eq!(status.phase.as_deref(), Some("Progressing"));
         let ready = conds.iter().find(|c| c.type_ == "Ready").unwrap();
         assert!(!ready.ok);
-        assert!(ready.message.contains("Api: RollingOut"), "{}", ready.message);
+        assert!(
+            ready.message.contains("Api: RollingOut"),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]
     fn failed_migration_stalls_and_keeps_old_version() {
         let mut td = minimal("1.6.0");
-        td.status = Some(TatorDeploymentStatus { version: Some("1.5.0".into()), ..Default::default() });
+        td.status = Some(TatorDeploymentStatus {
+            version: Some("1.5.0".into()),
+            ..Default::default()
+        });
         let t = validate(&td).unwrap();
-        let r = decide(t.plan(), None, JobState::Failed("BackoffLimitExceeded".into()));
+        let r = decide(
+            t.plan(),
+            None,
+            JobState::Failed("BackoffLimitExceeded".into()),
+        );
         assert_eq!(r.app_version.as_deref(), Some("1.5.0"));
         let (status, conds) = compute(&t, &r, &Applied::default(), &Observations::default());
         assert_eq!(status.phase.as_deref(), Some("Failed"));
@@ -351,7 +466,10 @@ mod tests {
         let mut old = first.clone();
         old.conditions[0].last_transition_time = Time(Timestamp::UNIX_EPOCH);
         let second = with_conditions(TatorDeploymentStatus::default(), &conds, Some(&old), 1);
-        assert_eq!(second.conditions[0].last_transition_time, Time(Timestamp::UNIX_EPOCH));
+        assert_eq!(
+            second.conditions[0].last_transition_time,
+            Time(Timestamp::UNIX_EPOCH)
+        );
         assert!(!differs(Some(&first), &second));
     }
 }

@@ -38,7 +38,10 @@ pub enum VersionPlan {
     /// The requested release must be migrated before it serves.
     Migrate { from: Option<Version>, to: Version },
     /// The spec asks for an older release than the one serving.
-    DowngradeRefused { serving: Version, requested: Version },
+    DowngradeRefused {
+        serving: Version,
+        requested: Version,
+    },
 }
 
 impl ValidatedTator {
@@ -65,7 +68,8 @@ impl ValidatedTator {
 }
 
 fn parse_version(v: &str, what: &str) -> Result<Version, Error> {
-    Version::parse(v).map_err(|e| Error::InvalidSpec(format!("{what} {v:?} is not a release number: {e}")))
+    Version::parse(v)
+        .map_err(|e| Error::InvalidSpec(format!("{what} {v:?} is not a release number: {e}")))
 }
 
 fn check_overrides(component: &str, pod: &PodSettings) -> Result<(), Error> {
@@ -100,12 +104,12 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
         .as_ref()
         .and_then(|s| s.version.as_deref())
         .and_then(|v| Version::parse(v).ok());
-    if let Some(a) = &spec.api.autoscaling {
-        if a.min_replicas > a.max_replicas {
-            return Err(Error::InvalidSpec(
-                "api.autoscaling.minReplicas must not exceed maxReplicas".into(),
-            ));
-        }
+    if let Some(a) = &spec.api.autoscaling
+        && a.min_replicas > a.max_replicas
+    {
+        return Err(Error::InvalidSpec(
+            "api.autoscaling.minReplicas must not exceed maxReplicas".into(),
+        ));
     }
     check_overrides("api", &spec.api.pod)?;
     check_overrides("workers.db", &spec.workers.db.pod)?;
@@ -138,7 +142,10 @@ mod tests {
             version: Some("1.5.0".into()),
             ..Default::default()
         });
-        assert_eq!(validate(&td).unwrap().plan(), VersionPlan::Steady(Version::new(1, 5, 0)));
+        assert_eq!(
+            validate(&td).unwrap().plan(),
+            VersionPlan::Steady(Version::new(1, 5, 0))
+        );
         td.spec.version = "1.6.0".into();
         assert!(matches!(
             validate(&td).unwrap().plan(),

@@ -40,11 +40,20 @@ struct Env {
 
 impl Env {
     async fn new(prefix: &str) -> Self {
-        let client = shared_client().await.expect("the shared test cluster must start");
-        install_crds(&client, &workspace_root().join("crds")).await.unwrap();
+        let client = shared_client()
+            .await
+            .expect("the shared test cluster must start");
+        install_crds(&client, &workspace_root().join("crds"))
+            .await
+            .unwrap();
         let ns = namespace(&client, prefix, true).await.unwrap();
         let (ctx, task) = start_controller(&client, &ns);
-        Self { client, ns, ctx, task }
+        Self {
+            client,
+            ns,
+            ctx,
+            task,
+        }
     }
 
     fn tds(&self) -> Api<TatorDeployment> {
@@ -65,12 +74,19 @@ impl Env {
             "spec": spec,
         }))
         .unwrap();
-        self.tds().create(&PostParams::default(), &td).await.unwrap()
+        self.tds()
+            .create(&PostParams::default(), &td)
+            .await
+            .unwrap()
     }
 
     async fn patch_spec(&self, patch: Value) {
         self.tds()
-            .patch("tator", &PatchParams::default(), &Patch::Merge(json!({"spec": patch})))
+            .patch(
+                "tator",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": patch})),
+            )
             .await
             .unwrap();
     }
@@ -85,7 +101,10 @@ impl Env {
             let current = st.observed_generation == td.meta().generation;
             match ready {
                 Some(c) if c.status == "True" && current => Ok(td),
-                Some(c) => Err(format!("Ready={} {}: {} (observed {:?})", c.status, c.reason, c.message, st.observed_generation)),
+                Some(c) => Err(format!(
+                    "Ready={} {}: {} (observed {:?})",
+                    c.status, c.reason, c.message, st.observed_generation
+                )),
                 None => Err("no status yet".into()),
             }
         })
@@ -104,14 +123,20 @@ impl Env {
 
     async fn api_image(&self) -> String {
         let d: Deployment = self.api::<Deployment>().get("tator-api").await.unwrap();
-        d.spec.template.spec.unwrap().containers[0].image.clone().unwrap()
+        d.spec.template.spec.unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap()
     }
 
     /// resourceVersion of the TatorDeployment and of every child, by "Kind/name".
     async fn snapshot(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         let td = self.tds().get("tator").await.unwrap();
-        out.insert("TatorDeployment/tator".into(), td.resource_version().unwrap());
+        out.insert(
+            "TatorDeployment/tator".into(),
+            td.resource_version().unwrap(),
+        );
         let sel = instance_selector("tator");
         collect::<Deployment>(&self.client, &self.ns, &sel, &mut out).await;
         collect::<Service>(&self.client, &self.ns, &sel, &mut out).await;
@@ -144,11 +169,21 @@ fn start_controller(client: &Client, ns: &str) -> (Arc<Context>, tokio::task::Jo
 
 async fn collect<K>(client: &Client, ns: &str, sel: &str, out: &mut BTreeMap<String, String>)
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    for o in api.list_metadata(&ListParams::default().labels(sel)).await.unwrap() {
-        out.insert(format!("{}/{}", K::kind(&()), o.name_any()), o.resource_version().unwrap());
+    for o in api
+        .list_metadata(&ListParams::default().labels(sel))
+        .await
+        .unwrap()
+    {
+        out.insert(
+            format!("{}/{}", K::kind(&()), o.name_any()),
+            o.resource_version().unwrap(),
+        );
     }
 }
 
@@ -158,18 +193,33 @@ fn minimal() -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minimal_manifest_becomes_ready_in_a_restricted_namespace() {
-    let env = Env::new("op-minimal", ).await;
+    let env = Env::new("op-minimal").await;
     env.create(minimal()).await;
     let td = env.wait_ready(Duration::from_secs(90)).await;
     let st = td.status.clone().unwrap();
     let url = st.url.clone().unwrap();
     let svc: Service = env.api::<Service>().get("tator-nginx").await.unwrap();
-    let ingress = svc.status.unwrap().load_balancer.unwrap().ingress.unwrap()[0].ip.clone().unwrap();
-    assert_eq!(url, format!("http://{ingress}"), "status.url comes from the LoadBalancer ingress");
+    let ingress = svc.status.unwrap().load_balancer.unwrap().ingress.unwrap()[0]
+        .ip
+        .clone()
+        .unwrap();
+    assert_eq!(
+        url,
+        format!("http://{ingress}"),
+        "status.url comes from the LoadBalancer ingress"
+    );
     assert!(ingress.starts_with("127."));
     assert_eq!(st.version.as_deref(), Some("1.5.0"));
     assert_eq!(st.phase.as_deref(), Some("Ready"));
-    for c in ["Ready", "Api", "Workers", "Ui", "Nginx", "Storage", "Migrations"] {
+    for c in [
+        "Ready",
+        "Api",
+        "Workers",
+        "Ui",
+        "Nginx",
+        "Storage",
+        "Migrations",
+    ] {
         let (status, reason, _) = env.condition(c).await.unwrap();
         assert_eq!(status, "True", "condition {c} ({reason})");
     }
@@ -178,25 +228,53 @@ async fn minimal_manifest_becomes_ready_in_a_restricted_namespace() {
 
     let snap = env.snapshot().await;
     for child in [
-        "Deployment/tator-api", "Deployment/tator-db-worker", "Deployment/tator-image-worker",
-        "Deployment/tator-ui", "Deployment/tator-nginx", "Service/tator-api", "Service/tator-ui",
-        "Service/tator-nginx", "ConfigMap/tator-nginx-conf", "PersistentVolumeClaim/tator-shared",
-        "PodDisruptionBudget/tator-api", "PodDisruptionBudget/tator-nginx", "Secret/tator-django",
+        "Deployment/tator-api",
+        "Deployment/tator-db-worker",
+        "Deployment/tator-image-worker",
+        "Deployment/tator-ui",
+        "Deployment/tator-nginx",
+        "Service/tator-api",
+        "Service/tator-ui",
+        "Service/tator-nginx",
+        "ConfigMap/tator-nginx-conf",
+        "PersistentVolumeClaim/tator-shared",
+        "PodDisruptionBudget/tator-api",
+        "PodDisruptionBudget/tator-nginx",
+        "Secret/tator-django",
     ] {
-        assert!(snap.contains_key(child), "{child} missing; have {:?}", snap.keys());
+        assert!(
+            snap.contains_key(child),
+            "{child} missing; have {:?}",
+            snap.keys()
+        );
     }
     // Every workload child is controlled by the TatorDeployment; data is retained on deletion.
-    let deploys = env.api::<Deployment>().list(&ListParams::default()).await.unwrap();
+    let deploys = env
+        .api::<Deployment>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
     for d in deploys {
         let owner = &d.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("TatorDeployment", td.uid().unwrap().as_str(), Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("TatorDeployment", td.uid().unwrap().as_str(), Some(true))
+        );
     }
     let pvc: PersistentVolumeClaim = env.api().get("tator-shared").await.unwrap();
-    assert!(pvc.owner_references().is_empty(), "the shared claim must outlive the TatorDeployment");
+    assert!(
+        pvc.owner_references().is_empty(),
+        "the shared claim must outlive the TatorDeployment"
+    );
     // A phase change was announced.
     let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
     let evs = events.list(&ListParams::default()).await.unwrap();
-    assert!(evs.items.iter().any(|e| e.reason.as_deref() == Some("Ready")), "no Ready event");
+    assert!(
+        evs.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Ready")),
+        "no Ready event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,27 +290,50 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
     let (ctx, task) = start_controller(&env.client, &env.ns);
     env.ctx = ctx.clone();
     env.task = task;
-    wait_for("the restarted controller to reconcile", Duration::from_secs(20), || async {
-        if ctx.reconcile_count() >= 1 { Ok(()) } else { Err("no reconcile yet".into()) }
-    })
+    wait_for(
+        "the restarted controller to reconcile",
+        Duration::from_secs(20),
+        || async {
+            if ctx.reconcile_count() >= 1 {
+                Ok(())
+            } else {
+                Err("no reconcile yet".into())
+            }
+        },
+    )
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(env.snapshot().await, before, "a no-op reconcile changed a resourceVersion");
+    assert_eq!(
+        env.snapshot().await,
+        before,
+        "a no-op reconcile changed a resourceVersion"
+    );
 
     // One field of one component: only that component's Deployment changes.
     env.patch_spec(json!({"ui": {"replicas": 2}})).await;
     let deploys = env.api::<Deployment>();
     wait_for("ui scaled to 2", Duration::from_secs(30), || async {
         let d = deploys.get("tator-ui").await.map_err(|e| e.to_string())?;
-        if d.spec.replicas == Some(2) { Ok(()) } else { Err(format!("{:?}", d.spec.replicas)) }
+        if d.spec.replicas == Some(2) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", d.spec.replicas))
+        }
     })
     .await
     .unwrap();
     env.wait_ready(Duration::from_secs(60)).await;
     let after = env.snapshot().await;
-    let changed: Vec<&String> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
-    assert_eq!(changed, ["Deployment/tator-ui", "TatorDeployment/tator"], "unexpected writes");
+    let changed: Vec<&String> = after
+        .keys()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert_eq!(
+        changed,
+        ["Deployment/tator-ui", "TatorDeployment/tator"],
+        "unexpected writes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,9 +344,15 @@ async fn children_deleted_or_edited_by_hand_are_repaired() {
 
     let cms = env.api::<ConfigMap>();
     let old_uid = cms.get("tator-nginx-conf").await.unwrap().uid();
-    cms.delete("tator-nginx-conf", &DeleteParams::default()).await.unwrap();
+    cms.delete("tator-nginx-conf", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for("ConfigMap recreated", Duration::from_secs(5), || async {
-        match cms.get_opt("tator-nginx-conf").await.map_err(|e| e.to_string())? {
+        match cms
+            .get_opt("tator-nginx-conf")
+            .await
+            .map_err(|e| e.to_string())?
+        {
             Some(cm) if cm.uid() != old_uid => Ok(()),
             _ => Err("not recreated".into()),
         }
@@ -255,21 +362,35 @@ async fn children_deleted_or_edited_by_hand_are_repaired() {
 
     let deploys = env.api::<Deployment>();
     deploys
-        .patch("tator-api", &PatchParams::apply("someone-else").force(),
-               &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 7}})))
+        .patch(
+            "tator-api",
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 7}}),
+            ),
+        )
         .await
         .unwrap();
     wait_for("replicas reverted to 2", Duration::from_secs(5), || async {
         let d = deploys.get("tator-api").await.map_err(|e| e.to_string())?;
-        if d.spec.replicas == Some(2) { Ok(()) } else { Err(format!("{:?}", d.spec.replicas)) }
+        if d.spec.replicas == Some(2) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", d.spec.replicas))
+        }
     })
     .await
     .unwrap();
 
     let svcs = env.api::<Service>();
-    svcs.delete("tator-api", &DeleteParams::default()).await.unwrap();
+    svcs.delete("tator-api", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for("Service recreated", Duration::from_secs(5), || async {
-        svcs.get_opt("tator-api").await.map_err(|e| e.to_string())?.ok_or_else(|| "missing".to_string())
+        svcs.get_opt("tator-api")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "missing".to_string())
     })
     .await
     .unwrap();
@@ -277,19 +398,47 @@ async fn children_deleted_or_edited_by_hand_are_repaired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_manifests_are_rejected_with_the_cel_message() {
-    let client = shared_client().await.expect("the shared test cluster must start");
-    install_crds(&client, &workspace_root().join("crds")).await.unwrap();
+    let client = shared_client()
+        .await
+        .expect("the shared test cluster must start");
+    install_crds(&client, &workspace_root().join("crds"))
+        .await
+        .unwrap();
     let ns = namespace(&client, "op-invalid", false).await.unwrap();
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     let cases = [
-        (json!({"version": "1.5.0", "domain": "Not A Domain"}), "domain must be a lowercase DNS name"),
-        (json!({"version": "latest", "domain": "a.example.com"}), "version must look like 1.5.0"),
-        (json!({"version": "1.5.0", "domain": "a.example.com", "aliases": ["UPPER.example.com"]}), "each alias must be a lowercase DNS name"),
-        (json!({"version": "1.5.0", "domain": "a.example.com", "api": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}), "minReplicas must not exceed"),
-        (json!({"version": "1.5.0", "domain": "a.example.com", "api": {"replicas": 0}}), "spec.api.replicas"),
-        (json!({"version": "1.5.0", "domain": "a.example.com", "nginx": {"service": {"type": "ClusterIP", "loadBalancerClass": "x"}}}), "need service.type LoadBalancer"),
-        (json!({"version": "1.5.0", "domain": "a.example.com", "storage": {"shared": {"existingClaim": "a", "storageClassName": "b"}}}), "mutually exclusive"),
-        (json!({"version": "1.5.0", "domain": "a.example.com", "image": {"pullPolicy": "Sometimes"}}), "Unsupported value"),
+        (
+            json!({"version": "1.5.0", "domain": "Not A Domain"}),
+            "domain must be a lowercase DNS name",
+        ),
+        (
+            json!({"version": "latest", "domain": "a.example.com"}),
+            "version must look like 1.5.0",
+        ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "aliases": ["UPPER.example.com"]}),
+            "each alias must be a lowercase DNS name",
+        ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "api": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}),
+            "minReplicas must not exceed",
+        ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "api": {"replicas": 0}}),
+            "spec.api.replicas",
+        ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "nginx": {"service": {"type": "ClusterIP", "loadBalancerClass": "x"}}}),
+            "need service.type LoadBalancer",
+        ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "storage": {"shared": {"existingClaim": "a", "storageClassName": "b"}}}),
+            "mutually exclusive",
+        ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "image": {"pullPolicy": "Sometimes"}}),
+            "Unsupported value",
+        ),
     ];
     for (i, (spec, expected)) in cases.into_iter().enumerate() {
         let body = json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
@@ -298,29 +447,58 @@ async fn invalid_manifests_are_rejected_with_the_cel_message() {
             Ok(td) => td,
             Err(_) => {
                 // Not even representable in Rust: send it raw.
-                let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("tator.io", "v1alpha1", "TatorDeployment"));
+                let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+                    "tator.io",
+                    "v1alpha1",
+                    "TatorDeployment",
+                ));
                 let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
                 let obj: DynamicObject = serde_json::from_value(body).unwrap();
-                let err = api.create(&PostParams::default(), &obj).await.unwrap_err().to_string();
+                let err = api
+                    .create(&PostParams::default(), &obj)
+                    .await
+                    .unwrap_err()
+                    .to_string();
                 assert!(err.contains(expected), "case {i}: {err}");
                 continue;
             }
         };
-        let err = tds.create(&PostParams::default(), &td).await.unwrap_err().to_string();
-        assert!(err.contains(expected), "case {i}: expected {expected:?} in {err}");
+        let err = tds
+            .create(&PostParams::default(), &td)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(expected),
+            "case {i}: expected {expected:?} in {err}"
+        );
     }
     // A name too long for the children's names.
-    let long: TatorDeployment = serde_json::from_value(json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
-        "metadata": {"name": "a".repeat(41)}, "spec": minimal()})).unwrap();
-    let err = tds.create(&PostParams::default(), &long).await.unwrap_err().to_string();
+    let long: TatorDeployment = serde_json::from_value(
+        json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+        "metadata": {"name": "a".repeat(41)}, "spec": minimal()}),
+    )
+    .unwrap();
+    let err = tds
+        .create(&PostParams::default(), &long)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("at most 40 characters"), "{err}");
     // Immutable: the storage class of the shared volume.
-    let ok: TatorDeployment = serde_json::from_value(json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+    let ok: TatorDeployment = serde_json::from_value(
+        json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
         "metadata": {"name": "ok"}, "spec": {"version": "1.5.0", "domain": "a.example.com",
-        "storage": {"shared": {"storageClassName": "fast"}}}})).unwrap();
+        "storage": {"shared": {"storageClassName": "fast"}}}}),
+    )
+    .unwrap();
     tds.create(&PostParams::default(), &ok).await.unwrap();
     let err = tds
-        .patch("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"storage": {"shared": {"storageClassName": "slow"}}}})))
+        .patch(
+            "ok",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"storage": {"shared": {"storageClassName": "slow"}}}})),
+        )
         .await
         .unwrap_err()
         .to_string();
@@ -332,16 +510,25 @@ fn subset(rendered: &Value, live: &Value, path: &str) -> Result<(), String> {
     match (rendered, live) {
         (Value::Object(r), Value::Object(l)) => {
             for (k, v) in r {
-                let lv = l.get(k).ok_or_else(|| format!("{path}.{k} missing in the cluster"))?;
+                let lv = l
+                    .get(k)
+                    .ok_or_else(|| format!("{path}.{k} missing in the cluster"))?;
                 subset(v, lv, &format!("{path}.{k}"))?;
             }
             Ok(())
         }
         (Value::Array(r), Value::Array(l)) => {
             if r.len() != l.len() {
-                return Err(format!("{path}: {} items rendered, {} in the cluster", r.len(), l.len()));
+                return Err(format!(
+                    "{path}: {} items rendered, {} in the cluster",
+                    r.len(),
+                    l.len()
+                ));
             }
-            r.iter().zip(l).enumerate().try_for_each(|(i, (a, b))| subset(a, b, &format!("{path}[{i}]")))
+            r.iter()
+                .zip(l)
+                .enumerate()
+                .try_for_each(|(i, (a, b))| subset(a, b, &format!("{path}[{i}]")))
         }
         (a, b) if a == b => Ok(()),
         (a, b) => Err(format!("{path}: rendered {a}, cluster has {b}")),
@@ -362,7 +549,10 @@ async fn render_output_equals_what_the_cluster_received() {
         let name = obj["metadata"]["name"].as_str().unwrap().to_string();
         let (group, version) = match obj["apiVersion"].as_str().unwrap().split_once('/') {
             Some((g, v)) => (g.to_string(), v.to_string()),
-            None => (String::new(), obj["apiVersion"].as_str().unwrap().to_string()),
+            None => (
+                String::new(),
+                obj["apiVersion"].as_str().unwrap().to_string(),
+            ),
         };
         let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(&group, &version, &kind));
         let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.ns, &ar);
@@ -385,8 +575,11 @@ async fn upgrades_migrate_first_and_a_failed_migration_keeps_the_old_version() {
     assert_eq!(env.api_image().await, "cvisionai/tator_online:1.5.0");
 
     // A migration made to fail through kwok's chaos stage.
-    env.patch_spec(json!({"version": "1.6.0", "migrations": {"podOverrides": {"metadata": {"labels": {
-        "pod-container-running-failed.stage.kwok.x-k8s.io": "true"}}}}})).await;
+    env.patch_spec(
+        json!({"version": "1.6.0", "migrations": {"podOverrides": {"metadata": {"labels": {
+        "pod-container-running-failed.stage.kwok.x-k8s.io": "true"}}}}}),
+    )
+    .await;
     let (_, reason, message) = wait_for("Migrations to fail", Duration::from_secs(60), || async {
         match env.condition("Migrations").await {
             Some(c) if c.1 == "Failed" => Ok(c),
@@ -399,22 +592,33 @@ async fn upgrades_migrate_first_and_a_failed_migration_keeps_the_old_version() {
     assert!(message.contains("1.5.0 keeps serving"), "{message}");
     assert_eq!(env.condition("Stalled").await.unwrap().0, "True");
     assert_eq!(env.condition("Ready").await.unwrap().0, "False");
-    assert_eq!(env.api_image().await, "cvisionai/tator_online:1.5.0", "the API rolled before migrations succeeded");
+    assert_eq!(
+        env.api_image().await,
+        "cvisionai/tator_online:1.5.0",
+        "the API rolled before migrations succeeded"
+    );
     let td = env.tds().get("tator").await.unwrap();
     assert_eq!(td.status.unwrap().version.as_deref(), Some("1.5.0"));
 
     // Fixing the cause (dropping the chaos label) retries with a new Job, then the API rolls.
-    env.patch_spec(json!({"migrations": {"podOverrides": null}})).await;
+    env.patch_spec(json!({"migrations": {"podOverrides": null}}))
+        .await;
     let jobs = env.api::<Job>();
     let deploys = env.api::<Deployment>();
     wait_for("the API to run 1.6.0", Duration::from_secs(60), || async {
         let d = deploys.get("tator-api").await.map_err(|e| e.to_string())?;
-        let image = d.spec.template.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
+        let image = d.spec.template.spec.as_ref().unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap();
         if image.ends_with(":1.6.0") {
             return Ok(());
         }
         // Until then, the 1.6.0 API must not exist while a 1.6.0 migration is unfinished.
-        let list = jobs.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let list = jobs
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
         Err(format!("{image}; {} migration jobs", list.items.len()))
     })
     .await
@@ -424,20 +628,34 @@ async fn upgrades_migrate_first_and_a_failed_migration_keeps_the_old_version() {
 
     // A downgrade is refused and leaves 1.6.0 serving.
     env.patch_spec(json!({"version": "1.5.9"})).await;
-    let (_, _, message) = wait_for("the downgrade to be refused", Duration::from_secs(30), || async {
-        match env.condition("Stalled").await {
-            Some(c) if c.1 == "DowngradeRefused" => Ok(c),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    let (_, _, message) = wait_for(
+        "the downgrade to be refused",
+        Duration::from_secs(30),
+        || async {
+            match env.condition("Stalled").await {
+                Some(c) if c.1 == "DowngradeRefused" => Ok(c),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await
     .unwrap();
-    assert!(message.contains("older than the serving release 1.6.0"), "{message}");
+    assert!(
+        message.contains("older than the serving release 1.6.0"),
+        "{message}"
+    );
     assert_eq!(env.api_image().await, "cvisionai/tator_online:1.6.0");
 }
 
 #[test]
 fn committed_crd_matches_the_rust_types() {
-    let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/tator.io_tatordeployments.yaml")).unwrap();
-    assert_eq!(committed, render::crd_yaml().unwrap(), "crds/ is stale: run `make crds`");
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds/tator.io_tatordeployments.yaml"),
+    )
+    .unwrap();
+    assert_eq!(
+        committed,
+        render::crd_yaml().unwrap(),
+        "crds/ is stale: run `make crds`"
+    );
 }

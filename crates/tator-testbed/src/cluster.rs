@@ -44,7 +44,8 @@ impl Binaries {
         let bin_dir = match std::env::var_os("TATOR_TOOLS_BIN") {
             Some(dir) => PathBuf::from(dir),
             None => {
-                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/tools/build.sh");
+                let script =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/tools/build.sh");
                 let out = Command::new("bash")
                     .arg(&script)
                     .arg("--print-bin")
@@ -128,7 +129,11 @@ impl FakeNode {
         vec![
             Self::new(
                 "kwok-node-0",
-                &[("webServer", "yes"), ("dbServer", "yes"), ("cpuWorker", "yes")],
+                &[
+                    ("webServer", "yes"),
+                    ("dbServer", "yes"),
+                    ("cpuWorker", "yes"),
+                ],
                 &[],
             ),
             Self::new(
@@ -205,7 +210,10 @@ impl ManagedProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        warn!(process = self.name, "did not stop after SIGTERM; killing it");
+        warn!(
+            process = self.name,
+            "did not stop after SIGTERM; killing it"
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -234,7 +242,13 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
 }
 
-fn kubeconfig_yaml(server: &str, ca_pem: &str, user: &str, cert_pem: &str, key_pem: &str) -> String {
+fn kubeconfig_yaml(
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> String {
     format!(
         "apiVersion: v1
 kind: Config
@@ -282,7 +296,13 @@ impl Cluster {
         let kubeconfig = dir.join("kubeconfig");
         write_private(
             &kubeconfig,
-            &kubeconfig_yaml(&server, &pki.ca.cert_pem, "admin", &pki.admin.cert_pem, &pki.admin.key_pem),
+            &kubeconfig_yaml(
+                &server,
+                &pki.ca.cert_pem,
+                "admin",
+                &pki.admin.cert_pem,
+                &pki.admin.key_pem,
+            ),
         )?;
         let kcm_kubeconfig = dir.join("controller-manager.kubeconfig");
         write_private(
@@ -421,7 +441,9 @@ impl Cluster {
 
         cluster.create_nodes(&client, &options.nodes).await?;
         create_storage_class(&client).await?;
-        cluster.wait_controllers(&client, &options.nodes, Duration::from_secs(60)).await?;
+        cluster
+            .wait_controllers(&client, &options.nodes, Duration::from_secs(60))
+            .await?;
         if options.load_balancer_controller {
             cluster.lb = Some(tokio::spawn(crate::lb::run(client.clone())));
         }
@@ -468,7 +490,10 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_processes()?;
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -555,7 +580,6 @@ impl Cluster {
                     capacity: Some(capacity),
                     ..Default::default()
                 }),
-                ..Default::default()
             };
             match api.create(&PostParams::default(), &obj).await {
                 Ok(_) => {}

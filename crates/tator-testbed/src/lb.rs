@@ -32,11 +32,12 @@ impl Allocator {
     /// The address for `key` (namespace/name): the requested one if it is loopback, otherwise the
     /// next free one from 127.1.0.0/16.
     pub fn address(&mut self, key: &str, requested: Option<&str>) -> Ipv4Addr {
-        if let Some(ip) = requested.and_then(|r| r.parse::<Ipv4Addr>().ok()) {
-            if ip.is_loopback() {
-                self.by_service.insert(key.to_string(), ip);
-                return ip;
-            }
+        if let Some(ip) = requested
+            .and_then(|r| r.parse::<Ipv4Addr>().ok())
+            .filter(Ipv4Addr::is_loopback)
+        {
+            self.by_service.insert(key.to_string(), ip);
+            return ip;
         }
         if let Some(ip) = self.by_service.get(key) {
             return *ip;

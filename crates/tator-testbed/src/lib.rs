@@ -54,10 +54,7 @@ pub enum Error {
     #[error("test bed binaries not found: {0}")]
     Binaries(String),
     #[error("Kubernetes client error while {action}: {source}")]
-    Kube {
-        action: String,
-        source: kube::Error,
-    },
+    Kube { action: String, source: kube::Error },
     #[error("invalid YAML in {path}: {message}")]
     Yaml { path: PathBuf, message: String },
 }

@@ -22,7 +22,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 #[derive(Parser)]
-#[command(name = "testbed", about = "A local Kubernetes control plane for Tator operator tests")]
+#[command(
+    name = "testbed",
+    about = "A local Kubernetes control plane for Tator operator tests"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -121,7 +124,11 @@ fn serve(dir: &Path, watch_stdin: bool, remove_dir: bool) -> anyhow::Result<()> 
 }
 
 fn running_pid(dir: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(dir.join("pid")).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(dir.join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     nix::sys::signal::kill(Pid::from_raw(pid), None).ok()?;
     Some(pid)
 }
@@ -137,7 +144,10 @@ fn print_exports(dir: &Path) -> anyhow::Result<()> {
 fn up(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     if running_pid(dir).is_some() && dir.join(READY_FILE).is_file() {
-        eprintln!("testbed: reusing the cluster already running in {}", dir.display());
+        eprintln!(
+            "testbed: reusing the cluster already running in {}",
+            dir.display()
+        );
         return print_exports(dir);
     }
     let log = dir.join("testbed.log");
@@ -165,7 +175,10 @@ fn up(dir: &Path) -> anyhow::Result<()> {
             );
         }
         if Instant::now() > deadline {
-            bail!("the cluster did not become ready in 120 s; see {}", log.display());
+            bail!(
+                "the cluster did not become ready in 120 s; see {}",
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -23,7 +23,9 @@ use tator_testbed::support::{
 };
 
 async fn client() -> Client {
-    shared_client().await.expect("the shared test cluster must start")
+    shared_client()
+        .await
+        .expect("the shared test cluster must start")
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
@@ -57,13 +59,20 @@ async fn deployment_pods_reach_running_on_kwok_nodes() {
     deploys.create(&PostParams::default(), &d).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let running = wait_for("2 web pods Running", Duration::from_secs(60), || async {
-        let list = pods.list(&ListParams::default().labels("app=web")).await.map_err(|e| e.to_string())?;
+        let list = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .map_err(|e| e.to_string())?;
         let running: Vec<Pod> = list
             .items
             .into_iter()
             .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
             .collect();
-        if running.len() == 2 { Ok(running) } else { Err(format!("{} running", running.len())) }
+        if running.len() == 2 {
+            Ok(running)
+        } else {
+            Err(format!("{} running", running.len()))
+        }
     })
     .await
     .unwrap();
@@ -76,7 +85,11 @@ async fn deployment_pods_reach_running_on_kwok_nodes() {
     wait_for("deployment available", Duration::from_secs(30), || async {
         let d = deploys.get("web").await.map_err(|e| e.to_string())?;
         let ready = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
-        if ready == 2 { Ok(()) } else { Err(format!("{ready} available")) }
+        if ready == 2 {
+            Ok(())
+        } else {
+            Err(format!("{ready} available"))
+        }
     })
     .await
     .unwrap();
@@ -88,7 +101,10 @@ async fn deleting_an_owner_garbage_collects_owned_configmap() {
     let ns = namespace(&client, "smoke-gc", false).await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let owner = cms
-        .create(&PostParams::default(), &from_json(json!({"metadata": {"name": "owner"}})))
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "owner"}})),
+        )
         .await
         .unwrap();
     let owned: ConfigMap = from_json(json!({
@@ -98,13 +114,19 @@ async fn deleting_an_owner_garbage_collects_owned_configmap() {
         }]}
     }));
     cms.create(&PostParams::default(), &owned).await.unwrap();
-    cms.delete("owner", &DeleteParams::background()).await.unwrap();
-    wait_for("owned ConfigMap to be collected", Duration::from_secs(30), || async {
-        match cms.get_opt("owned").await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(_) => Err("still present".into()),
-        }
-    })
+    cms.delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_for(
+        "owned ConfigMap to be collected",
+        Duration::from_secs(30),
+        || async {
+            match cms.get_opt("owned").await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err("still present".into()),
+            }
+        },
+    )
     .await
     .unwrap();
 }
@@ -119,9 +141,15 @@ async fn privileged_pod_is_rejected_in_restricted_namespace() {
         "spec": {"containers": [{"name": "c", "image": "example.invalid/x:1",
                                   "securityContext": {"privileged": true}}]}
     }));
-    let err = pods.create(&PostParams::default(), &privileged).await.unwrap_err();
+    let err = pods
+        .create(&PostParams::default(), &privileged)
+        .await
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("violates PodSecurity \"restricted"), "unexpected error: {msg}");
+    assert!(
+        msg.contains("violates PodSecurity \"restricted"),
+        "unexpected error: {msg}"
+    );
     // A compliant pod is admitted in the same namespace.
     let good: Pod = from_json(json!({
         "metadata": {"name": "good"},
@@ -142,14 +170,25 @@ async fn cronjob_produces_a_job() {
     }));
     crons.create(&PostParams::default(), &cron).await.unwrap();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    wait_for("a Job created by the CronJob to succeed", Duration::from_secs(100), || async {
-        let list = jobs.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
-        let done = list.items.iter().any(|j| {
-            j.owner_references().iter().any(|o| o.kind == "CronJob")
-                && j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) >= 1
-        });
-        if done { Ok(()) } else { Err(format!("{} jobs, none succeeded", list.items.len())) }
-    })
+    wait_for(
+        "a Job created by the CronJob to succeed",
+        Duration::from_secs(100),
+        || async {
+            let list = jobs
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let done = list.items.iter().any(|j| {
+                j.owner_references().iter().any(|o| o.kind == "CronJob")
+                    && j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) >= 1
+            });
+            if done {
+                Ok(())
+            } else {
+                Err(format!("{} jobs, none succeeded", list.items.len()))
+            }
+        },
+    )
     .await
     .unwrap();
 }
@@ -160,9 +199,12 @@ async fn full_argo_crd_rejects_a_template_with_a_wrongly_typed_field() {
     let argo = shared_dir().join("crds/argo-workflows/argoproj.io_workflowtemplates.yaml");
     install_crds(&client, &argo).await.unwrap();
     let ns = namespace(&client, "smoke-argo", false).await.unwrap();
-    let (ar, _) = discovery::pinned_kind(&client, &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "WorkflowTemplate"))
-        .await
-        .unwrap();
+    let (ar, _) = discovery::pinned_kind(
+        &client,
+        &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "WorkflowTemplate"),
+    )
+    .await
+    .unwrap();
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
     let good: DynamicObject = from_json(json!({
         "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate",
@@ -177,7 +219,11 @@ async fn full_argo_crd_rejects_a_template_with_a_wrongly_typed_field() {
         "spec": {"entrypoint": "main", "templates": [{"name": "main",
                  "container": {"image": "example.invalid/x:1", "command": "true"}}]}
     }));
-    let err = api.create(&PostParams::default(), &bad).await.unwrap_err().to_string();
+    let err = api
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("command"), "unexpected error: {err}");
 }
 
@@ -203,8 +249,18 @@ async fn load_balancer_services_get_loopback_ingress_and_claims_bind() {
     .unwrap();
     let parsed: std::net::Ipv4Addr = ip.parse().unwrap();
     assert!(parsed.is_loopback(), "{ip} is not loopback");
-    let cluster_ip = svcs.get("lb").await.unwrap().spec.unwrap().cluster_ip.unwrap();
-    assert!(cluster_ip.starts_with("127.96."), "ClusterIP {cluster_ip} outside the loopback service range");
+    let cluster_ip = svcs
+        .get("lb")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip
+        .unwrap();
+    assert!(
+        cluster_ip.starts_with("127.96."),
+        "ClusterIP {cluster_ip} outside the loopback service range"
+    );
 
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let pvc: PersistentVolumeClaim = from_json(json!({
@@ -231,27 +287,49 @@ async fn two_clusters_run_side_by_side_with_separate_state() {
     let second = second_cluster.client().await.unwrap();
     let ns = namespace(&first, "smoke-two", false).await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(first.clone(), &ns);
-    cms.create(&PostParams::default(), &from_json(json!({"metadata": {"name": "only-here"}})))
-        .await
-        .unwrap();
+    cms.create(
+        &PostParams::default(),
+        &from_json(json!({"metadata": {"name": "only-here"}})),
+    )
+    .await
+    .unwrap();
     let ns_in_second: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(second.clone());
-    assert!(ns_in_second.get_opt(&ns).await.unwrap().is_none(), "namespace leaked into the second cluster");
+    assert!(
+        ns_in_second.get_opt(&ns).await.unwrap().is_none(),
+        "namespace leaked into the second cluster"
+    );
     // The second cluster is fully functional on its own.
     let ns2 = namespace(&second, "smoke-two", false).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(second.clone(), &ns2);
-    pods.create(&PostParams::default(), &from_json(json!({
-        "metadata": {"name": "p"}, "spec": {"containers": [restricted_container()]}
-    })))
+    pods.create(
+        &PostParams::default(),
+        &from_json(json!({
+            "metadata": {"name": "p"}, "spec": {"containers": [restricted_container()]}
+        })),
+    )
     .await
     .unwrap();
-    wait_for("pod Running in the second cluster", Duration::from_secs(60), || async {
-        let p = pods.get("p").await.map_err(|e| e.to_string())?;
-        let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
-        if phase == "Running" { Ok(()) } else { Err(phase) }
-    })
+    wait_for(
+        "pod Running in the second cluster",
+        Duration::from_secs(60),
+        || async {
+            let p = pods.get("p").await.map_err(|e| e.to_string())?;
+            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+            if phase == "Running" {
+                Ok(())
+            } else {
+                Err(phase)
+            }
+        },
+    )
     .await
     .unwrap();
     let dir = second_cluster.dir.clone();
-    tokio::task::spawn_blocking(move || second_cluster.stop()).await.unwrap();
-    assert!(!dir.exists(), "the second cluster's folder should be removed after stop");
+    tokio::task::spawn_blocking(move || second_cluster.stop())
+        .await
+        .unwrap();
+    assert!(
+        !dir.exists(),
+        "the second cluster's folder should be removed after stop"
+    );
 }

@@ -35,7 +35,11 @@ pub fn selector_labels(t: &ValidatedTator, component: &str) -> BTreeMap<String, 
 }
 
 /// Every recommended label of a child object.
-pub fn child_labels(t: &ValidatedTator, component: &str, version: Option<&str>) -> BTreeMap<String, String> {
+pub fn child_labels(
+    t: &ValidatedTator,
+    component: &str,
+    version: Option<&str>,
+) -> BTreeMap<String, String> {
     let mut l = selector_labels(t, component);
     l.insert(labels::PART_OF.into(), labels::APP.into());
     l.insert(labels::MANAGED_BY.into(), labels::MANAGER.into());
@@ -57,7 +61,12 @@ pub fn instance_selector(name: &str) -> String {
 }
 
 /// Metadata of a child: name, namespace, labels and the controller owner reference.
-pub fn child_meta(t: &ValidatedTator, name: String, component: &str, version: Option<&str>) -> ObjectMeta {
+pub fn child_meta(
+    t: &ValidatedTator,
+    name: String,
+    component: &str,
+    version: Option<&str>,
+) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(t.namespace.clone()),
@@ -166,10 +175,12 @@ pub fn shared_claim_name(t: &ValidatedTator) -> String {
 pub fn shared_volume(t: &ValidatedTator) -> Volume {
     Volume {
         name: "shared".into(),
-        persistent_volume_claim: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
-            claim_name: shared_claim_name(t),
-            read_only: None,
-        }),
+        persistent_volume_claim: Some(
+            k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
+                claim_name: shared_claim_name(t),
+                read_only: None,
+            },
+        ),
         ..Default::default()
     }
 }
@@ -223,7 +234,10 @@ pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
         },
         env("MAIN_HOST", spec.domain.clone()),
         env("ALIAS_HOSTS", spec.aliases.join(",")),
-        env("REQUIRE_HTTPS", if spec.tls.is_some() { "TRUE" } else { "FALSE" }),
+        env(
+            "REQUIRE_HTTPS",
+            if spec.tls.is_some() { "TRUE" } else { "FALSE" },
+        ),
         env("TATOR_DEBUG", "false"),
         env("TATOR_USE_MIN_JS", "true"),
         env("DOCKER_REGISTRY", spec.image.registry.clone()),
@@ -354,7 +368,9 @@ pub fn merge(base: &mut Value, overlay: &Value) {
 }
 
 fn named(items: &[Value]) -> bool {
-    items.iter().all(|i| i.get("name").is_some_and(Value::is_string))
+    items
+        .iter()
+        .all(|i| i.get("name").is_some_and(Value::is_string))
 }
 
 /// A container with the fields every generated container sets.
@@ -380,11 +396,14 @@ mod tests {
             "spec": {"containers": [{"name": "api", "image": "x", "args": ["a", "b"]}],
                      "tolerations": [{"key": "k"}]}
         });
-        merge(&mut base, &json!({
-            "metadata": {"labels": {"b": "2"}},
-            "spec": {"containers": [{"name": "api", "args": ["c"]}, {"name": "sidecar", "image": "s"}],
-                     "tolerations": [{"key": "z"}], "hostname": null}
-        }));
+        merge(
+            &mut base,
+            &json!({
+                "metadata": {"labels": {"b": "2"}},
+                "spec": {"containers": [{"name": "api", "args": ["c"]}, {"name": "sidecar", "image": "s"}],
+                         "tolerations": [{"key": "z"}], "hostname": null}
+            }),
+        );
         assert_eq!(base["metadata"]["labels"], json!({"a": "1", "b": "2"}));
         assert_eq!(base["spec"]["containers"][0]["image"], "x");
         assert_eq!(base["spec"]["containers"][0]["args"], json!(["c"]));

@@ -50,7 +50,12 @@ pub fn job(t: &ValidatedTator, version: &str) -> Job {
         .map(|b| short_hash(&b, 8))
         .unwrap_or_default();
     Job {
-        metadata: child_meta(t, t.child_name(&format!("migrate-{hash}")), MIGRATIONS, Some(version)),
+        metadata: child_meta(
+            t,
+            t.child_name(&format!("migrate-{hash}")),
+            MIGRATIONS,
+            Some(version),
+        ),
         spec: Some(job_spec),
         status: None,
     }
@@ -66,7 +71,9 @@ pub enum JobState {
 }
 
 pub fn job_state(job: Option<&Job>) -> JobState {
-    let Some(job) = job else { return JobState::Missing };
+    let Some(job) = job else {
+        return JobState::Missing;
+    };
     let status = job.status.clone().unwrap_or_default();
     for c in status.conditions.unwrap_or_default() {
         if c.status == "True" && (c.type_ == "Complete" || c.type_ == "SuccessCriteriaMet") {

@@ -7,7 +7,9 @@ pub mod storage;
 pub mod web;
 
 use k8s_openapi::api::{
-    apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, batch::v1::Job,
+    apps::v1::Deployment,
+    autoscaling::v2::HorizontalPodAutoscaler,
+    batch::v1::Job,
     core::v1::{ConfigMap, PersistentVolumeClaim, Service},
     policy::v1::PodDisruptionBudget,
 };
@@ -36,8 +38,10 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> DesiredResources {
     let conf = nginx::render_conf(&nginx::NginxConfig::from_spec(t));
     d.config_maps.push(nginx::config_map(t, &conf));
 
-    d.services.push(web::cluster_service(t, web::API, web::API_PORT));
-    d.services.push(web::cluster_service(t, web::UI, web::UI_PORT));
+    d.services
+        .push(web::cluster_service(t, web::API, web::API_PORT));
+    d.services
+        .push(web::cluster_service(t, web::UI, web::UI_PORT));
     d.services.push(nginx::service(t));
 
     d.jobs.extend(rollout.migration_job.clone());
@@ -66,7 +70,11 @@ mod tests {
 
     fn steady(td: &tator_api::TatorDeployment) -> (ValidatedTator, Rollout) {
         let t = validate(td).unwrap();
-        let r = decide(crate::validate::VersionPlan::Steady(t.target_version.clone()), None, JobState::Missing);
+        let r = decide(
+            crate::validate::VersionPlan::Steady(t.target_version.clone()),
+            None,
+            JobState::Missing,
+        );
         (t, r)
     }
 
@@ -74,21 +82,43 @@ mod tests {
     fn minimal_spec_builds_the_web_tier() {
         let (t, r) = steady(&minimal("1.5.0"));
         let d = build(&t, &r);
-        let names: Vec<String> = d.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
-        assert_eq!(names, ["tator-api", "tator-db-worker", "tator-image-worker", "tator-ui", "tator-nginx"]);
+        let names: Vec<String> = d
+            .deployments
+            .iter()
+            .map(|d| d.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "tator-api",
+                "tator-db-worker",
+                "tator-image-worker",
+                "tator-ui",
+                "tator-nginx"
+            ]
+        );
         assert_eq!(d.services.len(), 3);
         assert_eq!(d.claims.len(), 1);
         assert!(d.autoscalers.is_empty());
         let api = &d.deployments[0];
         let pod = api.spec.template.spec.as_ref().unwrap();
-        assert_eq!(pod.containers[0].image.as_deref(), Some("cvisionai/tator_online:1.5.0"));
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some("cvisionai/tator_online:1.5.0")
+        );
         let env = pod.containers[0].env.as_ref().unwrap();
         let secret = env.iter().find(|e| e.name == "DJANGO_SECRET_KEY").unwrap();
-        assert!(secret.value.is_none() && secret.value_from.is_some(), "secrets only by reference");
+        assert!(
+            secret.value.is_none() && secret.value_from.is_some(),
+            "secrets only by reference"
+        );
         for obj in &d.deployments {
             let refs = obj.metadata.owner_references.as_ref().unwrap();
             assert_eq!(refs[0].controller, Some(true));
-            assert_eq!(obj.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"], "tator-operator");
+            assert_eq!(
+                obj.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+                "tator-operator"
+            );
         }
     }
 
@@ -113,7 +143,11 @@ mod tests {
         let job = migrations::job(&t, "1.5.0");
         let r = decide(t.plan(), Some(job), JobState::Running);
         let d = build(&t, &r);
-        let names: Vec<String> = d.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
+        let names: Vec<String> = d
+            .deployments
+            .iter()
+            .map(|d| d.metadata.name.clone().unwrap())
+            .collect();
         assert_eq!(names, ["tator-nginx"]);
         assert_eq!(d.jobs.len(), 1);
     }
@@ -127,7 +161,10 @@ mod tests {
         let t = validate(&td).unwrap();
         let job = migrations::job(&t, "1.5.0");
         let labels = job.spec.unwrap().template.metadata.unwrap().labels.unwrap();
-        assert_eq!(labels["pod-container-running-failed.stage.kwok.x-k8s.io"], "true");
+        assert_eq!(
+            labels["pod-container-running-failed.stage.kwok.x-k8s.io"],
+            "true"
+        );
         assert_eq!(labels["app.kubernetes.io/component"], "migrations");
     }
 }

@@ -105,10 +105,10 @@ fn serve(c: &NginxConfig, body: &str) -> String {
 
 fn locations(c: &NginxConfig) -> String {
     let mut s = String::new();
-    let proxy = |upstream: &str| {
-        format!("      proxy_pass http://{upstream};\n{PROXY_HEADERS}")
-    };
-    s.push_str("    location = /healthz {\n      access_log off;\n      return 200 \"ok\\n\";\n    }\n");
+    let proxy = |upstream: &str| format!("      proxy_pass http://{upstream};\n{PROXY_HEADERS}");
+    s.push_str(
+        "    location = /healthz {\n      access_log off;\n      return 200 \"ok\\n\";\n    }\n",
+    );
     s.push_str("    location = /maintenance.html {\n      root /static;\n      internal;\n    }\n");
     s.push_str("    location ~* (phpinfo\\.php|wp-login\\.php|phpmyadmin|HNAP1) {\n      return 404;\n    }\n");
     s.push_str("    location = /favicon.ico {\n      root /static;\n    }\n");
@@ -126,7 +126,10 @@ fn locations(c: &NginxConfig) -> String {
     let _ = write!(
         s,
         "    location ^~ /media/ {{\n{}    }}\n",
-        serve(c, &format!("{}      alias /media/;\n", guard_line(Guard::Project)))
+        serve(
+            c,
+            &format!("{}      alias /media/;\n", guard_line(Guard::Project))
+        )
     );
     for r in &c.extra_routes {
         let _ = write!(
@@ -137,7 +140,10 @@ fn locations(c: &NginxConfig) -> String {
         );
     }
     // Auth subrequests: the backend answers 2xx to allow, 401/403 to deny.
-    for (path, target) in [("/auth-project", "auth-project"), ("/auth-admin", "auth-admin")] {
+    for (path, target) in [
+        ("/auth-project", "auth-project"),
+        ("/auth-admin", "auth-admin"),
+    ] {
         let _ = write!(
             s,
             "    location = {path} {{\n      internal;\n      proxy_pass http://tator_api/{target};\n      proxy_pass_request_body off;\n      proxy_set_header Content-Length \"\";\n      proxy_set_header X-Original-URI $request_uri;\n      proxy_set_header Authorization $http_authorization;\n      proxy_set_header Host $host;\n    }}\n"
@@ -148,7 +154,11 @@ fn locations(c: &NginxConfig) -> String {
         "    location ~ ^(/|/rest/?|/(projects|token|organizations)(/.*)?|/[0-9]+/.*)$ {{\n{}    }}\n",
         serve(c, &proxy("tator_ui"))
     );
-    let _ = write!(s, "    location / {{\n{}    }}\n", serve(c, &proxy("tator_api")));
+    let _ = write!(
+        s,
+        "    location / {{\n{}    }}\n",
+        serve(c, &proxy("tator_api"))
+    );
     s
 }
 
@@ -250,8 +260,7 @@ http {
             s,
             "
   server {{
-    listen {HTTPS_PORT} ssl default_server;
-    http2 on;
+    listen {HTTPS_PORT} ssl http2 default_server;
     server_name {names};
     ssl_certificate {dir}/tls.crt;
     ssl_certificate_key {dir}/tls.key;
@@ -273,7 +282,10 @@ http {
 pub fn config_map(t: &ValidatedTator, conf: &str) -> ConfigMap {
     ConfigMap {
         metadata: child_meta(t, t.child_name("nginx-conf"), NGINX, None),
-        data: Some(BTreeMap::from([("nginx.conf".to_string(), conf.to_string())])),
+        data: Some(BTreeMap::from([(
+            "nginx.conf".to_string(),
+            conf.to_string(),
+        )])),
         ..Default::default()
     }
 }
@@ -281,7 +293,11 @@ pub fn config_map(t: &ValidatedTator, conf: &str) -> ConfigMap {
 /// The NGINX Deployment. Its pod template carries the hash of nginx.conf so a change rolls it.
 pub fn deployment(t: &ValidatedTator, conf: &str) -> Deployment {
     let s = &t.spec.nginx;
-    let image = s.pod.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string());
+    let image = s
+        .pod
+        .image
+        .clone()
+        .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
     let mut c = container(NGINX, image, t.spec.image.pull_policy.as_str(), true);
     let mut ports = vec![ContainerPort {
         name: Some("http".into()),
@@ -302,7 +318,10 @@ pub fn deployment(t: &ValidatedTator, conf: &str) -> Deployment {
             ..Default::default()
         },
     ];
-    mounts.extend(shared_mounts(&[("static", "/static"), ("media", "/media")], true));
+    mounts.extend(shared_mounts(
+        &[("static", "/static"), ("media", "/media")],
+        true,
+    ));
     let mut volumes = vec![
         Volume {
             name: "conf".into(),
@@ -447,9 +466,20 @@ mod tests {
     fn routes_are_guarded() {
         let c = conf(false, false);
         let media = c.split("location ^~ /media/ {").nth(1).unwrap();
-        assert!(media.split('}').next().unwrap().contains("auth_request /auth-project;"));
+        assert!(
+            media
+                .split('}')
+                .next()
+                .unwrap()
+                .contains("auth_request /auth-project;")
+        );
         let logs = c.split("location ^~ /logs/ {").nth(1).unwrap();
-        assert!(logs.split('}').next().unwrap().contains("auth_request /auth-admin;"));
+        assert!(
+            logs.split('}')
+                .next()
+                .unwrap()
+                .contains("auth_request /auth-admin;")
+        );
         assert!(c.contains("client_max_body_size 0;"));
         assert!(c.contains("proxy_read_timeout 1200s;"));
         assert!(c.contains("server tator-api:8000;"));
@@ -477,8 +507,14 @@ mod tests {
         let a = deployment(&t, "a");
         let b = deployment(&t, "b");
         let hash = |d: &Deployment| {
-            d.spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
-                [CONFIG_HASH_ANNOTATION]
+            d.spec
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[CONFIG_HASH_ANNOTATION]
                 .clone()
         };
         assert_ne!(hash(&a), hash(&b));

@@ -126,7 +126,10 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> 
     c.working_dir = Some("/tator_online/main".into());
     c.env = Some(tator_env(t, version));
     c.volume_mounts = Some(shared_mounts(TATOR_SHARED, false));
-    c.resources = Some(resources_or(&settings.pod, requirements("500m", "1Gi", "4Gi")));
+    c.resources = Some(resources_or(
+        &settings.pod,
+        requirements("500m", "1Gi", "4Gi"),
+    ));
     let spec = PodSpec {
         containers: vec![c],
         volumes: Some(vec![shared_volume(t)]),
@@ -139,7 +142,14 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> 
         spec: DeploymentSpec {
             replicas: Some(settings.replicas),
             selector: label_selector(t, component),
-            template: pod_template(t, component, Some(version), spec, BTreeMap::new(), &settings.pod),
+            template: pod_template(
+                t,
+                component,
+                Some(version),
+                spec,
+                BTreeMap::new(),
+                &settings.pod,
+            ),
             progress_deadline_seconds: Some(600),
             ..Default::default()
         },

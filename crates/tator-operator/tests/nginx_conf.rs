@@ -1,0 +1,94 @@
+//! The generated nginx.conf passes `nginx -t` with Debian's nginx.
+//!
+//! `nginx -t` resolves upstream host names, so each check runs in a private mount namespace
+//! (`unshare -m`) whose /etc/hosts maps the Service names to 127.0.0.1: the machine's own
+//! /etc/hosts is untouched, and /etc/resolv.conf points at loopback so nothing else is asked. nginx must be installed (`.ci/run` installs
+//! it); a missing nginx fails the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+use tator_operator::{
+    build::nginx::{Guard, NginxConfig, ProxyRoute, render_conf},
+    validate::validate,
+};
+
+fn config(tls: bool, maintenance: bool, ssl_dir: &str) -> String {
+    let td: tator_api::TatorDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+        "metadata": {"name": "tator", "namespace": "ns", "uid": "u"},
+        "spec": {"version": "1.5.0", "domain": "tator.example.com", "aliases": ["tator.lab.example.com"],
+                 "tls": if tls { serde_json::json!({"secretName": "tls"}) } else { serde_json::Value::Null },
+                 "nginx": {"maintenance": maintenance}}
+    }))
+    .unwrap();
+    let t = validate(&td).unwrap();
+    let mut c = NginxConfig::from_spec(&t);
+    c.ssl_dir = ssl_dir.into();
+    c.extra_routes.push(ProxyRoute {
+        path: "/logs/".into(),
+        upstream: "tator-kibana:5601".into(),
+        guard: Guard::Staff,
+    });
+    render_conf(&c)
+}
+
+fn nginx_t(conf: &str, dir: &std::path::Path) -> (bool, String) {
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let hosts = dir.join("hosts");
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost tator-api tator-ui tator-kibana\n",
+    )
+    .unwrap();
+    // Names missing from hosts must not reach a real DNS server: point the resolver at loopback.
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+    let script = format!(
+        "mount --bind {} /etc/hosts && mount --bind {} /etc/resolv.conf && nginx -t -q -c {} -g 'error_log stderr;'",
+        hosts.display(),
+        resolv.display(),
+        conf_path.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare and nginx must be installed (see README prerequisites)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn generated_configs_pass_nginx_t() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["tator.example.com".into()]).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), key.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key.signing_key.serialize_pem()).unwrap();
+    let ssl = dir.path().display().to_string();
+    for (tls, maintenance) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (ok, err) = nginx_t(&config(tls, maintenance, &ssl), dir.path());
+        assert!(
+            ok,
+            "nginx -t failed (tls={tls}, maintenance={maintenance}):\n{err}"
+        );
+    }
+}
+
+#[test]
+fn nginx_t_really_checks_the_config() {
+    // The harness itself must be able to fail: a broken config and an unresolvable upstream.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = config(false, false, "/nonexistent")
+        .replace("worker_connections 1024;", "worker_connections;");
+    assert!(!nginx_t(&broken, dir.path()).0);
+    let unknown = config(false, false, "/nonexistent").replace(
+        "server tator-api:8000;",
+        "server no-such-host.invalid:8000;",
+    );
+    let (ok, err) = nginx_t(&unknown, dir.path());
+    assert!(!ok && err.contains("host not found"), "{err}");
+}

@@ -44,9 +44,10 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test: tools build crds-check
-	@set -o pipefail; status=0; \
-	cargo test --workspace --no-fail-fast || status=$$?; \
+	@set -o pipefail; status=0; log=$$(mktemp); \
+	cargo test --workspace --no-fail-fast 2>&1 | tee $$log || status=$$?; \
 	tests/tools/wait-testbeds.sh || status=1; \
+	tests/tools/test-summary.sh $$log || status=1; rm -f $$log; \
 	exit $$status
 
 test-unit:

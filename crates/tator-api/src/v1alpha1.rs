@@ -83,6 +83,16 @@ pub struct TatorDeploymentSpec {
     /// The database migrations Job run before each version rolls out.
     #[serde(default)]
     pub migrations: MigrationSettings,
+
+    /// Seconds a Deployment rollout may go without progress before it is reported as stalled
+    /// (Stalled=True, reason ProgressDeadlineExceeded) instead of waited on silently.
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub progress_deadline_seconds: i32,
+}
+
+fn default_progress_deadline() -> i32 {
+    600
 }
 
 /// Where Tator's images come from.
@@ -142,16 +152,62 @@ impl PullPolicy {
 /// HTTPS for the NGINX entry point.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretName) || has(self.issuerRef)").message("tls needs secretName (an existing kubernetes.io/tls Secret) or issuerRef (a cert-manager issuer)"))]
 pub struct TlsSettings {
     /// Name of a Secret of type kubernetes.io/tls in this namespace holding the certificate chain
-    /// (tls.crt) and key (tls.key) for the domain and its aliases.
+    /// (tls.crt) and key (tls.key) for the domain and its aliases. With issuerRef, the Secret
+    /// cert-manager writes (default: <name>-tls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub secret_name: String,
+    pub secret_name: Option<String>,
+
+    /// A cert-manager Issuer or ClusterIssuer: the operator creates a Certificate for the domain
+    /// and its aliases. Needs cert-manager's CRDs in the cluster (otherwise the Nginx condition
+    /// says CertManagerNotInstalled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
 
     /// Redirect plain HTTP to HTTPS (ACME HTTP-01 challenges under /.well-known/acme-challenge/
     /// are still served over HTTP).
     #[serde(default = "default_true")]
     pub redirect_http: bool,
+}
+
+/// A cert-manager issuer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the issuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Issuer (in this namespace) or ClusterIssuer.
+    #[serde(default)]
+    pub kind: IssuerKind,
+    /// API group of the issuer.
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: String,
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+
+/// Kind of a cert-manager issuer.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IssuerKind {
+    #[default]
+    Issuer,
+    ClusterIssuer,
+}
+
+impl IssuerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issuer => "Issuer",
+            Self::ClusterIssuer => "ClusterIssuer",
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -587,4 +643,50 @@ fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
         serde_json::json!(["type"]),
     );
     schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn minimal_manifest_gets_the_documented_defaults() {
+        let spec: TatorDeploymentSpec = serde_json::from_value(
+            serde_json::json!({"version": "1.5.0", "domain": "t.example.com"}),
+        )
+        .unwrap();
+        assert_eq!(spec.api.replicas, 2);
+        assert_eq!(spec.api.gunicorn.workers, 3);
+        assert_eq!(spec.workers.db.replicas, 1);
+        assert_eq!(spec.nginx.replicas, 2);
+        assert_eq!(spec.nginx.service.type_, ServiceType::LoadBalancer);
+        assert_eq!(spec.image.registry, "cvisionai");
+        assert_eq!(spec.storage.shared.size, "100Gi");
+        assert_eq!(spec.progress_deadline_seconds, 600);
+        assert!(spec.tls.is_none());
+    }
+
+    #[test]
+    fn crd_has_the_promised_shape() {
+        let crd = TatorDeployment::crd();
+        assert_eq!(crd.spec.group, "tator.io");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["tator".to_string()]));
+        let v = &crd.spec.versions[0];
+        let columns: Vec<String> = v
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(
+            columns,
+            ["Ready", "Version", "Phase", "URL", "Age", "Message"]
+        );
+        assert!(v.subresources.as_ref().unwrap().status.is_some());
+        let json = serde_json::to_string(&crd).unwrap();
+        assert!(json.contains(r#""x-kubernetes-list-type":"map""#));
+        assert!(json.contains("x-kubernetes-preserve-unknown-fields"));
+    }
 }

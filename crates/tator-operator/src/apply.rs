@@ -15,13 +15,13 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::info;
 
 use crate::{
-    build::{DesiredResources, common::instance_selector, storage},
+    build::{DesiredResources, common::instance_selector, storage, tls},
     error::Error,
     validate::ValidatedTator,
 };
@@ -34,6 +34,9 @@ pub const FIELD_MANAGER: &str = "tator-operator";
 pub struct Applied {
     pub claims: Vec<PersistentVolumeClaim>,
     pub config_maps: Vec<ConfigMap>,
+    pub certificates: Vec<DynamicObject>,
+    /// cert-manager's Certificate CRD is not installed (a Certificate was wanted).
+    pub cert_manager_missing: bool,
     pub services: Vec<Service>,
     pub jobs: Vec<Job>,
     pub deployments: Vec<Deployment>,
@@ -89,6 +92,7 @@ pub async fn apply(
     let DesiredResources {
         claims,
         config_maps,
+        certificates,
         services,
         jobs,
         deployments,
@@ -96,15 +100,47 @@ pub async fn apply(
         disruption_budgets,
     } = desired;
     let ns = t.namespace.as_str();
+    let claims = apply_all(client, ns, claims).await?;
+    let config_maps = apply_all(client, ns, config_maps).await?;
+    let (certificates, cert_manager_missing) = apply_certificates(client, ns, certificates).await?;
     Ok(Applied {
-        claims: apply_all(client, ns, claims).await?,
-        config_maps: apply_all(client, ns, config_maps).await?,
+        claims,
+        config_maps,
+        certificates,
+        cert_manager_missing,
         services: apply_all(client, ns, services).await?,
         jobs: apply_all(client, ns, jobs).await?,
         deployments: apply_all(client, ns, deployments).await?,
         autoscalers: apply_all(client, ns, autoscalers).await?,
         disruption_budgets: apply_all(client, ns, disruption_budgets).await?,
     })
+}
+
+/// Applies cert-manager Certificates; a missing CRD is reported, not an error.
+async fn apply_certificates(
+    client: &Client,
+    ns: &str,
+    certs: Vec<DynamicObject>,
+) -> Result<(Vec<DynamicObject>, bool), Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &tls::certificate_resource());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut out = Vec::new();
+    for cert in certs {
+        let name = cert.name_any();
+        match api.patch(&name, &params, &Patch::Apply(&cert)).await {
+            Ok(live) => out.push(live),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok((out, true)),
+            Err(source) => {
+                return Err(Error::Apply {
+                    kind: "Certificate",
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok((out, false))
 }
 
 fn names<K: Resource>(objs: &[K]) -> BTreeSet<String> {
@@ -150,12 +186,60 @@ async fn prune_kind<K: Child>(
     Ok(deleted)
 }
 
+/// Certificates are pruned like the other children, when cert-manager's CRD exists.
+async fn prune_certificates(
+    client: &Client,
+    t: &ValidatedTator,
+    keep: BTreeSet<String>,
+) -> Result<u32, Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &t.namespace, &tls::certificate_resource());
+    let list = match api
+        .list_metadata(&ListParams::default().labels(&instance_selector(&t.name)))
+        .await
+    {
+        Ok(list) => list,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(0),
+        Err(source) => {
+            return Err(Error::Fetch {
+                what: "Certificate children".into(),
+                source,
+            });
+        }
+    };
+    let mut deleted = 0;
+    for obj in list.items {
+        let name = obj.name_any();
+        let ours = obj.metadata.owner_references.as_ref().is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.uid == t.owner.uid && r.controller == Some(true))
+        });
+        if keep.contains(&name) || !ours {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted += 1,
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Prune {
+                    kind: "Certificate",
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 /// Deletes children that carry this TatorDeployment's labels and controller reference but were
 /// not applied this round. Claims and Secrets hold data and are never pruned.
 pub async fn prune(client: &Client, t: &ValidatedTator, applied: &Applied) -> Result<u32, Error> {
     let Applied {
         claims: _,
         config_maps,
+        certificates,
+        cert_manager_missing: _,
         services,
         jobs,
         deployments,
@@ -169,6 +253,7 @@ pub async fn prune(client: &Client, t: &ValidatedTator, applied: &Applied) -> Re
     n += prune_kind::<Deployment>(client, t, names(deployments)).await?;
     n += prune_kind::<HorizontalPodAutoscaler>(client, t, names(autoscalers)).await?;
     n += prune_kind::<PodDisruptionBudget>(client, t, names(disruption_budgets)).await?;
+    n += prune_certificates(client, t, names(certificates)).await?;
     Ok(n)
 }
 

@@ -160,96 +160,104 @@ async fn write_status(
 pub async fn reconcile(td: Arc<TatorDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!("reconcile", tator = %key(&td), generation = td.meta().generation.unwrap_or_default());
     ctx.reconciles.fetch_add(1, Ordering::Relaxed);
-    async move {
-        if td.meta().deletion_timestamp.is_some() {
-            // Children go with their owner references; nothing to clean up outside the cluster.
-            return Ok(Action::await_change());
-        }
-        // validate
-        let t = match validate::validate(&td) {
-            Ok(t) => t,
-            Err(e) => {
-                let generation = td.meta().generation.unwrap_or_default();
-                let msg = e.to_string();
-                let st = status::invalid_spec(td.status.as_ref(), generation, &msg);
-                if write_status(&ctx, &td, &st).await? {
-                    publish(&ctx, &td, EventType::Warning, e.category(), msg).await;
-                }
-                return Err(e);
-            }
-        };
-        // fetch
-        let plan = t.plan();
-        let (job, state) = match &plan {
-            VersionPlan::Migrate { to, .. } => {
-                let job = migrations::job(&t, &to.to_string());
-                let live = apply::get_job(&ctx.client, &t.namespace, &job.name_any()).await?;
-                let state = migrations::job_state(live.as_ref());
-                (Some(job), state)
-            }
-            _ => (None, JobState::Missing),
-        };
-        let rollout = migrations::decide(plan, job, state);
-        apply::ensure_django_secret(&ctx.client, &t).await?;
-        let mut obs = Observations::default();
-        if let Some(tls) = &t.spec.tls
-            && !apply::secret_exists(&ctx.client, &t.namespace, &tls.secret_name).await?
-        {
-            obs.tls_secret_missing = Some(tls.secret_name.clone());
-        }
-        // build and apply
-        let desired = build::build(&t, &rollout);
-        let applied = apply::apply(&ctx.client, &t, desired).await?;
-        let pruned = apply::prune(&ctx.client, &t, &applied).await?;
-        if pruned > 0 {
-            info!(pruned, "deleted orphaned children");
-        }
-        // status
-        let (st, conds) = status::compute(&t, &rollout, &applied, &obs);
-        let st = status::with_conditions(st, &conds, td.status.as_ref(), t.generation);
-        let old_phase = td.status.as_ref().and_then(|s| s.phase.clone());
-        let ready = st.phase.as_deref() == Some("Ready");
-        if write_status(&ctx, &td, &st).await? && old_phase != st.phase {
-            let new_phase = st.phase.clone().unwrap_or_default();
-            // The phase is the reason: the event recorder folds repeats of one reason into a series.
-            let kind = if new_phase == "Failed" {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            };
-            let reason = new_phase.as_str();
-            let detail = st
-                .conditions
-                .iter()
-                .find(|c| {
-                    c.type_
-                        == if kind == EventType::Warning {
-                            "Stalled"
-                        } else {
-                            "Ready"
-                        }
-                })
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
-            let from = old_phase.unwrap_or_else(|| "None".into());
-            publish(
-                &ctx,
-                &td,
-                kind,
-                reason,
-                format!("{from} -> {new_phase}: {detail}"),
-            )
-            .await;
-        }
-        ctx.failures(&key(&td), true);
-        Ok(if ready {
-            Action::requeue(ctx.settings.resync)
-        } else {
-            Action::requeue(Duration::from_secs(30))
-        })
+    let result = pipeline(&td, &ctx).instrument(span).await;
+    if let Err(e) = &result
+        && !e.is_permanent()
+    {
+        // Invalid specs announce themselves once, from the pipeline, when their status is written.
+        publish(&ctx, &td, EventType::Warning, e.category(), e.to_string()).await;
     }
-    .instrument(span)
-    .await
+    result
+}
+
+/// fetch → validate → build → apply → status.
+async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> {
+    if td.meta().deletion_timestamp.is_some() {
+        // Children go with their owner references; nothing to clean up outside the cluster.
+        return Ok(Action::await_change());
+    }
+    // validate
+    let t = match validate::validate(td) {
+        Ok(t) => t,
+        Err(e) => {
+            let generation = td.meta().generation.unwrap_or_default();
+            let msg = e.to_string();
+            let st = status::invalid_spec(td.status.as_ref(), generation, &msg);
+            if write_status(ctx, td, &st).await? {
+                publish(ctx, td, EventType::Warning, e.category(), msg).await;
+            }
+            return Err(e);
+        }
+    };
+    // fetch
+    let plan = t.plan();
+    let (job, state) = match &plan {
+        VersionPlan::Migrate { to, .. } => {
+            let job = migrations::job(&t, &to.to_string());
+            let live = apply::get_job(&ctx.client, &t.namespace, &job.name_any()).await?;
+            let state = migrations::job_state(live.as_ref());
+            (Some(job), state)
+        }
+        _ => (None, JobState::Missing),
+    };
+    let rollout = migrations::decide(plan, job, state);
+    apply::ensure_django_secret(&ctx.client, &t).await?;
+    let mut obs = Observations::default();
+    if let Some(secret) = build::tls::secret_name(&t)
+        && !apply::secret_exists(&ctx.client, &t.namespace, &secret).await?
+    {
+        obs.tls_secret_missing = Some(secret);
+    }
+    // build and apply
+    let desired = build::build(&t, &rollout);
+    let applied = apply::apply(&ctx.client, &t, desired).await?;
+    let pruned = apply::prune(&ctx.client, &t, &applied).await?;
+    if pruned > 0 {
+        info!(pruned, "deleted orphaned children");
+    }
+    // status
+    let (st, conds) = status::compute(&t, &rollout, &applied, &obs);
+    let st = status::with_conditions(st, &conds, td.status.as_ref(), t.generation);
+    let old_phase = td.status.as_ref().and_then(|s| s.phase.clone());
+    let ready = st.phase.as_deref() == Some("Ready");
+    if write_status(ctx, td, &st).await? && old_phase != st.phase {
+        let new_phase = st.phase.clone().unwrap_or_default();
+        // The phase is the reason: the event recorder folds repeats of one reason into a series.
+        let kind = if new_phase == "Failed" {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        let reason = new_phase.as_str();
+        let detail = st
+            .conditions
+            .iter()
+            .find(|c| {
+                c.type_
+                    == if kind == EventType::Warning {
+                        "Stalled"
+                    } else {
+                        "Ready"
+                    }
+            })
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let from = old_phase.unwrap_or_else(|| "None".into());
+        publish(
+            ctx,
+            td,
+            kind,
+            reason,
+            format!("{from} -> {new_phase}: {detail}"),
+        )
+        .await;
+    }
+    ctx.failures(&key(td), true);
+    Ok(if ready {
+        Action::requeue(ctx.settings.resync)
+    } else {
+        Action::requeue(Duration::from_secs(10))
+    })
 }
 
 /// Permanent errors wait for a spec change; transient ones back off exponentially.

@@ -44,6 +44,7 @@ pub fn render_values(td: &TatorDeployment) -> Result<Vec<serde_json::Value>, Err
     let build::DesiredResources {
         claims,
         config_maps,
+        certificates,
         services,
         jobs,
         deployments,
@@ -59,6 +60,9 @@ pub fn render_values(td: &TatorDeployment) -> Result<Vec<serde_json::Value>, Err
         out.push(v.map_err(ser)?);
     }
     for v in config_maps.iter().map(serde_json::to_value) {
+        out.push(v.map_err(ser)?);
+    }
+    for v in certificates.iter().map(serde_json::to_value) {
         out.push(v.map_err(ser)?);
     }
     for v in services.iter().map(serde_json::to_value) {

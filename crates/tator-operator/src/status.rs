@@ -19,6 +19,7 @@ use crate::{
     build::{
         migrations::{JobState, Rollout},
         nginx::NGINX,
+        tls,
         web::{API, DB_WORKER, IMAGE_WORKER, UI},
     },
     validate::{ValidatedTator, VersionPlan},
@@ -168,7 +169,22 @@ pub fn compute(
     let lb = t.spec.nginx.service.type_ == tator_api::ServiceType::LoadBalancer;
     let address = nginx_svc.and_then(ingress_address);
     let mut nginx = deployment_cond("Nginx", &by_component(NGINX), false);
-    if let Some(secret) = &obs.tls_secret_missing {
+    let cert_pending = applied.certificates.first().map(tls::certificate_ready);
+    if applied.cert_manager_missing {
+        nginx = Cond::new(
+            "Nginx",
+            false,
+            "CertManagerNotInstalled",
+            "tls.issuerRef needs cert-manager, but its Certificate CRD is not installed",
+        );
+    } else if let Some(Err(why)) = cert_pending {
+        nginx = Cond::new(
+            "Nginx",
+            false,
+            "CertificateNotReady",
+            format!("Certificate {}: {why}", t.child_name(tls::TLS)),
+        );
+    } else if let Some(secret) = &obs.tls_secret_missing {
         nginx = Cond::new(
             "Nginx",
             false,

@@ -25,11 +25,13 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tator_api::TatorDeployment;
 use tator_operator::{
-    build::common::instance_selector,
+    build::{common::instance_selector, tls::certificate_resource},
     controller::{self, Context, Settings},
     render,
 };
-use tator_testbed::support::{install_crds, namespace, shared_client, wait_for, workspace_root};
+use tator_testbed::support::{
+    TestCluster, install_crds, namespace, shared_client, shared_dir, wait_for, workspace_root,
+};
 
 struct Env {
     client: Client,
@@ -43,6 +45,10 @@ impl Env {
         let client = shared_client()
             .await
             .expect("the shared test cluster must start");
+        Self::with_client(client, prefix).await
+    }
+
+    async fn with_client(client: Client, prefix: &str) -> Self {
         install_crds(&client, &workspace_root().join("crds"))
             .await
             .unwrap();
@@ -658,4 +664,147 @@ fn committed_crd_matches_the_rust_types() {
         render::crd_yaml().unwrap(),
         "crds/ is stale: run `make crds`"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_stops_progressing_is_reported_as_stalled() {
+    let env = Env::new("op-stall").await;
+    // API pods that no node can take never become available.
+    env.create(
+        json!({"version": "1.5.0", "domain": "tator.example.com", "progressDeadlineSeconds": 10,
+                      "api": {"nodeSelector": {"tator.io/no-such-node": "true"}}}),
+    )
+    .await;
+    let (_, reason, message) = wait_for("Stalled=True", Duration::from_secs(90), || async {
+        match env.condition("Stalled").await {
+            Some(c) if c.0 == "True" => Ok(c),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(reason, "ProgressDeadlineExceeded");
+    assert!(message.contains("tator-api"), "{message}");
+    let (status, reason, _) = env.condition("Api").await.unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ProgressDeadlineExceeded")
+    );
+    assert_eq!(env.condition("Ready").await.unwrap().0, "False");
+    let td = env.tds().get("tator").await.unwrap();
+    assert_eq!(td.status.unwrap().phase.as_deref(), Some("Failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_ref_gets_a_cert_manager_certificate() {
+    let env = Env::new("op-cert").await;
+    install_crds(&env.client, &shared_dir().join("crds/cert-manager"))
+        .await
+        .unwrap();
+    env.create(json!({"version": "1.5.0", "domain": "tator.example.com", "aliases": ["tator.lab.example.com"],
+                      "tls": {"issuerRef": {"name": "letsencrypt", "kind": "ClusterIssuer"}}}))
+        .await;
+    let certs: Api<DynamicObject> =
+        Api::namespaced_with(env.client.clone(), &env.ns, &certificate_resource());
+    let cert = wait_for("the Certificate", Duration::from_secs(30), || async {
+        certs
+            .get_opt("tator-tls")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "missing".to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        cert.data["spec"]["dnsNames"],
+        json!(["tator.example.com", "tator.lab.example.com"])
+    );
+    assert_eq!(cert.data["spec"]["secretName"], "tator-tls");
+    assert_eq!(
+        cert.data["spec"]["issuerRef"],
+        json!({"name": "letsencrypt", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+    wait_for(
+        "Nginx=CertificateNotReady",
+        Duration::from_secs(30),
+        || async {
+            match env.condition("Nginx").await {
+                Some(c) if c.1 == "CertificateNotReady" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Play cert-manager: write the Secret and mark the Certificate Ready.
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "tator-tls"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": "not a real certificate", "tls.key": "not a real key"}
+    }))
+    .unwrap();
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    certs
+        .patch_status(
+            "tator-tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "Ready", "message": "issued"}]}})),
+        )
+        .await
+        .unwrap();
+    env.wait_ready(Duration::from_secs(60)).await;
+    let td = env.tds().get("tator").await.unwrap();
+    assert!(td.status.unwrap().url.unwrap().starts_with("https://"));
+    let svc: Service = env.api().get("tator-nginx").await.unwrap();
+    let ports: Vec<i32> = svc
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, [80, 443]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_ref_without_cert_manager_is_reported() {
+    // A cluster of its own: the shared one may have cert-manager's CRDs from another test.
+    let cluster = tokio::task::spawn_blocking(|| TestCluster::start("no-cert-manager"))
+        .await
+        .unwrap()
+        .expect("a second cluster must start");
+    let env = Env::with_client(cluster.client().await.unwrap(), "op-nocm").await;
+    env.create(json!({"version": "1.5.0", "domain": "tator.example.com",
+                      "tls": {"issuerRef": {"name": "letsencrypt"}}}))
+        .await;
+    wait_for(
+        "Nginx=CertManagerNotInstalled",
+        Duration::from_secs(60),
+        || async {
+            match env.condition("Nginx").await {
+                Some(c) if c.1 == "CertManagerNotInstalled" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // Everything else keeps working.
+    wait_for("Api available", Duration::from_secs(60), || async {
+        match env.condition("Api").await {
+            Some(c) if c.0 == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    drop(env);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
 }

@@ -4,6 +4,7 @@ pub mod common;
 pub mod migrations;
 pub mod nginx;
 pub mod storage;
+pub mod tls;
 pub mod web;
 
 use k8s_openapi::api::{
@@ -13,6 +14,7 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, PersistentVolumeClaim, Service},
     policy::v1::PodDisruptionBudget,
 };
+use kube::api::DynamicObject;
 
 use crate::validate::ValidatedTator;
 use migrations::Rollout;
@@ -23,6 +25,7 @@ use migrations::Rollout;
 pub struct DesiredResources {
     pub claims: Vec<PersistentVolumeClaim>,
     pub config_maps: Vec<ConfigMap>,
+    pub certificates: Vec<DynamicObject>,
     pub services: Vec<Service>,
     pub jobs: Vec<Job>,
     pub deployments: Vec<Deployment>,
@@ -37,6 +40,7 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> DesiredResources {
 
     let conf = nginx::render_conf(&nginx::NginxConfig::from_spec(t));
     d.config_maps.push(nginx::config_map(t, &conf));
+    d.certificates.extend(tls::certificate(t));
 
     d.services
         .push(web::cluster_service(t, web::API, web::API_PORT));

@@ -338,7 +338,7 @@ pub fn deployment(t: &ValidatedTator, conf: &str) -> Deployment {
         },
         shared_volume(t),
     ];
-    if let Some(tls) = &t.spec.tls {
+    if let Some(secret) = super::tls::secret_name(t) {
         ports.push(ContainerPort {
             name: Some("https".into()),
             container_port: HTTPS_PORT,
@@ -353,7 +353,7 @@ pub fn deployment(t: &ValidatedTator, conf: &str) -> Deployment {
         volumes.push(Volume {
             name: "tls".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(tls.secret_name.clone()),
+                secret_name: Some(secret),
                 ..Default::default()
             }),
             ..Default::default()
@@ -391,7 +391,7 @@ pub fn deployment(t: &ValidatedTator, conf: &str) -> Deployment {
             replicas: Some(s.replicas),
             selector: label_selector(t, NGINX),
             strategy: Some(zero_downtime()),
-            progress_deadline_seconds: Some(600),
+            progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             template: pod_template(t, NGINX, None, spec, annotations, &s.pod),
             ..Default::default()
         },
@@ -447,7 +447,8 @@ mod tests {
         let mut td = minimal("1.5.0");
         if tls {
             td.spec.tls = Some(tator_api::TlsSettings {
-                secret_name: "tls".into(),
+                secret_name: Some("tls".into()),
+                issuer_ref: None,
                 redirect_http: true,
             });
         }

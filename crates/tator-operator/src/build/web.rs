@@ -101,7 +101,7 @@ pub fn api_deployment(t: &ValidatedTator, version: &str) -> Deployment {
             replicas: s.autoscaling.is_none().then_some(s.replicas),
             selector: label_selector(t, API),
             strategy: Some(zero_downtime()),
-            progress_deadline_seconds: Some(600),
+            progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             template: pod_template(t, API, Some(version), spec, BTreeMap::new(), &s.pod),
             ..Default::default()
         },
@@ -150,7 +150,7 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> 
                 BTreeMap::new(),
                 &settings.pod,
             ),
-            progress_deadline_seconds: Some(600),
+            progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             ..Default::default()
         },
         status: None,
@@ -194,7 +194,7 @@ pub fn ui_deployment(t: &ValidatedTator, version: &str) -> Deployment {
             replicas: Some(s.replicas),
             selector: label_selector(t, UI),
             strategy: Some(zero_downtime()),
-            progress_deadline_seconds: Some(600),
+            progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             template: pod_template(t, UI, Some(version), spec, BTreeMap::new(), &s.pod),
             ..Default::default()
         },

@@ -84,6 +84,24 @@ pub struct TatorDeploymentSpec {
     #[serde(default)]
     pub migrations: MigrationSettings,
 
+    /// PostgreSQL (with PostGIS, pgvector, ltree and pg_trgm): run in the cluster (the default) or
+    /// a managed service.
+    #[serde(default)]
+    pub postgres: Postgres,
+
+    /// Redis: run in the cluster (the default) or a managed service.
+    #[serde(default)]
+    pub redis: Redis,
+
+    /// Elasticsearch: run in the cluster (the default) or a managed service.
+    #[serde(default)]
+    pub elasticsearch: Elasticsearch,
+
+    /// What happens to data when the TatorDeployment is deleted: Retain (the default) keeps the
+    /// volumes and generated Secrets; Delete removes them with it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
     /// Seconds a Deployment rollout may go without progress before it is reported as stalled
     /// (Stalled=True, reason ProgressDeadlineExceeded) instead of waited on silently.
     #[serde(default = "default_progress_deadline")]
@@ -93,6 +111,331 @@ pub struct TatorDeploymentSpec {
 
 fn default_progress_deadline() -> i32 {
     600
+}
+
+/// What happens to data when the TatorDeployment is deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeletionPolicy {
+    /// Keep volumes and generated Secrets.
+    #[default]
+    Retain,
+    /// Delete volumes and generated Secrets with the TatorDeployment.
+    Delete,
+}
+
+/// A key in a Secret of this namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A Secret holding a user name and a password.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecret {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the user name.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username_key: String,
+    /// Key of the password.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// A persistent volume claim template.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSettings {
+    /// Size of the volume.
+    #[schemars(length(min = 1, max = 32))]
+    pub size: String,
+    /// Storage class (empty: the cluster default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+/// PostgreSQL: exactly one of inCluster or external.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.inCluster) != has(self.external)").message("postgres needs exactly one of inCluster or external"))]
+pub struct Postgres {
+    /// Run PostgreSQL in the cluster: a StatefulSet with a volume and generated credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_cluster: Option<PostgresInCluster>,
+    /// Use a managed PostgreSQL (RDS, Cloud SQL, ...). Nothing of it is created in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<PostgresExternal>,
+}
+
+impl Default for Postgres {
+    fn default() -> Self {
+        Self {
+            in_cluster: Some(PostgresInCluster::default()),
+            external: None,
+        }
+    }
+}
+
+/// PostgreSQL in the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresInCluster {
+    /// The data volume. Its storage class is immutable.
+    #[serde(default = "default_pg_volume")]
+    #[x_kube(validation = Rule::new("(has(self.storageClassName) == has(oldSelf.storageClassName)) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("postgres.inCluster.storage.storageClassName is immutable: changing it would lose the database"))]
+    pub storage: VolumeSettings,
+
+    /// A pgbouncer pool (session pooling) in front of the database; Tator then connects to it.
+    #[serde(default)]
+    pub pgbouncer: PgBouncer,
+
+    /// Image, resources and placement (default image <registry>/tator_postgis:<version>).
+    #[serde(flatten)]
+    pub pod: PodSettings,
+}
+
+impl Default for PostgresInCluster {
+    fn default() -> Self {
+        Self {
+            storage: default_pg_volume(),
+            pgbouncer: PgBouncer::default(),
+            pod: PodSettings::default(),
+        }
+    }
+}
+
+fn default_pg_volume() -> VolumeSettings {
+    VolumeSettings {
+        size: "100Gi".into(),
+        storage_class_name: None,
+    }
+}
+
+/// pgbouncer settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PgBouncer {
+    /// Run pgbouncer and point Tator at it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Image, resources and placement (default image bitnami/pgbouncer).
+    #[serde(flatten)]
+    pub pod: PodSettings,
+}
+
+/// TLS mode of the connection to PostgreSQL (libpq's sslmode).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// A managed PostgreSQL.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(self.sslMode in ['verify-ca', 'verify-full']) || has(self.caSecret)").message("postgres.external.sslMode verify-ca and verify-full need caSecret"))]
+pub struct PostgresExternal {
+    /// Host name or address.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_pg_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// libpq sslmode for every connection (Tator's and the operator's checks).
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+    /// Secret with the user name and password; the database is Tator's tator_online.
+    pub credentials_secret: CredentialsSecret,
+    /// CA certificate (PEM) the server certificate is verified against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
+}
+
+fn default_pg_port() -> i32 {
+    5432
+}
+
+/// Redis: exactly one of inCluster or external.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.inCluster) != has(self.external)").message("redis needs exactly one of inCluster or external"))]
+pub struct Redis {
+    /// Run Redis in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_cluster: Option<RedisInCluster>,
+    /// Use a managed Redis (ElastiCache, Memorystore, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<RedisExternal>,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Self {
+            in_cluster: Some(RedisInCluster::default()),
+            external: None,
+        }
+    }
+}
+
+/// Redis in the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisInCluster {
+    /// Require a password (generated once into a Secret the operator owns).
+    #[serde(default = "default_true")]
+    pub auth: bool,
+    /// Image, resources and placement (default image redis:7.4-alpine).
+    #[serde(flatten)]
+    pub pod: PodSettings,
+}
+
+impl Default for RedisInCluster {
+    fn default() -> Self {
+        Self {
+            auth: true,
+            pod: PodSettings::default(),
+        }
+    }
+}
+
+/// A managed Redis.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisExternal {
+    /// Host name or address.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_redis_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Connect with TLS (REDIS_USE_SSL).
+    #[serde(default)]
+    pub tls: bool,
+    /// Secret key holding the password, if the server requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<SecretKeyRef>,
+}
+
+fn default_redis_port() -> i32 {
+    6379
+}
+
+/// Elasticsearch: exactly one of inCluster or external.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.inCluster) != has(self.external)").message("elasticsearch needs exactly one of inCluster or external"))]
+pub struct Elasticsearch {
+    /// Run Elasticsearch in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_cluster: Option<ElasticsearchInCluster>,
+    /// Use a managed Elasticsearch or OpenSearch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ElasticsearchExternal>,
+}
+
+impl Default for Elasticsearch {
+    fn default() -> Self {
+        Self {
+            in_cluster: Some(ElasticsearchInCluster::default()),
+            external: None,
+        }
+    }
+}
+
+/// Elasticsearch in the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ElasticsearchInCluster {
+    /// Number of nodes (1 runs a single-node cluster).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 15))]
+    pub replicas: i32,
+    /// JVM heap (-Xms and -Xmx), for example 1g.
+    #[serde(default = "default_heap")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+[mg]$')").message("elasticsearch.inCluster.heap must look like 512m or 2g"))]
+    #[schemars(length(max = 8))]
+    pub heap: String,
+    /// The data volume of each node.
+    #[serde(default = "default_es_volume")]
+    pub storage: VolumeSettings,
+    /// Image, resources and placement (default image docker.elastic.co/elasticsearch/elasticsearch:8.15.5).
+    #[serde(flatten)]
+    pub pod: PodSettings,
+}
+
+impl Default for ElasticsearchInCluster {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            heap: default_heap(),
+            storage: default_es_volume(),
+            pod: PodSettings::default(),
+        }
+    }
+}
+
+fn default_heap() -> String {
+    "1g".into()
+}
+
+fn default_es_volume() -> VolumeSettings {
+    VolumeSettings {
+        size: "30Gi".into(),
+        storage_class_name: None,
+    }
+}
+
+/// A managed Elasticsearch or OpenSearch.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ElasticsearchExternal {
+    /// URL, for example https://search.example.com:9200 (ELASTICSEARCH_HOST).
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("elasticsearch.external.url must start with http:// or https://"))]
+    #[schemars(length(min = 1, max = 512))]
+    pub url: String,
+    /// Secret with a user name and password for HTTP basic authentication, if needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<CredentialsSecret>,
+    /// CA certificate (PEM) the server certificate is verified against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
 }
 
 /// Where Tator's images come from.

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fmt::Debug};
 use k8s_openapi::{
     NamespaceResourceScope,
     api::{
-        apps::v1::Deployment,
+        apps::v1::{Deployment, StatefulSet},
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
         core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
@@ -21,7 +21,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::info;
 
 use crate::{
-    build::{DesiredResources, common::instance_selector, storage, tls},
+    build::{DesiredResources, common::instance_selector, data, storage, tls},
     error::Error,
     validate::ValidatedTator,
 };
@@ -31,6 +31,7 @@ pub const FIELD_MANAGER: &str = "tator-operator";
 
 /// The live objects returned by the API server for everything applied this round.
 #[derive(Clone, Debug, Default)]
+#[allow(clippy::struct_excessive_bools)]
 pub struct Applied {
     pub claims: Vec<PersistentVolumeClaim>,
     pub config_maps: Vec<ConfigMap>,
@@ -39,9 +40,38 @@ pub struct Applied {
     pub cert_manager_missing: bool,
     pub services: Vec<Service>,
     pub jobs: Vec<Job>,
+    pub stateful_sets: Vec<StatefulSet>,
     pub deployments: Vec<Deployment>,
     pub autoscalers: Vec<HorizontalPodAutoscaler>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
+}
+
+impl Applied {
+    /// Adds what a later apply of the same round returned.
+    pub fn extend(&mut self, other: Applied) {
+        let Applied {
+            claims,
+            config_maps,
+            certificates,
+            cert_manager_missing,
+            services,
+            jobs,
+            stateful_sets,
+            deployments,
+            autoscalers,
+            disruption_budgets,
+        } = other;
+        self.claims.extend(claims);
+        self.config_maps.extend(config_maps);
+        self.certificates.extend(certificates);
+        self.cert_manager_missing |= cert_manager_missing;
+        self.services.extend(services);
+        self.jobs.extend(jobs);
+        self.stateful_sets.extend(stateful_sets);
+        self.deployments.extend(deployments);
+        self.autoscalers.extend(autoscalers);
+        self.disruption_budgets.extend(disruption_budgets);
+    }
 }
 
 trait Child:
@@ -95,6 +125,7 @@ pub async fn apply(
         certificates,
         services,
         jobs,
+        stateful_sets,
         deployments,
         autoscalers,
         disruption_budgets,
@@ -110,6 +141,7 @@ pub async fn apply(
         cert_manager_missing,
         services: apply_all(client, ns, services).await?,
         jobs: apply_all(client, ns, jobs).await?,
+        stateful_sets: apply_all(client, ns, stateful_sets).await?,
         deployments: apply_all(client, ns, deployments).await?,
         autoscalers: apply_all(client, ns, autoscalers).await?,
         disruption_budgets: apply_all(client, ns, disruption_budgets).await?,
@@ -242,6 +274,7 @@ pub async fn prune(client: &Client, t: &ValidatedTator, applied: &Applied) -> Re
         cert_manager_missing: _,
         services,
         jobs,
+        stateful_sets,
         deployments,
         autoscalers,
         disruption_budgets,
@@ -250,6 +283,7 @@ pub async fn prune(client: &Client, t: &ValidatedTator, applied: &Applied) -> Re
     n += prune_kind::<ConfigMap>(client, t, names(config_maps)).await?;
     n += prune_kind::<Service>(client, t, names(services)).await?;
     n += prune_kind::<Job>(client, t, names(jobs)).await?;
+    n += prune_kind::<StatefulSet>(client, t, names(stateful_sets)).await?;
     n += prune_kind::<Deployment>(client, t, names(deployments)).await?;
     n += prune_kind::<HorizontalPodAutoscaler>(client, t, names(autoscalers)).await?;
     n += prune_kind::<PodDisruptionBudget>(client, t, names(disruption_budgets)).await?;
@@ -257,49 +291,80 @@ pub async fn prune(client: &Client, t: &ValidatedTator, applied: &Applied) -> Re
     Ok(n)
 }
 
-/// Creates the Django secret key Secret if it does not exist. An existing one is never rewritten.
-pub async fn ensure_django_secret(client: &Client, t: &ValidatedTator) -> Result<(), Error> {
+/// Creates each generated Secret (the Django key, in-cluster database and cache credentials) if it
+/// does not exist. An existing one is never rewritten: only its labels and owner references
+/// follow the spec (the deletion policy decides whether it is owned).
+pub async fn ensure_generated_secrets(client: &Client, t: &ValidatedTator) -> Result<(), Error> {
     use rand::{Rng, distr::Alphanumeric};
     let api: Api<Secret> = Api::namespaced(client.clone(), &t.namespace);
-    let name = t.child_name("django");
-    let exists = api
-        .get_metadata_opt(&name)
-        .await
-        .map_err(|source| Error::Fetch {
-            what: format!("Secret {name}"),
-            source,
-        })?
-        .is_some();
-    if exists {
-        return Ok(());
-    }
-    let key: String = rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(64)
-        .map(char::from)
-        .collect();
-    let secret = storage::django_secret(t, &key);
-    match api
-        .create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            },
-            &secret,
-        )
-        .await
-    {
-        Ok(_) => {
-            info!(secret = %name, "generated the Django secret key");
-            Ok(())
+    for g in data::generated_secrets(t) {
+        let meta = data::data_meta(t, g.name.clone(), g.component);
+        let existing = api
+            .get_metadata_opt(&g.name)
+            .await
+            .map_err(|source| Error::Fetch {
+                what: format!("Secret {}", g.name),
+                source,
+            })?;
+        if let Some(existing) = existing {
+            let owners = existing
+                .metadata
+                .owner_references
+                .clone()
+                .unwrap_or_default();
+            let wanted = meta.owner_references.clone().unwrap_or_default();
+            let labels_ok = meta.labels.as_ref().is_none_or(|l| {
+                l.iter().all(|(k, v)| {
+                    existing.metadata.labels.as_ref().and_then(|x| x.get(k)) == Some(v)
+                })
+            });
+            if owners != wanted || !labels_ok {
+                // Metadata only: the data is left exactly as it is.
+                let body = serde_json::json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": g.name, "labels": meta.labels, "ownerReferences": wanted},
+                });
+                api.patch(
+                    &g.name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+                .map_err(|source| Error::Apply {
+                    kind: "Secret",
+                    name: g.name.clone(),
+                    source,
+                })?;
+            }
+            continue;
         }
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(source) => Err(Error::Apply {
-            kind: "Secret",
-            name,
-            source,
-        }),
+        let mut values = g.fixed.clone();
+        for (key, len) in &g.random {
+            let value: String = rand::rng()
+                .sample_iter(&Alphanumeric)
+                .take(*len)
+                .map(char::from)
+                .collect();
+            values.insert(key.clone(), value);
+        }
+        let secret = storage::generated_secret(meta, values);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api.create(&params, &secret).await {
+            Ok(_) => info!(secret = %g.name, "generated a Secret"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(source) => {
+                return Err(Error::Apply {
+                    kind: "Secret",
+                    name: g.name.clone(),
+                    source,
+                });
+            }
+        }
     }
+    Ok(())
 }
 
 /// Whether a Secret exists (metadata only: its data is never read).

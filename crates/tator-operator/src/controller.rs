@@ -12,7 +12,7 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    apps::v1::Deployment,
+    apps::v1::{Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::Job,
     core::v1::{ConfigMap, PersistentVolumeClaim, Service},
@@ -38,6 +38,7 @@ use crate::{
         self,
         migrations::{self, JobState},
     },
+    dependencies,
     error::Error,
     status::{self, Observations},
     validate::{self, VersionPlan},
@@ -70,6 +71,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     failures: Mutex<HashMap<String, u32>>,
+    dependency_failures: Mutex<HashMap<String, u32>>,
     reconciles: AtomicU64,
 }
 
@@ -84,6 +86,7 @@ impl Context {
             client,
             settings,
             failures: Mutex::new(HashMap::new()),
+            dependency_failures: Mutex::new(HashMap::new()),
             reconciles: AtomicU64::new(0),
         }
     }
@@ -93,8 +96,17 @@ impl Context {
         self.reconciles.load(Ordering::Relaxed)
     }
 
+    fn dependency_failures(&self, key: &str, reset: bool) -> u32 {
+        Self::count(&self.dependency_failures, key, reset)
+    }
+
     fn failures(&self, key: &str, reset: bool) -> u32 {
-        let Ok(mut map) = self.failures.lock() else {
+        Self::count(&self.failures, key, reset)
+    }
+
+    /// Consecutive failures per TatorDeployment: +1, or reset to 0.
+    fn count(counter: &Mutex<HashMap<String, u32>>, key: &str, reset: bool) -> u32 {
+        let Ok(mut map) = counter.lock() else {
             return 0;
         };
         if reset {
@@ -189,6 +201,10 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             return Err(e);
         }
     };
+    // data tier first: the web tier waits for it
+    apply::ensure_generated_secrets(&ctx.client, &t).await?;
+    let mut applied = apply::apply(&ctx.client, &t, build::build_data(&t)).await?;
+    let deps = dependencies::observe(&ctx.client, &t, &applied).await;
     // fetch
     let plan = t.plan();
     let (job, state) = match &plan {
@@ -200,23 +216,22 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         }
         _ => (None, JobState::Missing),
     };
-    let rollout = migrations::decide(plan, job, state);
-    apply::ensure_django_secret(&ctx.client, &t).await?;
+    let rollout = migrations::decide(plan, job, state, deps.all_ready());
     let mut obs = Observations::default();
     if let Some(secret) = build::tls::secret_name(&t)
         && !apply::secret_exists(&ctx.client, &t.namespace, &secret).await?
     {
         obs.tls_secret_missing = Some(secret);
     }
-    // build and apply
+    // build and apply the web tier, then prune what neither tier wants
     let desired = build::build(&t, &rollout);
-    let applied = apply::apply(&ctx.client, &t, desired).await?;
+    applied.extend(apply::apply(&ctx.client, &t, desired).await?);
     let pruned = apply::prune(&ctx.client, &t, &applied).await?;
     if pruned > 0 {
         info!(pruned, "deleted orphaned children");
     }
     // status
-    let (st, conds) = status::compute(&t, &rollout, &applied, &obs);
+    let (st, conds) = status::compute(&t, &rollout, &applied, &obs, &deps);
     let st = status::with_conditions(st, &conds, td.status.as_ref(), t.generation);
     let old_phase = td.status.as_ref().and_then(|s| s.phase.clone());
     let ready = st.phase.as_deref() == Some("Ready");
@@ -255,7 +270,12 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     ctx.failures(&key(td), true);
     Ok(if ready {
         Action::requeue(ctx.settings.resync)
+    } else if !deps.all_ready() {
+        // Dependency checks back off: 10 s doubling to 5 min while a service stays unavailable.
+        let n = ctx.dependency_failures(&key(td), false);
+        Action::requeue(Duration::from_secs((10u64 << n.min(5)).min(300)))
     } else {
+        ctx.dependency_failures(&key(td), true);
         Action::requeue(Duration::from_secs(10))
     })
 }
@@ -299,6 +319,7 @@ pub async fn run(ctx: Arc<Context>) {
     Controller::for_stream(trigger, reader)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .owns(api_for::<Deployment>(&client, ns), child_config())
+        .owns(api_for::<StatefulSet>(&client, ns), child_config())
         .owns(api_for::<Service>(&client, ns), child_config())
         .owns(api_for::<ConfigMap>(&client, ns), child_config())
         .owns(api_for::<Job>(&client, ns), child_config())

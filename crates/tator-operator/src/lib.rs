@@ -6,7 +6,9 @@
 
 pub mod apply;
 pub mod build;
+pub mod checks;
 pub mod controller;
+pub mod dependencies;
 pub mod error;
 pub mod render;
 pub mod status;

@@ -40,17 +40,21 @@ pub fn render_values(td: &TatorDeployment) -> Result<Vec<serde_json::Value>, Err
         VersionPlan::Steady(t.target_version.clone()),
         None,
         migrations::JobState::Missing,
+        true,
     );
+    let mut desired = build::build_data(&t);
+    desired.extend(build::build(&t, &rollout));
     let build::DesiredResources {
         claims,
         config_maps,
         certificates,
         services,
         jobs,
+        stateful_sets,
         deployments,
         autoscalers,
         disruption_budgets,
-    } = build::build(&t, &rollout);
+    } = desired;
     let mut out = Vec::new();
     let ser = |e| Error::Serialize {
         what: "a child".into(),
@@ -69,6 +73,9 @@ pub fn render_values(td: &TatorDeployment) -> Result<Vec<serde_json::Value>, Err
         out.push(v.map_err(ser)?);
     }
     for v in jobs.iter().map(serde_json::to_value) {
+        out.push(v.map_err(ser)?);
+    }
+    for v in stateful_sets.iter().map(serde_json::to_value) {
         out.push(v.map_err(ser)?);
     }
     for v in deployments.iter().map(serde_json::to_value) {

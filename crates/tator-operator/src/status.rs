@@ -22,6 +22,7 @@ use crate::{
         tls,
         web::{API, DB_WORKER, IMAGE_WORKER, UI},
     },
+    dependencies::Dependencies,
     validate::{ValidatedTator, VersionPlan},
 };
 
@@ -143,6 +144,7 @@ pub fn compute(
     rollout: &Rollout,
     applied: &Applied,
     obs: &Observations,
+    deps: &Dependencies,
 ) -> (TatorDeploymentStatus, Vec<Cond>) {
     let by_component = |c: &str| -> Vec<&Deployment> {
         applied
@@ -227,6 +229,13 @@ pub fn compute(
         },
     };
     conds.push(storage);
+    for (type_, d) in [
+        ("DatabaseReady", &deps.database),
+        ("CacheReady", &deps.cache),
+        ("SearchReady", &deps.search),
+    ] {
+        conds.push(Cond::new(type_, d.ok, &d.reason, d.message.clone()));
+    }
 
     let mut stalled: Option<(String, String)> = None;
     let migrations = match (&rollout.plan, &rollout.migration_state) {
@@ -435,6 +444,7 @@ mod tests {
             VersionPlan::Steady(t.target_version.clone()),
             None,
             JobState::Missing,
+            true,
         );
         let d = build(&t, &r);
         let applied = Applied {
@@ -443,7 +453,13 @@ mod tests {
             claims: d.claims,
             ..Default::default()
         };
-        let (status, conds) = compute(&t, &r, &applied, &Observations::default());
+        let (status, conds) = compute(
+            &t,
+            &r,
+            &applied,
+            &Observations::default(),
+            &Dependencies::assumed_ready(),
+        );
         assert_eq!(status.phase.as_deref(), Some("Progressing"));
         let ready = conds.iter().find(|c| c.type_ == "Ready").unwrap();
         assert!(!ready.ok);
@@ -466,9 +482,16 @@ mod tests {
             t.plan(),
             None,
             JobState::Failed("BackoffLimitExceeded".into()),
+            true,
         );
         assert_eq!(r.app_version.as_deref(), Some("1.5.0"));
-        let (status, conds) = compute(&t, &r, &Applied::default(), &Observations::default());
+        let (status, conds) = compute(
+            &t,
+            &r,
+            &Applied::default(),
+            &Observations::default(),
+            &Dependencies::assumed_ready(),
+        );
         assert_eq!(status.phase.as_deref(), Some("Failed"));
         assert_eq!(status.version.as_deref(), Some("1.5.0"));
         let stalled = conds.iter().find(|c| c.type_ == "Stalled").unwrap();

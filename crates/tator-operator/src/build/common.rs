@@ -219,7 +219,7 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
 /// are always `secretKeyRef`s.
 pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
     let spec = &t.spec;
-    vec![
+    let mut env_vars = vec![
         EnvVar {
             name: "DJANGO_SECRET_KEY".into(),
             value_from: Some(EnvVarSource {
@@ -254,7 +254,21 @@ pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
             }),
             ..Default::default()
         },
-    ]
+    ];
+    env_vars.extend(super::data::data_env(&super::data::endpoints(t)));
+    env_vars
+}
+
+/// Volumes and mounts every Tator (Django) pod needs: the shared folders and, with a managed
+/// PostgreSQL that has a CA, its certificate.
+pub fn tator_volumes(t: &ValidatedTator) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![shared_volume(t)];
+    let mut mounts = shared_mounts(TATOR_SHARED, false);
+    if let Some((v, m)) = super::data::pg_ca_volume(&super::data::endpoints(t)) {
+        volumes.push(v);
+        mounts.push(m);
+    }
+    (volumes, mounts)
 }
 
 /// Pod-level placement settings from the component's spec.

@@ -2,11 +2,11 @@
 
 use k8s_openapi::api::{
     batch::v1::{Job, JobSpec},
-    core::v1::PodSpec,
+    core::v1::{Container, EnvVar, EnvVarSource, PodSpec},
 };
 use std::collections::BTreeMap;
 
-use super::common::*;
+use super::{common::*, data};
 use crate::validate::{ValidatedTator, VersionPlan};
 
 pub const MIGRATIONS: &str = "migrations";
@@ -29,11 +29,13 @@ pub fn job(t: &ValidatedTator, version: &str) -> Job {
     ]);
     c.working_dir = Some("/tator_online".into());
     c.env = Some(tator_env(t, version));
-    c.volume_mounts = Some(shared_mounts(TATOR_SHARED, false));
+    let (volumes, mounts) = tator_volumes(t);
+    c.volume_mounts = Some(mounts);
     c.resources = Some(resources_or(&s.pod, requirements("500m", "1Gi", "8Gi")));
     let spec = PodSpec {
+        init_containers: Some(vec![extensions_container(t, version)]),
         containers: vec![c],
-        volumes: Some(vec![shared_volume(t)]),
+        volumes: Some(volumes),
         security_context: Some(pod_security(TATOR_UID)),
         restart_policy: Some("Never".into()),
         termination_grace_period_seconds: Some(7200),
@@ -61,10 +63,93 @@ pub fn job(t: &ValidatedTator, version: &str) -> Job {
     }
 }
 
+/// An init container creating the extensions Tator needs before `migrate` runs, with `psql` from
+/// the PostGIS image, against whichever PostgreSQL Tator uses.
+fn extensions_container(t: &ValidatedTator, version: &str) -> Container {
+    let e = data::endpoints(t);
+    let pg_pod = t
+        .spec
+        .postgres
+        .in_cluster
+        .as_ref()
+        .map(|p| p.pod.clone())
+        .unwrap_or_default();
+    let mut c = container(
+        "extensions",
+        tator_image(t, "tator_postgis", version, &pg_pod),
+        t.spec.image.pull_policy.as_str(),
+        false,
+    );
+    let statements: Vec<String> = data::EXTENSIONS
+        .iter()
+        .map(|x| format!("-c 'CREATE EXTENSION IF NOT EXISTS \"{x}\"'"))
+        .collect();
+    c.command = Some(vec!["sh".into(), "-c".into()]);
+    c.args = Some(vec![format!(
+        "psql -v ON_ERROR_STOP=1 {}",
+        statements.join(" ")
+    )]);
+    let mut env = vec![
+        EnvVar {
+            name: "PGHOST".into(),
+            value: Some(e.pg_host.clone()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "PGPORT".into(),
+            value: Some(e.pg_port.to_string()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "PGDATABASE".into(),
+            value: Some(data::DATABASE.into()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "PGUSER".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(e.pg_user.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "PGPASSWORD".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(e.pg_password.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    if let Some(mode) = e.pg_ssl_mode {
+        env.push(EnvVar {
+            name: "PGSSLMODE".into(),
+            value: Some(mode.as_str().into()),
+            ..Default::default()
+        });
+    }
+    let mut mounts = Vec::new();
+    if let Some((_, m)) = data::pg_ca_volume(&e) {
+        env.push(EnvVar {
+            name: "PGSSLROOTCERT".into(),
+            value: Some(format!("{}/ca.crt", data::PG_CA_DIR)),
+            ..Default::default()
+        });
+        mounts.push(m);
+    }
+    c.env = Some(env);
+    c.volume_mounts = (!mounts.is_empty()).then_some(mounts);
+    c.resources = Some(requirements("50m", "64Mi", "256Mi"));
+    c
+}
+
 /// State of a migrations Job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobState {
     Missing,
+    /// Not started: a data service is not ready.
+    WaitingForDependencies,
     Running,
     Succeeded,
     Failed(String),
@@ -105,8 +190,14 @@ pub struct Rollout {
     pub plan: VersionPlan,
 }
 
-/// Decides the rollout from the version plan and the state of the migrations Job.
-pub fn decide(plan: VersionPlan, job: Option<Job>, state: JobState) -> Rollout {
+/// Decides the rollout from the version plan, the state of the migrations Job and whether the
+/// data services are ready: a migration does not start while one is not.
+pub fn decide(plan: VersionPlan, job: Option<Job>, state: JobState, deps_ready: bool) -> Rollout {
+    let (job, state) = if !deps_ready && state == JobState::Missing {
+        (None, JobState::WaitingForDependencies)
+    } else {
+        (job, state)
+    };
     match &plan {
         VersionPlan::Steady(v) => Rollout {
             app_version: Some(v.to_string()),

@@ -1,6 +1,7 @@
 //! Build: every desired child from pure functions of the validated spec and the rollout.
 
 pub mod common;
+pub mod data;
 pub mod migrations;
 pub mod nginx;
 pub mod storage;
@@ -8,7 +9,7 @@ pub mod tls;
 pub mod web;
 
 use k8s_openapi::api::{
-    apps::v1::Deployment,
+    apps::v1::{Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::Job,
     core::v1::{ConfigMap, PersistentVolumeClaim, Service},
@@ -28,12 +29,61 @@ pub struct DesiredResources {
     pub certificates: Vec<DynamicObject>,
     pub services: Vec<Service>,
     pub jobs: Vec<Job>,
+    pub stateful_sets: Vec<StatefulSet>,
     pub deployments: Vec<Deployment>,
     pub autoscalers: Vec<HorizontalPodAutoscaler>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
 }
 
-/// Builds the desired children.
+impl DesiredResources {
+    /// Adds another set of children (applied after these).
+    pub fn extend(&mut self, other: DesiredResources) {
+        let DesiredResources {
+            claims,
+            config_maps,
+            certificates,
+            services,
+            jobs,
+            stateful_sets,
+            deployments,
+            autoscalers,
+            disruption_budgets,
+        } = other;
+        self.claims.extend(claims);
+        self.config_maps.extend(config_maps);
+        self.certificates.extend(certificates);
+        self.services.extend(services);
+        self.jobs.extend(jobs);
+        self.stateful_sets.extend(stateful_sets);
+        self.deployments.extend(deployments);
+        self.autoscalers.extend(autoscalers);
+        self.disruption_budgets.extend(disruption_budgets);
+    }
+}
+
+/// Builds the data tier: in-cluster PostgreSQL (and pgbouncer), Redis and Elasticsearch. It is
+/// applied first, and the web tier waits for it.
+pub fn build_data(t: &ValidatedTator) -> DesiredResources {
+    let mut d = DesiredResources::default();
+    let version = t
+        .serving_version
+        .as_ref()
+        .unwrap_or(&t.target_version)
+        .to_string();
+    let (sts, deployments, services) = data::postgres(t, &version);
+    d.stateful_sets.extend(sts);
+    d.deployments.extend(deployments);
+    d.services.extend(services);
+    let (deployments, services) = data::redis(t);
+    d.deployments.extend(deployments);
+    d.services.extend(services);
+    let (sts, services) = data::elasticsearch(t);
+    d.stateful_sets.extend(sts);
+    d.services.extend(services);
+    d
+}
+
+/// Builds the web tier: the API, workers, UI, NGINX, the shared volume and the migrations Job.
 pub fn build(t: &ValidatedTator, rollout: &Rollout) -> DesiredResources {
     let mut d = DesiredResources::default();
     d.claims.extend(storage::shared_claim(t));
@@ -78,6 +128,7 @@ mod tests {
             crate::validate::VersionPlan::Steady(t.target_version.clone()),
             None,
             JobState::Missing,
+            true,
         );
         (t, r)
     }
@@ -145,7 +196,7 @@ mod tests {
         let td = minimal("1.5.0");
         let t = validate(&td).unwrap();
         let job = migrations::job(&t, "1.5.0");
-        let r = decide(t.plan(), Some(job), JobState::Running);
+        let r = decide(t.plan(), Some(job), JobState::Running, true);
         let d = build(&t, &r);
         let names: Vec<String> = d
             .deployments

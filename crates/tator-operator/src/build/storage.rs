@@ -10,20 +10,20 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 
-use super::common::{DJANGO_SECRET_KEY, retained_meta};
+use super::data::data_meta;
 use crate::validate::ValidatedTator;
 
 pub const STORAGE: &str = "storage";
 
-/// The shared claim the operator creates, unless the spec names an existing one. It carries no
-/// owner reference: deleting the TatorDeployment keeps the files.
+/// The shared claim the operator creates, unless the spec names an existing one. Owned (deleted
+/// with the TatorDeployment) only with `deletionPolicy: Delete`.
 pub fn shared_claim(t: &ValidatedTator) -> Option<PersistentVolumeClaim> {
     let shared = &t.spec.storage.shared;
     if shared.existing_claim.is_some() {
         return None;
     }
     Some(PersistentVolumeClaim {
-        metadata: retained_meta(t, t.child_name("shared"), STORAGE),
+        metadata: data_meta(t, t.child_name("shared"), STORAGE),
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteMany".into()]),
             storage_class_name: shared.storage_class_name.clone(),
@@ -40,16 +40,17 @@ pub fn shared_claim(t: &ValidatedTator) -> Option<PersistentVolumeClaim> {
     })
 }
 
-/// The Secret holding Django's secret key, created once with `key` and never rewritten. It
-/// carries no owner reference: sessions and signed tokens survive re-creating the resource.
-pub fn django_secret(t: &ValidatedTator, key: &str) -> Secret {
+/// A generated Secret with its values. Created once and never rewritten.
+pub fn generated_secret(meta: kube::api::ObjectMeta, values: BTreeMap<String, String>) -> Secret {
     Secret {
-        metadata: retained_meta(t, t.child_name("django"), "api"),
+        metadata: meta,
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            DJANGO_SECRET_KEY.to_string(),
-            ByteString(key.as_bytes().to_vec()),
-        )])),
+        data: Some(
+            values
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
         ..Default::default()
     }
 }

@@ -82,13 +82,14 @@ pub fn api_deployment(t: &ValidatedTator, version: &str) -> Deployment {
         ..Default::default()
     }]);
     c.env = Some(tator_env(t, version));
-    c.volume_mounts = Some(shared_mounts(TATOR_SHARED, false));
+    let (volumes, mounts) = tator_volumes(t);
+    c.volume_mounts = Some(mounts);
     c.readiness_probe = Some(tcp_probe(API_PORT, 5, 5, 3));
     c.liveness_probe = Some(tcp_probe(API_PORT, 60, 20, 6));
     c.resources = Some(resources_or(&s.pod, requirements("1", "4Gi", "16Gi")));
     let spec = PodSpec {
         containers: vec![c],
-        volumes: Some(vec![shared_volume(t)]),
+        volumes: Some(volumes),
         security_context: Some(pod_security(TATOR_UID)),
         termination_grace_period_seconds: Some(60),
         topology_spread_constraints: Some(spread(t, API)),
@@ -125,14 +126,15 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> 
     c.command = Some(vec!["python3".into(), "worker.py".into(), queue.into()]);
     c.working_dir = Some("/tator_online/main".into());
     c.env = Some(tator_env(t, version));
-    c.volume_mounts = Some(shared_mounts(TATOR_SHARED, false));
+    let (volumes, mounts) = tator_volumes(t);
+    c.volume_mounts = Some(mounts);
     c.resources = Some(resources_or(
         &settings.pod,
         requirements("500m", "1Gi", "4Gi"),
     ));
     let spec = PodSpec {
         containers: vec![c],
-        volumes: Some(vec![shared_volume(t)]),
+        volumes: Some(volumes),
         security_context: Some(pod_security(TATOR_UID)),
         termination_grace_period_seconds: Some(60),
         ..Default::default()

@@ -1,0 +1,658 @@
+//! PostgreSQL, Redis and Elasticsearch: the in-cluster workloads, and the endpoints Tator is
+//! wired to (in-cluster or managed). Secret values are only ever `secretKeyRef`s.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{
+            Deployment, DeploymentSpec, StatefulSet,
+            StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+        },
+        core::v1::{
+            ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+            PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, Probe, SecretKeySelector,
+            SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
+            VolumeMount, VolumeResourceRequirements,
+        },
+    },
+    apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
+};
+use kube::api::ObjectMeta;
+use tator_api::{DeletionPolicy, SslMode, VolumeSettings};
+
+use super::common::*;
+use crate::validate::ValidatedTator;
+
+pub const POSTGRES: &str = "postgres";
+pub const PGBOUNCER: &str = "pgbouncer";
+pub const REDIS: &str = "redis";
+pub const ELASTICSEARCH: &str = "elasticsearch";
+/// Tator's database name (hard-coded in its settings).
+pub const DATABASE: &str = "tator_online";
+/// Extensions Tator needs.
+pub const EXTENSIONS: &[&str] = &["ltree", "postgis", "vector", "pg_trgm"];
+pub const REDIS_IMAGE: &str = "redis:7.4-alpine";
+pub const ES_IMAGE: &str = "docker.elastic.co/elasticsearch/elasticsearch:8.15.5";
+pub const PGBOUNCER_IMAGE: &str = "bitnami/pgbouncer:1.23.1";
+const POSTGRES_UID: i64 = 999;
+const REDIS_UID: i64 = 999;
+const ES_UID: i64 = 1000;
+const PGBOUNCER_UID: i64 = 1001;
+/// Folder the PostgreSQL CA certificate is mounted in.
+pub const PG_CA_DIR: &str = "/etc/tator/postgres-ca";
+
+/// A Secret the operator generates once: `(key, value length)` pairs of random values, plus
+/// fixed values. Never rewritten once it exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratedSecret {
+    pub name: String,
+    pub component: &'static str,
+    pub fixed: BTreeMap<String, String>,
+    pub random: Vec<(String, usize)>,
+}
+
+/// Where Tator finds its data services.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoints {
+    pub pg_host: String,
+    pub pg_port: i32,
+    pub pg_user: SecretKeySelector,
+    pub pg_password: SecretKeySelector,
+    pub pg_ssl_mode: Option<SslMode>,
+    pub pg_ca: Option<tator_api::SecretKeyRef>,
+    pub redis_host: String,
+    pub redis_port: i32,
+    pub redis_password: Option<SecretKeySelector>,
+    pub redis_tls: bool,
+    pub es_url: String,
+    pub es_credentials: Option<(SecretKeySelector, SecretKeySelector)>,
+}
+
+fn key_ref(name: &str, key: &str) -> SecretKeySelector {
+    SecretKeySelector {
+        name: name.into(),
+        key: key.into(),
+        optional: Some(false),
+    }
+}
+
+pub fn endpoints(t: &ValidatedTator) -> Endpoints {
+    let spec = &t.spec;
+    let (pg_host, pg_port, pg_user, pg_password, pg_ssl_mode, pg_ca) = match &spec.postgres.external
+    {
+        Some(ext) => (
+            ext.host.clone(),
+            ext.port,
+            key_ref(
+                &ext.credentials_secret.name,
+                &ext.credentials_secret.username_key,
+            ),
+            key_ref(
+                &ext.credentials_secret.name,
+                &ext.credentials_secret.password_key,
+            ),
+            Some(ext.ssl_mode),
+            ext.ca_secret.clone(),
+        ),
+        None => {
+            let pooled = spec
+                .postgres
+                .in_cluster
+                .as_ref()
+                .is_some_and(|p| p.pgbouncer.enabled);
+            let host = t.child_name(if pooled { PGBOUNCER } else { POSTGRES });
+            let secret = t.child_name(POSTGRES);
+            (
+                host,
+                5432,
+                key_ref(&secret, "username"),
+                key_ref(&secret, "password"),
+                None,
+                None,
+            )
+        }
+    };
+    let (redis_host, redis_port, redis_password, redis_tls) = match &spec.redis.external {
+        Some(ext) => (
+            ext.host.clone(),
+            ext.port,
+            ext.password_secret
+                .as_ref()
+                .map(|s| key_ref(&s.name, &s.key)),
+            ext.tls,
+        ),
+        None => {
+            let auth = spec.redis.in_cluster.as_ref().is_none_or(|r| r.auth);
+            (
+                t.child_name(REDIS),
+                6379,
+                auth.then(|| key_ref(&t.child_name(REDIS), "password")),
+                false,
+            )
+        }
+    };
+    let (es_url, es_credentials) = match &spec.elasticsearch.external {
+        Some(ext) => (
+            ext.url.trim_end_matches('/').to_string(),
+            ext.credentials_secret.as_ref().map(|c| {
+                (
+                    key_ref(&c.name, &c.username_key),
+                    key_ref(&c.name, &c.password_key),
+                )
+            }),
+        ),
+        None => (format!("http://{}:9200", t.child_name(ELASTICSEARCH)), None),
+    };
+    Endpoints {
+        pg_host,
+        pg_port,
+        pg_user,
+        pg_password,
+        pg_ssl_mode,
+        pg_ca,
+        redis_host,
+        redis_port,
+        redis_password,
+        redis_tls,
+        es_url,
+        es_credentials,
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn env_secret(name: &str, sel: &SecretKeySelector) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(sel.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The environment wiring Tator's processes to the data services.
+pub fn data_env(e: &Endpoints) -> Vec<EnvVar> {
+    let mut v = vec![
+        env("POSTGRES_HOST", e.pg_host.clone()),
+        env("POSTGRES_PORT", e.pg_port.to_string()),
+        env_secret("POSTGRES_USER", &e.pg_user),
+        env_secret("POSTGRES_USERNAME", &e.pg_user),
+        env_secret("POSTGRES_PASSWORD", &e.pg_password),
+        env("POSTGRES_DB", DATABASE),
+    ];
+    if let Some(mode) = e.pg_ssl_mode {
+        // libpq (psycopg2) reads these for every connection.
+        v.push(env("PGSSLMODE", mode.as_str()));
+    }
+    if e.pg_ca.is_some() {
+        v.push(env("PGSSLROOTCERT", format!("{PG_CA_DIR}/ca.crt")));
+    }
+    v.push(env("REDIS_HOST", e.redis_host.clone()));
+    v.push(env("REDIS_PORT", e.redis_port.to_string()));
+    if let Some(p) = &e.redis_password {
+        v.push(env_secret("REDIS_PASSWORD", p));
+    }
+    v.push(env(
+        "REDIS_USE_SSL",
+        if e.redis_tls { "true" } else { "false" },
+    ));
+    match &e.es_credentials {
+        Some((user, password)) => {
+            v.push(env_secret("ELASTICSEARCH_USERNAME", user));
+            v.push(env_secret("ELASTICSEARCH_PASSWORD", password));
+            // Kubernetes expands $(VAR) from the variables above: no secret in the pod spec.
+            let (scheme, rest) = e
+                .es_url
+                .split_once("://")
+                .unwrap_or(("http", e.es_url.as_str()));
+            v.push(env(
+                "ELASTICSEARCH_HOST",
+                format!("{scheme}://$(ELASTICSEARCH_USERNAME):$(ELASTICSEARCH_PASSWORD)@{rest}"),
+            ));
+        }
+        None => v.push(env("ELASTICSEARCH_HOST", e.es_url.clone())),
+    }
+    v
+}
+
+/// The volume and mount of the PostgreSQL CA, when one is configured.
+pub fn pg_ca_volume(e: &Endpoints) -> Option<(Volume, VolumeMount)> {
+    let ca = e.pg_ca.as_ref()?;
+    Some((
+        Volume {
+            name: "postgres-ca".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                    key: ca.key.clone(),
+                    path: "ca.crt".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "postgres-ca".into(),
+            mount_path: PG_CA_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ))
+}
+
+/// Metadata of data that the deletion policy governs: owned (deleted with the TatorDeployment)
+/// only with `deletionPolicy: Delete`.
+pub fn data_meta(t: &ValidatedTator, name: String, component: &str) -> ObjectMeta {
+    match t.spec.deletion_policy {
+        DeletionPolicy::Delete => child_meta(t, name, component, None),
+        DeletionPolicy::Retain => retained_meta(t, name, component),
+    }
+}
+
+/// Secrets the operator generates for in-cluster services (and the Django key).
+pub fn generated_secrets(t: &ValidatedTator) -> Vec<GeneratedSecret> {
+    let mut out = vec![GeneratedSecret {
+        name: t.child_name("django"),
+        component: "api",
+        fixed: BTreeMap::new(),
+        random: vec![(DJANGO_SECRET_KEY.into(), 64)],
+    }];
+    if t.spec.postgres.in_cluster.is_some() {
+        out.push(GeneratedSecret {
+            name: t.child_name(POSTGRES),
+            component: POSTGRES,
+            fixed: BTreeMap::from([("username".to_string(), "tator".to_string())]),
+            random: vec![("password".into(), 32)],
+        });
+    }
+    if t.spec.redis.in_cluster.as_ref().is_some_and(|r| r.auth) {
+        out.push(GeneratedSecret {
+            name: t.child_name(REDIS),
+            component: REDIS,
+            fixed: BTreeMap::new(),
+            random: vec![("password".into(), 32)],
+        });
+    }
+    out
+}
+
+fn claim_template(name: &str, v: &VolumeSettings) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: v.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(v.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn retention(t: &ValidatedTator) -> StatefulSetPersistentVolumeClaimRetentionPolicy {
+    let policy = match t.spec.deletion_policy {
+        DeletionPolicy::Delete => "Delete",
+        DeletionPolicy::Retain => "Retain",
+    };
+    StatefulSetPersistentVolumeClaimRetentionPolicy {
+        when_deleted: Some(policy.into()),
+        when_scaled: Some("Retain".into()),
+    }
+}
+
+fn exec_probe(cmd: &str, initial: i32, period: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec!["sh".into(), "-c".into(), cmd.into()]),
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(6),
+        ..Default::default()
+    }
+}
+
+fn service(
+    t: &ValidatedTator,
+    name: String,
+    component: &str,
+    port: i32,
+    headless: bool,
+) -> Service {
+    Service {
+        metadata: child_meta(t, name, component, None),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: headless.then(|| "None".to_string()),
+            publish_not_ready_addresses: headless.then_some(true),
+            selector: Some(selector_labels(t, component)),
+            ports: Some(vec![ServicePort {
+                name: Some(component.into()),
+                port,
+                target_port: Some(IntOrString::Int(port)),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// In-cluster PostgreSQL: a StatefulSet with a volume claim template, a headless and a client
+/// Service, and optionally pgbouncer.
+pub fn postgres(
+    t: &ValidatedTator,
+    version: &str,
+) -> (Vec<StatefulSet>, Vec<Deployment>, Vec<Service>) {
+    let Some(pg) = &t.spec.postgres.in_cluster else {
+        return (vec![], vec![], vec![]);
+    };
+    let secret = t.child_name(POSTGRES);
+    let mut c = container(
+        POSTGRES,
+        tator_image(t, "tator_postgis", version, &pg.pod),
+        t.spec.image.pull_policy.as_str(),
+        false,
+    );
+    c.env = Some(vec![
+        env_secret("POSTGRES_USER", &key_ref(&secret, "username")),
+        env_secret("POSTGRES_PASSWORD", &key_ref(&secret, "password")),
+        env("POSTGRES_DB", DATABASE),
+        env("PGDATA", "/var/lib/postgresql/data/pgdata"),
+    ]);
+    c.ports = Some(vec![ContainerPort {
+        name: Some(POSTGRES.into()),
+        container_port: 5432,
+        ..Default::default()
+    }]);
+    c.volume_mounts = Some(vec![
+        VolumeMount {
+            name: "data".into(),
+            mount_path: "/var/lib/postgresql/data".into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "run".into(),
+            mount_path: "/var/run/postgresql".into(),
+            ..Default::default()
+        },
+    ]);
+    let ready = format!("pg_isready -h 127.0.0.1 -U \"$POSTGRES_USER\" -d {DATABASE}");
+    c.readiness_probe = Some(exec_probe(&ready, 5, 10));
+    c.liveness_probe = Some(exec_probe(&ready, 30, 20));
+    c.resources = Some(resources_or(&pg.pod, requirements("500m", "2Gi", "8Gi")));
+    let spec = PodSpec {
+        containers: vec![c],
+        volumes: Some(vec![Volume {
+            name: "run".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        }]),
+        security_context: Some(pod_security(POSTGRES_UID)),
+        termination_grace_period_seconds: Some(120),
+        ..Default::default()
+    };
+    let sts = StatefulSet {
+        metadata: child_meta(t, t.child_name(POSTGRES), POSTGRES, None),
+        spec: StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(t.child_name("postgres-hl")),
+            selector: label_selector(t, POSTGRES),
+            template: pod_template(t, POSTGRES, None, spec, BTreeMap::new(), &pg.pod),
+            volume_claim_templates: Some(vec![claim_template("data", &pg.storage)]),
+            persistent_volume_claim_retention_policy: Some(retention(t)),
+            ..Default::default()
+        },
+        status: None,
+    };
+    let mut services = vec![
+        service(t, t.child_name("postgres-hl"), POSTGRES, 5432, true),
+        service(t, t.child_name(POSTGRES), POSTGRES, 5432, false),
+    ];
+    let mut deployments = Vec::new();
+    if pg.pgbouncer.enabled {
+        let pb = &pg.pgbouncer;
+        let mut c = container(
+            PGBOUNCER,
+            pb.pod
+                .image
+                .clone()
+                .unwrap_or_else(|| PGBOUNCER_IMAGE.into()),
+            t.spec.image.pull_policy.as_str(),
+            false,
+        );
+        c.env = Some(vec![
+            env("POSTGRESQL_HOST", t.child_name(POSTGRES)),
+            env("POSTGRESQL_PORT", "5432"),
+            env_secret("POSTGRESQL_USERNAME", &key_ref(&secret, "username")),
+            env_secret("POSTGRESQL_PASSWORD", &key_ref(&secret, "password")),
+            env("POSTGRESQL_DATABASE", DATABASE),
+            env("PGBOUNCER_DATABASE", DATABASE),
+            env("PGBOUNCER_PORT", "5432"),
+            env("PGBOUNCER_POOL_MODE", "session"),
+        ]);
+        c.ports = Some(vec![ContainerPort {
+            name: Some(PGBOUNCER.into()),
+            container_port: 5432,
+            ..Default::default()
+        }]);
+        let tcp = |initial| Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(5432),
+                ..Default::default()
+            }),
+            initial_delay_seconds: Some(initial),
+            period_seconds: Some(10),
+            ..Default::default()
+        };
+        c.readiness_probe = Some(tcp(3));
+        c.liveness_probe = Some(tcp(20));
+        c.resources = Some(resources_or(
+            &pb.pod,
+            requirements("100m", "128Mi", "512Mi"),
+        ));
+        let spec = PodSpec {
+            containers: vec![c],
+            security_context: Some(pod_security(PGBOUNCER_UID)),
+            ..Default::default()
+        };
+        deployments.push(Deployment {
+            metadata: child_meta(t, t.child_name(PGBOUNCER), PGBOUNCER, None),
+            spec: DeploymentSpec {
+                replicas: Some(1),
+                selector: label_selector(t, PGBOUNCER),
+                template: pod_template(t, PGBOUNCER, None, spec, BTreeMap::new(), &pb.pod),
+                ..Default::default()
+            },
+            status: None,
+        });
+        services.push(service(t, t.child_name(PGBOUNCER), PGBOUNCER, 5432, false));
+    }
+    (vec![sts], deployments, services)
+}
+
+/// In-cluster Redis: a one-replica Deployment (Tator keeps only transient data in it) and a
+/// Service, with a generated password unless `auth: false`.
+pub fn redis(t: &ValidatedTator) -> (Vec<Deployment>, Vec<Service>) {
+    let Some(r) = &t.spec.redis.in_cluster else {
+        return (vec![], vec![]);
+    };
+    let mut c = container(
+        REDIS,
+        r.pod.image.clone().unwrap_or_else(|| REDIS_IMAGE.into()),
+        t.spec.image.pull_policy.as_str(),
+        true,
+    );
+    let mut args =
+        "exec redis-server --port 6379 --save '' --appendonly no --dir /data".to_string();
+    let mut probe = "redis-cli -h 127.0.0.1 ping | grep -q PONG".to_string();
+    if r.auth {
+        c.env = Some(vec![env_secret(
+            "REDIS_PASSWORD",
+            &key_ref(&t.child_name(REDIS), "password"),
+        )]);
+        args.push_str(" --requirepass \"$REDIS_PASSWORD\"");
+        probe =
+            "REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli -h 127.0.0.1 ping | grep -q PONG".into();
+    }
+    c.command = Some(vec!["sh".into(), "-c".into(), args]);
+    c.ports = Some(vec![ContainerPort {
+        name: Some(REDIS.into()),
+        container_port: 6379,
+        ..Default::default()
+    }]);
+    c.volume_mounts = Some(vec![VolumeMount {
+        name: "data".into(),
+        mount_path: "/data".into(),
+        ..Default::default()
+    }]);
+    c.readiness_probe = Some(exec_probe(&probe, 2, 10));
+    c.liveness_probe = Some(exec_probe(&probe, 20, 20));
+    c.resources = Some(resources_or(&r.pod, requirements("100m", "256Mi", "2Gi")));
+    let spec = PodSpec {
+        containers: vec![c],
+        volumes: Some(vec![Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        }]),
+        security_context: Some(pod_security(REDIS_UID)),
+        ..Default::default()
+    };
+    let deployment = Deployment {
+        metadata: child_meta(t, t.child_name(REDIS), REDIS, None),
+        spec: DeploymentSpec {
+            replicas: Some(1),
+            selector: label_selector(t, REDIS),
+            strategy: Some(k8s_openapi::api::apps::v1::DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                rolling_update: None,
+            }),
+            template: pod_template(t, REDIS, None, spec, BTreeMap::new(), &r.pod),
+            ..Default::default()
+        },
+        status: None,
+    };
+    (
+        vec![deployment],
+        vec![service(t, t.child_name(REDIS), REDIS, 6379, false)],
+    )
+}
+
+/// In-cluster Elasticsearch: a StatefulSet (single-node by default) that needs no privileged
+/// init container (`node.store.allow_mmap: false` instead of raising vm.max_map_count).
+pub fn elasticsearch(t: &ValidatedTator) -> (Vec<StatefulSet>, Vec<Service>) {
+    let Some(es) = &t.spec.elasticsearch.in_cluster else {
+        return (vec![], vec![]);
+    };
+    let name = t.child_name(ELASTICSEARCH);
+    let headless = t.child_name("elasticsearch-hl");
+    let mut c = container(
+        ELASTICSEARCH,
+        es.pod.image.clone().unwrap_or_else(|| ES_IMAGE.into()),
+        t.spec.image.pull_policy.as_str(),
+        false,
+    );
+    let mut envs = vec![
+        env("cluster.name", name.clone()),
+        env("node.store.allow_mmap", "false"),
+        env("xpack.security.enabled", "false"),
+        env("ES_JAVA_OPTS", format!("-Xms{h} -Xmx{h}", h = es.heap)),
+        EnvVar {
+            name: "node.name".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    if es.replicas == 1 {
+        envs.push(env("discovery.type", "single-node"));
+    } else {
+        let nodes: Vec<String> = (0..es.replicas).map(|i| format!("{name}-{i}")).collect();
+        envs.push(env("discovery.seed_hosts", headless.clone()));
+        envs.push(env("cluster.initial_master_nodes", nodes.join(",")));
+    }
+    c.env = Some(envs);
+    c.ports = Some(vec![
+        ContainerPort {
+            name: Some("http".into()),
+            container_port: 9200,
+            ..Default::default()
+        },
+        ContainerPort {
+            name: Some("transport".into()),
+            container_port: 9300,
+            ..Default::default()
+        },
+    ]);
+    c.volume_mounts = Some(vec![VolumeMount {
+        name: "data".into(),
+        mount_path: "/usr/share/elasticsearch/data".into(),
+        ..Default::default()
+    }]);
+    c.readiness_probe = Some(Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/_cluster/health?local=true".into()),
+            port: IntOrString::Int(9200),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(10),
+        period_seconds: Some(10),
+        ..Default::default()
+    });
+    c.resources = Some(resources_or(&es.pod, requirements("500m", "2Gi", "4Gi")));
+    let spec = PodSpec {
+        containers: vec![c],
+        security_context: Some(pod_security(ES_UID)),
+        ..Default::default()
+    };
+    let sts = StatefulSet {
+        metadata: child_meta(t, name.clone(), ELASTICSEARCH, None),
+        spec: StatefulSetSpec {
+            replicas: Some(es.replicas),
+            service_name: Some(headless.clone()),
+            selector: label_selector(t, ELASTICSEARCH),
+            pod_management_policy: Some("Parallel".into()),
+            template: pod_template(t, ELASTICSEARCH, None, spec, BTreeMap::new(), &es.pod),
+            volume_claim_templates: Some(vec![claim_template("data", &es.storage)]),
+            persistent_volume_claim_retention_policy: Some(retention(t)),
+            ..Default::default()
+        },
+        status: None,
+    };
+    let mut hl = service(t, headless, ELASTICSEARCH, 9300, true);
+    if let Some(ports) = hl.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+        ports[0].name = Some("transport".into());
+    }
+    let mut client = service(t, name, ELASTICSEARCH, 9200, false);
+    if let Some(ports) = client.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+        ports[0].name = Some("http".into());
+    }
+    (vec![sts], vec![hl, client])
+}

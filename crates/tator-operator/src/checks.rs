@@ -1,0 +1,486 @@
+//! Readiness checks of managed (external) dependencies, run from the operator process before it
+//! runs migrations or rolls the API: PostgreSQL (connect, authenticate, `SELECT 1`, required
+//! extensions available), Redis (AUTH + PING) and Elasticsearch (cluster health yellow or green).
+//!
+//! Every check is bounded in time. Passwords live in [`Password`], whose `Debug` is redacted, and
+//! are scrubbed from every message a check returns.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// A password: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+    fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Removes the password from a message, should a library ever echo it.
+    fn scrub(&self, message: String) -> String {
+        if self.0.is_empty() {
+            message
+        } else {
+            message.replace(&self.0, "***")
+        }
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// Why a dependency is not ready: a stable reason and a message without secrets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl CheckError {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Time limit of each check.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads one key of a Secret (for a check only; the value is never logged or stored).
+pub async fn secret_value(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+) -> Result<String, CheckError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(|e| {
+            CheckError::new(
+                "SecretUnreadable",
+                format!("could not read Secret {name}: {e}"),
+            )
+        })?
+        .ok_or_else(|| {
+            CheckError::new("SecretNotFound", format!("Secret {name} does not exist"))
+        })?;
+    let bytes = secret.data.and_then(|mut d| d.remove(key)).ok_or_else(|| {
+        CheckError::new("SecretNotFound", format!("Secret {name} has no key {key}"))
+    })?;
+    String::from_utf8(bytes.0).map_err(|_| {
+        CheckError::new(
+            "SecretNotFound",
+            format!("key {key} of Secret {name} is not text"),
+        )
+    })
+}
+
+fn tls_config(ca_pem: Option<&str>, verify: bool) -> Result<rustls::ClientConfig, CheckError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CheckError::new("TLSError", e.to_string()))?;
+    if !verify {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+                let cert = cert.map_err(|e| {
+                    CheckError::new("TLSError", format!("invalid CA certificate: {e}"))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    CheckError::new("TLSError", format!("invalid CA certificate: {e}"))
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// libpq's `sslmode=require` encrypts without verifying the server; this verifier does the same.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A managed PostgreSQL to check.
+#[derive(Clone, Debug)]
+pub struct PostgresTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Password,
+    pub database: String,
+    pub ssl_mode: tator_api::SslMode,
+    pub ca_pem: Option<String>,
+    pub extensions: Vec<String>,
+}
+
+fn classify_pg(e: &tokio_postgres::Error, password: &Password) -> CheckError {
+    let text = password.scrub(e.to_string());
+    let source = std::error::Error::source(e)
+        .map(|s| password.scrub(s.to_string()))
+        .unwrap_or_default();
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        if code == "28P01" || code == "28000" {
+            return CheckError::new(
+                "AuthenticationFailed",
+                password.scrub(db.message().to_string()),
+            );
+        }
+        return CheckError::new(
+            "QueryFailed",
+            password.scrub(format!("{} ({code})", db.message())),
+        );
+    }
+    let full = format!("{text}: {source}");
+    let lower = full.to_lowercase();
+    if lower.contains("tls") || lower.contains("ssl") || lower.contains("certificate") {
+        CheckError::new("TLSError", full)
+    } else {
+        CheckError::new("Unreachable", full)
+    }
+}
+
+/// Connects, authenticates, runs `SELECT 1` and checks the required extensions are installed or
+/// available to install. Returns a short description on success.
+pub async fn check_postgres(target: &PostgresTarget) -> Result<String, CheckError> {
+    use tator_api::SslMode;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&target.host)
+        .port(target.port)
+        .user(&target.user)
+        .password(target.password.expose())
+        .dbname(&target.database)
+        .connect_timeout(CHECK_TIMEOUT)
+        .application_name("tator-operator-check")
+        .ssl_mode(match target.ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+    let verify = matches!(target.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(
+        target.ca_pem.as_deref(),
+        verify,
+    )?);
+    let work = async {
+        let (client, connection) = cfg
+            .connect(tls)
+            .await
+            .map_err(|e| classify_pg(&e, &target.password))?;
+        let conn = tokio::spawn(connection);
+        let result = async {
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| classify_pg(&e, &target.password))?;
+            let rows = client
+                .query(
+                    "SELECT name FROM pg_available_extensions WHERE name = ANY($1)",
+                    &[&target.extensions],
+                )
+                .await
+                .map_err(|e| classify_pg(&e, &target.password))?;
+            let available: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+            let missing: Vec<&String> = target
+                .extensions
+                .iter()
+                .filter(|x| !available.contains(x))
+                .collect();
+            if missing.is_empty() {
+                Ok(format!(
+                    "connected to {}:{} and found every required extension",
+                    target.host, target.port
+                ))
+            } else {
+                let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+                Err(CheckError::new(
+                    "MissingExtension",
+                    format!(
+                        "the server does not offer the extension(s) {} that Tator needs",
+                        names.join(", ")
+                    ),
+                ))
+            }
+        }
+        .await;
+        drop(client);
+        conn.abort();
+        result
+    };
+    tokio::time::timeout(CHECK_TIMEOUT * 2, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(CheckError::new(
+                "Unreachable",
+                format!("no answer from {}:{} in time", target.host, target.port),
+            ))
+        })
+}
+
+/// A managed Redis to check.
+#[derive(Clone, Debug)]
+pub struct RedisTarget {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub password: Option<Password>,
+}
+
+async fn resp_line<S: AsyncRead + Unpin>(reader: &mut BufReader<S>) -> Result<String, CheckError> {
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .await
+        .map_err(|e| CheckError::new("Unreachable", format!("connection lost: {e}")))?;
+    if line.is_empty() {
+        return Err(CheckError::new(
+            "Unreachable",
+            "the server closed the connection",
+        ));
+    }
+    Ok(line.trim_end().to_string())
+}
+
+fn resp_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n", a.len()).into_bytes());
+        out.extend(a.as_bytes());
+        out.extend(b"\r\n");
+    }
+    out
+}
+
+async fn redis_session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    password: Option<&Password>,
+) -> Result<(), CheckError> {
+    let mut reader = BufReader::new(stream);
+    if let Some(pw) = password {
+        reader
+            .get_mut()
+            .write_all(&resp_command(&["AUTH", pw.expose()]))
+            .await
+            .map_err(|e| CheckError::new("Unreachable", e.to_string()))?;
+        let answer = resp_line(&mut reader).await?;
+        if answer != "+OK" {
+            return Err(CheckError::new(
+                "AuthenticationFailed",
+                pw.scrub(format!("AUTH refused: {answer}")),
+            ));
+        }
+    }
+    reader
+        .get_mut()
+        .write_all(&resp_command(&["PING"]))
+        .await
+        .map_err(|e| CheckError::new("Unreachable", e.to_string()))?;
+    let answer = resp_line(&mut reader).await?;
+    match answer.as_str() {
+        "+PONG" => Ok(()),
+        a if a.starts_with("-NOAUTH") => Err(CheckError::new(
+            "AuthenticationFailed",
+            "the server requires a password and none is configured",
+        )),
+        a => Err(CheckError::new(
+            "Unhealthy",
+            format!("unexpected answer to PING: {a}"),
+        )),
+    }
+}
+
+/// AUTH (when a password is configured) and PING.
+pub async fn check_redis(target: &RedisTarget) -> Result<String, CheckError> {
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| {
+                CheckError::new(
+                    "Unreachable",
+                    format!("could not connect to {}:{}: {e}", target.host, target.port),
+                )
+            })?;
+        if target.tls {
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(None, true)?));
+            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|e| CheckError::new("TLSError", e.to_string()))?;
+            let stream = connector.connect(name, tcp).await.map_err(|e| {
+                CheckError::new(
+                    "TLSError",
+                    format!(
+                        "TLS handshake with {}:{} failed: {e}",
+                        target.host, target.port
+                    ),
+                )
+            })?;
+            redis_session(stream, target.password.as_ref()).await
+        } else {
+            redis_session(tcp, target.password.as_ref()).await
+        }
+    };
+    tokio::time::timeout(CHECK_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(CheckError::new(
+                "Unreachable",
+                format!("no answer from {}:{} in time", target.host, target.port),
+            ))
+        })?;
+    Ok(format!("{}:{} answered PING", target.host, target.port))
+}
+
+/// A managed Elasticsearch to check.
+#[derive(Clone, Debug)]
+pub struct ElasticsearchTarget {
+    pub url: String,
+    pub credentials: Option<(String, Password)>,
+    pub ca_pem: Option<String>,
+}
+
+/// GET /_cluster/health: green or yellow is ready.
+pub async fn check_elasticsearch(target: &ElasticsearchTarget) -> Result<String, CheckError> {
+    // The operator's own rustls configuration (ring): the spec's CA, or the public roots.
+    let tls = tls_config(target.ca_pem.as_deref(), true)?;
+    let builder = reqwest::Client::builder()
+        .timeout(CHECK_TIMEOUT)
+        .no_proxy()
+        .tls_backend_preconfigured(tls);
+    let client = builder
+        .build()
+        .map_err(|e| CheckError::new("TLSError", e.to_string()))?;
+    let mut req = client.get(format!(
+        "{}/_cluster/health",
+        target.url.trim_end_matches('/')
+    ));
+    if let Some((user, pw)) = &target.credentials {
+        req = req.basic_auth(user, Some(pw.expose()));
+    }
+    let scrub = |m: String| match &target.credentials {
+        Some((_, pw)) => pw.scrub(m),
+        None => m,
+    };
+    let resp = req.send().await.map_err(|e| {
+        let text = scrub(format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        ));
+        if text.to_lowercase().contains("certificate") || text.to_lowercase().contains("tls") {
+            CheckError::new("TLSError", text)
+        } else {
+            CheckError::new("Unreachable", text)
+        }
+    })?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(CheckError::new(
+            "AuthenticationFailed",
+            format!("the cluster answered {status}"),
+        ));
+    }
+    if !status.is_success() {
+        return Err(CheckError::new(
+            "Unhealthy",
+            format!("the cluster answered {status}"),
+        ));
+    }
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| CheckError::new("Unhealthy", format!("unreadable health answer: {e}")))?;
+    match body["status"].as_str() {
+        Some(s @ ("green" | "yellow")) => Ok(format!("cluster health is {s}")),
+        Some(s) => Err(CheckError::new(
+            "Unhealthy",
+            format!("cluster health is {s}"),
+        )),
+        None => Err(CheckError::new(
+            "Unhealthy",
+            "the health answer has no status",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        let p = Password::new("s3cret".into());
+        assert_eq!(format!("{p:?}"), "Password(***)");
+        assert_eq!(p.scrub("bad s3cret here".into()), "bad *** here");
+    }
+
+    #[test]
+    fn resp_commands_are_framed() {
+        assert_eq!(resp_command(&["PING"]), b"*1\r\n$4\r\nPING\r\n");
+        assert_eq!(
+            resp_command(&["AUTH", "pw"]),
+            b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"
+        );
+    }
+}

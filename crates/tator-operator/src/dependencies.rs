@@ -1,0 +1,243 @@
+//! Observe: is each data service ready? In-cluster services are judged by their workloads (as
+//! applied this round); managed ones are checked for real from the operator process.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::{Client, ResourceExt};
+
+use crate::{
+    apply::Applied,
+    build::data::{DATABASE, ELASTICSEARCH, EXTENSIONS, PGBOUNCER, POSTGRES, REDIS},
+    checks::{self, CheckError, Password},
+    validate::ValidatedTator,
+};
+
+/// Readiness of one dependency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DepState {
+    pub ok: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl DepState {
+    fn ready(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+    fn not_ready(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Result<String, CheckError>> for DepState {
+    fn from(r: Result<String, CheckError>) -> Self {
+        match r {
+            Ok(msg) => Self::ready("Reachable", msg),
+            Err(e) => Self::not_ready(e.reason, e.message),
+        }
+    }
+}
+
+/// Readiness of the three data services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dependencies {
+    pub database: DepState,
+    pub cache: DepState,
+    pub search: DepState,
+}
+
+impl Dependencies {
+    pub fn all_ready(&self) -> bool {
+        self.database.ok && self.cache.ok && self.search.ok
+    }
+
+    /// Everything ready (for render and unit tests).
+    pub fn assumed_ready() -> Self {
+        let r = || DepState::ready("Assumed", "");
+        Self {
+            database: r(),
+            cache: r(),
+            search: r(),
+        }
+    }
+}
+
+fn sts_ready(applied: &Applied, name: &str) -> DepState {
+    match applied.stateful_sets.iter().find(|s| s.name_any() == name) {
+        Some(s) => workload_state(
+            name,
+            desired_sts(s),
+            s.status
+                .as_ref()
+                .and_then(|st| st.ready_replicas)
+                .unwrap_or(0),
+        ),
+        None => DepState::not_ready("NotApplied", format!("{name} is not created yet")),
+    }
+}
+
+fn desired_sts(s: &StatefulSet) -> i32 {
+    s.spec.replicas.unwrap_or(1)
+}
+
+fn deploy_ready(applied: &Applied, name: &str) -> DepState {
+    match applied.deployments.iter().find(|d| d.name_any() == name) {
+        Some(d) => workload_state(
+            name,
+            desired_deploy(d),
+            d.status
+                .as_ref()
+                .and_then(|st| st.ready_replicas)
+                .unwrap_or(0),
+        ),
+        None => DepState::not_ready("NotApplied", format!("{name} is not created yet")),
+    }
+}
+
+fn desired_deploy(d: &Deployment) -> i32 {
+    d.spec.replicas.unwrap_or(1)
+}
+
+fn workload_state(name: &str, desired: i32, ready: i32) -> DepState {
+    if ready >= desired {
+        DepState::ready("WorkloadReady", format!("{name}: {ready}/{desired} ready"))
+    } else {
+        DepState::not_ready(
+            "WorkloadNotReady",
+            format!("{name}: {ready}/{desired} ready"),
+        )
+    }
+}
+
+async fn external_postgres(
+    client: &Client,
+    t: &ValidatedTator,
+    ext: &tator_api::PostgresExternal,
+) -> DepState {
+    let creds = &ext.credentials_secret;
+    let result = async {
+        let user =
+            checks::secret_value(client, &t.namespace, &creds.name, &creds.username_key).await?;
+        let password = Password::new(
+            checks::secret_value(client, &t.namespace, &creds.name, &creds.password_key).await?,
+        );
+        let ca_pem = match &ext.ca_secret {
+            Some(ca) => Some(checks::secret_value(client, &t.namespace, &ca.name, &ca.key).await?),
+            None => None,
+        };
+        let target = checks::PostgresTarget {
+            host: ext.host.clone(),
+            port: u16::try_from(ext.port).unwrap_or(5432),
+            user,
+            password,
+            database: DATABASE.into(),
+            ssl_mode: ext.ssl_mode,
+            ca_pem,
+            extensions: EXTENSIONS.iter().map(ToString::to_string).collect(),
+        };
+        checks::check_postgres(&target).await
+    }
+    .await;
+    result.into()
+}
+
+async fn external_redis(
+    client: &Client,
+    t: &ValidatedTator,
+    ext: &tator_api::RedisExternal,
+) -> DepState {
+    let result = async {
+        let password = match &ext.password_secret {
+            Some(s) => Some(Password::new(
+                checks::secret_value(client, &t.namespace, &s.name, &s.key).await?,
+            )),
+            None => None,
+        };
+        let target = checks::RedisTarget {
+            host: ext.host.clone(),
+            port: u16::try_from(ext.port).unwrap_or(6379),
+            tls: ext.tls,
+            password,
+        };
+        checks::check_redis(&target).await
+    }
+    .await;
+    result.into()
+}
+
+async fn external_elasticsearch(
+    client: &Client,
+    t: &ValidatedTator,
+    ext: &tator_api::ElasticsearchExternal,
+) -> DepState {
+    let result = async {
+        let credentials = match &ext.credentials_secret {
+            Some(c) => Some((
+                checks::secret_value(client, &t.namespace, &c.name, &c.username_key).await?,
+                Password::new(
+                    checks::secret_value(client, &t.namespace, &c.name, &c.password_key).await?,
+                ),
+            )),
+            None => None,
+        };
+        let ca_pem = match &ext.ca_secret {
+            Some(ca) => Some(checks::secret_value(client, &t.namespace, &ca.name, &ca.key).await?),
+            None => None,
+        };
+        checks::check_elasticsearch(&checks::ElasticsearchTarget {
+            url: ext.url.clone(),
+            credentials,
+            ca_pem,
+        })
+        .await
+    }
+    .await;
+    result.into()
+}
+
+/// Observes every dependency; managed ones are checked concurrently, each bounded in time.
+pub async fn observe(client: &Client, t: &ValidatedTator, applied: &Applied) -> Dependencies {
+    let spec = &t.spec;
+    let database = async {
+        match (&spec.postgres.external, &spec.postgres.in_cluster) {
+            (Some(ext), _) => external_postgres(client, t, ext).await,
+            (None, Some(pg)) => {
+                let db = sts_ready(applied, &t.child_name(POSTGRES));
+                if db.ok && pg.pgbouncer.enabled {
+                    deploy_ready(applied, &t.child_name(PGBOUNCER))
+                } else {
+                    db
+                }
+            }
+            (None, None) => DepState::not_ready(
+                "NotConfigured",
+                "postgres has neither inCluster nor external",
+            ),
+        }
+    };
+    let cache = async {
+        match &spec.redis.external {
+            Some(ext) => external_redis(client, t, ext).await,
+            None => deploy_ready(applied, &t.child_name(REDIS)),
+        }
+    };
+    let search = async {
+        match &spec.elasticsearch.external {
+            Some(ext) => external_elasticsearch(client, t, ext).await,
+            None => sts_ready(applied, &t.child_name(ELASTICSEARCH)),
+        }
+    };
+    let (database, cache, search) = futures::join!(database, cache, search);
+    Dependencies {
+        database,
+        cache,
+        search,
+    }
+}

@@ -319,22 +319,21 @@ pub async fn ensure_generated_secrets(client: &Client, t: &ValidatedTator) -> Re
                 })
             });
             if owners != wanted || !labels_ok {
-                // Metadata only: the data is left exactly as it is.
+                // Metadata only (a merge patch replaces the owner list): the data is left as it is.
                 let body = serde_json::json!({
-                    "apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": g.name, "labels": meta.labels, "ownerReferences": wanted},
+                    "metadata": {"labels": meta.labels, "ownerReferences": wanted},
                 });
-                api.patch(
-                    &g.name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&body),
-                )
-                .await
-                .map_err(|source| Error::Apply {
-                    kind: "Secret",
-                    name: g.name.clone(),
-                    source,
-                })?;
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                api.patch(&g.name, &params, &Patch::Merge(&body))
+                    .await
+                    .map_err(|source| Error::Apply {
+                        kind: "Secret",
+                        name: g.name.clone(),
+                        source,
+                    })?;
             }
             continue;
         }

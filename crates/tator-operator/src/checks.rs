@@ -366,15 +366,27 @@ pub async fn check_redis(target: &RedisTarget) -> Result<String, CheckError> {
             let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(None, true)?));
             let name = rustls::pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|e| CheckError::new("TLSError", e.to_string()))?;
-            let stream = connector.connect(name, tcp).await.map_err(|e| {
-                CheckError::new(
-                    "TLSError",
-                    format!(
-                        "TLS handshake with {}:{} failed: {e}",
-                        target.host, target.port
-                    ),
-                )
-            })?;
+            let handshake = tokio::time::timeout(CHECK_TIMEOUT / 2, connector.connect(name, tcp));
+            let stream = handshake
+                .await
+                .map_err(|_| {
+                    CheckError::new(
+                        "TLSError",
+                        format!(
+                            "{}:{} did not complete a TLS handshake (does it offer TLS?)",
+                            target.host, target.port
+                        ),
+                    )
+                })?
+                .map_err(|e| {
+                    CheckError::new(
+                        "TLSError",
+                        format!(
+                            "TLS handshake with {}:{} failed: {e}",
+                            target.host, target.port
+                        ),
+                    )
+                })?;
             redis_session(stream, target.password.as_ref()).await
         } else {
             redis_session(tcp, target.password.as_ref()).await

@@ -189,7 +189,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         return Ok(Action::await_change());
     }
     // validate
-    let t = match validate::validate(td) {
+    let mut t = match validate::validate(td) {
         Ok(t) => t,
         Err(e) => {
             let generation = td.meta().generation.unwrap_or_default();
@@ -201,6 +201,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             return Err(e);
         }
     };
+    t.secrets_hash = dependencies::secrets_hash(&ctx.client, &t).await?;
     // data tier first: the web tier waits for it
     apply::ensure_generated_secrets(&ctx.client, &t).await?;
     let mut applied = apply::apply(&ctx.client, &t, build::build_data(&t)).await?;

@@ -241,3 +241,54 @@ pub async fn observe(client: &Client, t: &ValidatedTator, applied: &Applied) -> 
         search,
     }
 }
+
+/// Names of the user's Secrets that Tator's pods read (managed-service credentials and CAs).
+pub fn referenced_secrets(t: &ValidatedTator) -> Vec<String> {
+    let spec = &t.spec;
+    let mut names = Vec::new();
+    if let Some(pg) = &spec.postgres.external {
+        names.push(pg.credentials_secret.name.clone());
+        names.extend(pg.ca_secret.as_ref().map(|c| c.name.clone()));
+    }
+    if let Some(r) = &spec.redis.external {
+        names.extend(r.password_secret.as_ref().map(|s| s.name.clone()));
+    }
+    if let Some(es) = &spec.elasticsearch.external {
+        names.extend(es.credentials_secret.as_ref().map(|c| c.name.clone()));
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A hash of the resourceVersions of the referenced Secrets (metadata only: no value is read),
+/// so that rotating a password rolls the pods that use it. None when there are none.
+pub async fn secrets_hash(
+    client: &Client,
+    t: &ValidatedTator,
+) -> Result<Option<String>, crate::error::Error> {
+    let names = referenced_secrets(t);
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), &t.namespace);
+    let mut versions = Vec::new();
+    for name in names {
+        let meta =
+            api.get_metadata_opt(&name)
+                .await
+                .map_err(|source| crate::error::Error::Fetch {
+                    what: format!("Secret {name}"),
+                    source,
+                })?;
+        let rv = meta
+            .and_then(|m| m.metadata.resource_version)
+            .unwrap_or_default();
+        versions.push(format!("{name}={rv}"));
+    }
+    Ok(Some(crate::build::common::short_hash(
+        versions.join(",").as_bytes(),
+        16,
+    )))
+}

@@ -268,6 +268,12 @@ pub fn compute(
             stalled = Some(("MigrationFailed".into(), msg.clone()));
             Cond::new("Migrations", false, "Failed", msg)
         }
+        (VersionPlan::Migrate { to, .. }, Some(JobState::WaitingForDependencies)) => Cond::new(
+            "Migrations",
+            false,
+            "WaitingForDependencies",
+            format!("migrations for {to} start once PostgreSQL, Redis and Elasticsearch are ready"),
+        ),
         (VersionPlan::Migrate { to, .. }, _) => Cond::new(
             "Migrations",
             false,

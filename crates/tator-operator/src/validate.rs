@@ -28,6 +28,9 @@ pub struct ValidatedTator {
     /// The release that is migrated and serving (from status), if any.
     pub serving_version: Option<Version>,
     pub owner: OwnerReference,
+    /// Hash of the resourceVersions of the user's Secrets that Tator's pods read (managed-service
+    /// credentials), filled in by the fetch stage: a rotated password rolls those pods.
+    pub secrets_hash: Option<String>,
 }
 
 /// Where the installation stands between the serving and the requested release.
@@ -125,6 +128,7 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
         target_version,
         serving_version,
         owner,
+        secrets_hash: None,
     })
 }
 

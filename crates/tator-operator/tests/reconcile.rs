@@ -145,6 +145,8 @@ impl Env {
         );
         let sel = instance_selector("tator");
         collect::<Deployment>(&self.client, &self.ns, &sel, &mut out).await;
+        collect::<k8s_openapi::api::apps::v1::StatefulSet>(&self.client, &self.ns, &sel, &mut out)
+            .await;
         collect::<Service>(&self.client, &self.ns, &sel, &mut out).await;
         collect::<ConfigMap>(&self.client, &self.ns, &sel, &mut out).await;
         collect::<PersistentVolumeClaim>(&self.client, &self.ns, &sel, &mut out).await;
@@ -265,6 +267,50 @@ async fn minimal_manifest_becomes_ready_in_a_restricted_namespace() {
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
             ("TatorDeployment", td.uid().unwrap().as_str(), Some(true))
+        );
+    }
+    // The in-cluster data services and Tator's wiring to them: secrets only by reference.
+    for child in [
+        "StatefulSet/tator-postgres",
+        "StatefulSet/tator-elasticsearch",
+        "Deployment/tator-redis",
+        "Service/tator-postgres",
+        "Service/tator-postgres-hl",
+        "Service/tator-redis",
+        "Service/tator-elasticsearch",
+        "Secret/tator-postgres",
+        "Secret/tator-redis",
+    ] {
+        assert!(
+            snap.contains_key(child),
+            "{child} missing; have {:?}",
+            snap.keys()
+        );
+    }
+    for c in ["DatabaseReady", "CacheReady", "SearchReady"] {
+        assert_eq!(env.condition(c).await.unwrap().0, "True", "condition {c}");
+    }
+    let api: Deployment = env.api().get("tator-api").await.unwrap();
+    let envs = api.spec.template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let find = |n: &str| envs.iter().find(|e| e.name == n).cloned().unwrap();
+    assert_eq!(
+        find("POSTGRES_HOST").value.as_deref(),
+        Some("tator-postgres")
+    );
+    assert_eq!(find("REDIS_HOST").value.as_deref(), Some("tator-redis"));
+    assert_eq!(
+        find("ELASTICSEARCH_HOST").value.as_deref(),
+        Some("http://tator-elasticsearch:9200")
+    );
+    for secret_var in ["POSTGRES_PASSWORD", "REDIS_PASSWORD", "DJANGO_SECRET_KEY"] {
+        let v = find(secret_var);
+        assert!(v.value.is_none(), "{secret_var} is inline");
+        assert!(
+            v.value_from.unwrap().secret_key_ref.is_some(),
+            "{secret_var} is not a secretKeyRef"
         );
     }
     let pvc: PersistentVolumeClaim = env.api().get("tator-shared").await.unwrap();
@@ -807,4 +853,82 @@ async fn an_issuer_ref_without_cert_manager_is_reported() {
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_keeps_data_unless_the_policy_says_delete() {
+    let env = Env::new("op-delete").await;
+    env.create(
+        json!({"version": "1.5.0", "domain": "tator.example.com", "deletionPolicy": "Delete"}),
+    )
+    .await;
+    env.wait_ready(Duration::from_secs(90)).await;
+    // With Delete, data children are owned and go with the TatorDeployment.
+    let pvc: PersistentVolumeClaim = env.api().get("tator-shared").await.unwrap();
+    assert_eq!(pvc.owner_references().len(), 1);
+    let secret: Secret = env.api().get("tator-postgres").await.unwrap();
+    assert_eq!(secret.owner_references().len(), 1);
+    // Switching to Retain releases them again, without touching the generated values.
+    let before = secret.data.clone();
+    env.patch_spec(json!({"deletionPolicy": "Retain"})).await;
+    let secrets = env.api::<Secret>();
+    wait_for(
+        "the Secret to be released",
+        Duration::from_secs(20),
+        || async {
+            let s = secrets
+                .get("tator-postgres")
+                .await
+                .map_err(|e| e.to_string())?;
+            if s.owner_references().is_empty() {
+                Ok(())
+            } else {
+                Err("still owned".into())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        secrets.get("tator-postgres").await.unwrap().data,
+        before,
+        "a generated Secret was rewritten"
+    );
+    env.wait_ready(Duration::from_secs(60)).await;
+    env.tds()
+        .delete("tator", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let deploys = env.api::<Deployment>();
+    wait_for(
+        "children to be collected",
+        Duration::from_secs(60),
+        || async {
+            let n = deploys
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} Deployments left"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        secrets.get_opt("tator-postgres").await.unwrap().is_some(),
+        "Retain must keep generated Secrets"
+    );
+    assert!(
+        env.api::<PersistentVolumeClaim>()
+            .get_opt("tator-shared")
+            .await
+            .unwrap()
+            .is_some(),
+        "Retain must keep the shared volume"
+    );
 }

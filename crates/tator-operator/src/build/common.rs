@@ -20,6 +20,17 @@ use crate::validate::ValidatedTator;
 /// Annotation on pod templates carrying a hash of the configuration they read, so that a
 /// configuration change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "tator.io/config-hash";
+/// Annotation on pod templates carrying a hash of the Secrets they read.
+pub const SECRETS_HASH_ANNOTATION: &str = "tator.io/secrets-hash";
+
+/// The secrets-hash annotation, when the fetch stage computed one.
+pub fn secrets_annotation(t: &ValidatedTator) -> BTreeMap<String, String> {
+    t.secrets_hash
+        .iter()
+        .map(|h| (SECRETS_HASH_ANNOTATION.to_string(), h.clone()))
+        .collect()
+}
+
 /// Key of the Django secret key in its Secret.
 pub const DJANGO_SECRET_KEY: &str = "secretKey";
 /// User and group Tator containers run as (PodSecurity `restricted` needs a non-root user).

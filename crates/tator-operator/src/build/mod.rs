@@ -178,6 +178,32 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_secret_changes_the_pod_templates_that_read_it() {
+        let (mut t, r) = steady(&minimal("1.5.0"));
+        let plain = build(&t, &r);
+        t.secrets_hash = Some("abc".into());
+        let with = build(&t, &r);
+        let ann = |d: &DesiredResources, i: usize| {
+            d.deployments[i]
+                .spec
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .clone()
+                .unwrap_or_default()
+        };
+        assert!(!ann(&plain, 0).contains_key(common::SECRETS_HASH_ANNOTATION));
+        assert_eq!(ann(&with, 0)[common::SECRETS_HASH_ANNOTATION], "abc");
+        assert_eq!(ann(&with, 1)[common::SECRETS_HASH_ANNOTATION], "abc");
+        // The migrations Job does not rerun because a password changed.
+        let a = migrations::job(&t, "1.5.0");
+        t.secrets_hash = Some("def".into());
+        assert_eq!(a.metadata.name, migrations::job(&t, "1.5.0").metadata.name);
+    }
+
+    #[test]
     fn autoscaling_leaves_replicas_to_the_hpa() {
         let mut td = minimal("1.5.0");
         td.spec.api.autoscaling = Some(tator_api::Autoscaling {

@@ -103,7 +103,7 @@ pub fn api_deployment(t: &ValidatedTator, version: &str) -> Deployment {
             selector: label_selector(t, API),
             strategy: Some(zero_downtime()),
             progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
-            template: pod_template(t, API, Some(version), spec, BTreeMap::new(), &s.pod),
+            template: pod_template(t, API, Some(version), spec, secrets_annotation(t), &s.pod),
             ..Default::default()
         },
         status: None,
@@ -149,7 +149,7 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> 
                 component,
                 Some(version),
                 spec,
-                BTreeMap::new(),
+                secrets_annotation(t),
                 &settings.pod,
             ),
             progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),

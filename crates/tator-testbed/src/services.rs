@@ -1,0 +1,289 @@
+//! Real PostgreSQL and Redis servers for tests, from Debian's packages (`postgresql-15`,
+//! `postgresql-15-postgis-3`, `redis-server`), started on free loopback ports in a temporary
+//! folder as the unprivileged user `nobody`, and stopped (with their folder removed) on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{Error, io_err, tail};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const RUN_AS: &str = "nobody";
+
+fn free_port() -> Result<u16, Error> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
+    Ok(l.local_addr()
+        .map_err(io_err(Path::new("127.0.0.1:0")))?
+        .port())
+}
+
+/// A command run as the unprivileged user (when this process is root).
+fn as_user(program: &str) -> Command {
+    if nix::unistd::Uid::effective().is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", RUN_AS, "--", program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn chown_to_user(path: &Path) -> Result<(), Error> {
+    if nix::unistd::Uid::effective().is_root() {
+        let status = Command::new("chown")
+            .args(["-R", &format!("{RUN_AS}:nogroup")])
+            .arg(path)
+            .status()
+            .map_err(|source| Error::Spawn {
+                process: "chown".into(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(Error::Binaries(format!(
+                "chown of {} failed",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn temp_dir(label: &str) -> Result<tempfile::TempDir, Error> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("tator-{label}-"))
+        .tempdir()
+        .map_err(io_err(Path::new("tempdir")))?;
+    // Let the unprivileged user reach its folder.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(io_err(dir.path()))?;
+    Ok(dir)
+}
+
+fn wait_port(child: &mut Child, port: u16, log: &Path, what: &str) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::Exited {
+                process: what.into(),
+                status: status.to_string(),
+                log: log.to_path_buf(),
+                tail: tail(log, 20),
+            });
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout {
+                what: format!("{what} on 127.0.0.1:{port}"),
+                seconds: 30,
+                last: format!("; log:\n{}", tail(log, 20)),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// A PostgreSQL 15 server with PostGIS available (no pgvector: Debian 12 does not package it).
+pub struct Postgres {
+    pub port: u16,
+    /// A login role with a password (scram-sha-256), owner of `database`.
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    /// Starts a server on a free loopback port without TLS, with `user`/`password` owning
+    /// `database`.
+    pub fn start(user: &str, password: &str, database: &str) -> Result<Self, Error> {
+        let dir = temp_dir("postgres")?;
+        let data = dir.path().join("data");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, "superpass\n").map_err(io_err(&pwfile))?;
+        chown_to_user(dir.path())?;
+        let log = dir.path().join("postgres.log");
+        let out = as_user(&format!("{PG_BIN}/initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=scram-sha-256", "--pwfile"])
+            .arg(&pwfile)
+            .output()
+            .map_err(|source| Error::Spawn {
+                process: "initdb".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(Error::Binaries(format!(
+                "initdb failed (is postgresql-15 installed?): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let port = free_port()?;
+        let logfile = std::fs::File::create(&log).map_err(io_err(&log))?;
+        let errfile = logfile.try_clone().map_err(io_err(&log))?;
+        let mut child = as_user(&format!("{PG_BIN}/postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "ssl=off",
+                "-k",
+            ])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(logfile)
+            .stderr(errfile)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                process: "postgres".into(),
+                source,
+            })?;
+        wait_port(&mut child, port, &log, "postgres")?;
+        let mut pg = Self {
+            port,
+            user: user.into(),
+            password: password.into(),
+            database: database.into(),
+            child,
+            _dir: dir,
+        };
+        pg.psql(
+            "postgres",
+            &format!("CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}'"),
+        )?;
+        pg.psql(
+            "postgres",
+            &format!("CREATE DATABASE \"{database}\" OWNER \"{user}\""),
+        )?;
+        Ok(pg)
+    }
+
+    /// Runs SQL as the superuser.
+    pub fn psql(&mut self, db: &str, sql: &str) -> Result<(), Error> {
+        let out = Command::new(format!("{PG_BIN}/psql"))
+            .env("PGPASSWORD", "superpass")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .map_err(|source| Error::Spawn {
+                process: "psql".into(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Binaries(format!(
+                "psql failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// A Redis server, optionally with a password.
+pub struct Redis {
+    pub port: u16,
+    pub password: Option<String>,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start(password: Option<&str>) -> Result<Self, Error> {
+        let dir = temp_dir("redis")?;
+        chown_to_user(dir.path())?;
+        let port = free_port()?;
+        let log: PathBuf = dir.path().join("redis.log");
+        let logfile = std::fs::File::create(&log).map_err(io_err(&log))?;
+        let errfile = logfile.try_clone().map_err(io_err(&log))?;
+        let mut cmd = as_user("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+        ])
+        .arg(dir.path());
+        if let Some(pw) = password {
+            cmd.args(["--requirepass", pw]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(logfile)
+            .stderr(errfile)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                process: "redis-server".into(),
+                source,
+            })?;
+        wait_port(&mut child, port, &log, "redis-server")?;
+        Ok(Self {
+            port,
+            password: password.map(str::to_string),
+            child,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}

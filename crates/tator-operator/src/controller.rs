@@ -269,7 +269,10 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         .await;
     }
     ctx.failures(&key(td), true);
-    Ok(if ready {
+    Ok(if ready && dependencies::has_managed_services(&t) {
+        // Managed services are re-checked every minute: one that goes away flips its condition.
+        Action::requeue(ctx.settings.resync.min(Duration::from_secs(60)))
+    } else if ready {
         Action::requeue(ctx.settings.resync)
     } else if !deps.all_ready() {
         // Dependency checks back off: 10 s doubling to 5 min while a service stays unavailable.

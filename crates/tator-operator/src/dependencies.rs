@@ -292,3 +292,12 @@ pub async fn secrets_hash(
         16,
     )))
 }
+
+/// Whether any data service is managed (checked from the operator rather than judged by a
+/// workload in the cluster).
+pub fn has_managed_services(t: &ValidatedTator) -> bool {
+    let s = &t.spec;
+    s.postgres.external.is_some()
+        || s.redis.external.is_some()
+        || s.elasticsearch.external.is_some()
+}

@@ -9,7 +9,7 @@ use k8s_openapi::{
         apps::v1::{Deployment, StatefulSet},
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
-        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
+        core::v1::{ConfigMap, Secret, Service},
         policy::v1::PodDisruptionBudget,
     },
 };
@@ -21,7 +21,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::info;
 
 use crate::{
-    build::{DesiredResources, common::instance_selector, data, storage, tls},
+    build::{Children, common::instance_selector, data, storage, tls},
     error::Error,
     validate::ValidatedTator,
 };
@@ -29,48 +29,27 @@ use crate::{
 /// The one field manager the operator writes with.
 pub const FIELD_MANAGER: &str = "tator-operator";
 
-/// The live objects returned by the API server for everything applied this round.
+/// The live objects the API server returned for everything applied this round. Only these feed
+/// the status.
 #[derive(Clone, Debug, Default)]
-#[allow(clippy::struct_excessive_bools)]
 pub struct Applied {
-    pub claims: Vec<PersistentVolumeClaim>,
-    pub config_maps: Vec<ConfigMap>,
-    pub certificates: Vec<DynamicObject>,
+    pub live: Children,
     /// cert-manager's Certificate CRD is not installed (a Certificate was wanted).
     pub cert_manager_missing: bool,
-    pub services: Vec<Service>,
-    pub jobs: Vec<Job>,
-    pub stateful_sets: Vec<StatefulSet>,
-    pub deployments: Vec<Deployment>,
-    pub autoscalers: Vec<HorizontalPodAutoscaler>,
-    pub disruption_budgets: Vec<PodDisruptionBudget>,
 }
 
 impl Applied {
     /// Adds what a later apply of the same round returned.
     pub fn extend(&mut self, other: Applied) {
-        let Applied {
-            claims,
-            config_maps,
-            certificates,
-            cert_manager_missing,
-            services,
-            jobs,
-            stateful_sets,
-            deployments,
-            autoscalers,
-            disruption_budgets,
-        } = other;
-        self.claims.extend(claims);
-        self.config_maps.extend(config_maps);
-        self.certificates.extend(certificates);
-        self.cert_manager_missing |= cert_manager_missing;
-        self.services.extend(services);
-        self.jobs.extend(jobs);
-        self.stateful_sets.extend(stateful_sets);
-        self.deployments.extend(deployments);
-        self.autoscalers.extend(autoscalers);
-        self.disruption_budgets.extend(disruption_budgets);
+        self.live.extend(other.live);
+        self.cert_manager_missing |= other.cert_manager_missing;
+    }
+}
+
+impl std::ops::Deref for Applied {
+    type Target = Children;
+    fn deref(&self) -> &Children {
+        &self.live
     }
 }
 
@@ -117,9 +96,9 @@ async fn apply_all<K: Child>(client: &Client, ns: &str, objs: Vec<K>) -> Result<
 pub async fn apply(
     client: &Client,
     t: &ValidatedTator,
-    desired: DesiredResources,
+    desired: Children,
 ) -> Result<Applied, Error> {
-    let DesiredResources {
+    let Children {
         claims,
         config_maps,
         certificates,
@@ -134,17 +113,20 @@ pub async fn apply(
     let claims = apply_all(client, ns, claims).await?;
     let config_maps = apply_all(client, ns, config_maps).await?;
     let (certificates, cert_manager_missing) = apply_certificates(client, ns, certificates).await?;
-    Ok(Applied {
+    let live = Children {
         claims,
         config_maps,
         certificates,
-        cert_manager_missing,
         services: apply_all(client, ns, services).await?,
         jobs: apply_all(client, ns, jobs).await?,
         stateful_sets: apply_all(client, ns, stateful_sets).await?,
         deployments: apply_all(client, ns, deployments).await?,
         autoscalers: apply_all(client, ns, autoscalers).await?,
         disruption_budgets: apply_all(client, ns, disruption_budgets).await?,
+    };
+    Ok(Applied {
+        live,
+        cert_manager_missing,
     })
 }
 
@@ -175,6 +157,14 @@ async fn apply_certificates(
     Ok((out, false))
 }
 
+/// Whether an object's controller is this TatorDeployment.
+fn controlled_by(meta: &kube::api::ObjectMeta, t: &ValidatedTator) -> bool {
+    meta.owner_references.as_ref().is_some_and(|refs| {
+        refs.iter()
+            .any(|r| r.uid == t.owner.uid && r.controller == Some(true))
+    })
+}
+
 fn names<K: Resource>(objs: &[K]) -> BTreeSet<String> {
     objs.iter().map(|o| o.name_any()).collect()
 }
@@ -195,10 +185,7 @@ async fn prune_kind<K: Child>(
     let mut deleted = 0;
     for obj in list.items {
         let name = obj.name_any();
-        let ours = obj.metadata.owner_references.as_ref().is_some_and(|refs| {
-            refs.iter()
-                .any(|r| r.uid == t.owner.uid && r.controller == Some(true))
-        });
+        let ours = controlled_by(&obj.metadata, t);
         if keep.contains(&name) || !ours || obj.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -242,10 +229,7 @@ async fn prune_certificates(
     let mut deleted = 0;
     for obj in list.items {
         let name = obj.name_any();
-        let ours = obj.metadata.owner_references.as_ref().is_some_and(|refs| {
-            refs.iter()
-                .any(|r| r.uid == t.owner.uid && r.controller == Some(true))
-        });
+        let ours = controlled_by(&obj.metadata, t);
         if keep.contains(&name) || !ours {
             continue;
         }
@@ -267,18 +251,17 @@ async fn prune_certificates(
 /// Deletes children that carry this TatorDeployment's labels and controller reference but were
 /// not applied this round. Claims and Secrets hold data and are never pruned.
 pub async fn prune(client: &Client, t: &ValidatedTator, applied: &Applied) -> Result<u32, Error> {
-    let Applied {
+    let Children {
         claims: _,
         config_maps,
         certificates,
-        cert_manager_missing: _,
         services,
         jobs,
         stateful_sets,
         deployments,
         autoscalers,
         disruption_budgets,
-    } = applied;
+    } = &applied.live;
     let mut n = 0;
     n += prune_kind::<ConfigMap>(client, t, names(config_maps)).await?;
     n += prune_kind::<Service>(client, t, names(services)).await?;

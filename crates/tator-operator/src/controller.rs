@@ -269,7 +269,12 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         .await;
     }
     ctx.failures(&key(td), true);
-    Ok(if ready && dependencies::has_managed_services(&t) {
+    let settling = !matches!(rollout.plan, VersionPlan::Steady(_));
+    Ok(if ready && settling {
+        // A migration just succeeded: come back at once to read the new version back from status
+        // and retire the Job.
+        Action::requeue(Duration::from_secs(1))
+    } else if ready && dependencies::has_managed_services(&t) {
         // Managed services are re-checked every minute: one that goes away flips its condition.
         Action::requeue(ctx.settings.resync.min(Duration::from_secs(60)))
     } else if ready {

@@ -44,50 +44,10 @@ pub fn render_values(td: &TatorDeployment) -> Result<Vec<serde_json::Value>, Err
     );
     let mut desired = build::build_data(&t);
     desired.extend(build::build(&t, &rollout));
-    let build::DesiredResources {
-        claims,
-        config_maps,
-        certificates,
-        services,
-        jobs,
-        stateful_sets,
-        deployments,
-        autoscalers,
-        disruption_budgets,
-    } = desired;
-    let mut out = Vec::new();
-    let ser = |e| Error::Serialize {
+    desired.to_values().map_err(|source| Error::Serialize {
         what: "a child".into(),
-        source: e,
-    };
-    for v in claims.iter().map(serde_json::to_value) {
-        out.push(v.map_err(ser)?);
-    }
-    for v in config_maps.iter().map(serde_json::to_value) {
-        out.push(v.map_err(ser)?);
-    }
-    for v in certificates.iter().map(serde_json::to_value) {
-        out.push(v.map_err(ser)?);
-    }
-    for v in services.iter().map(serde_json::to_value) {
-        out.push(v.map_err(ser)?);
-    }
-    for v in jobs.iter().map(serde_json::to_value) {
-        out.push(v.map_err(ser)?);
-    }
-    for v in stateful_sets.iter().map(serde_json::to_value) {
-        out.push(v.map_err(ser)?);
-    }
-    for v in deployments.iter().map(serde_json::to_value) {
-        out.push(v.map_err(ser)?);
-    }
-    for v in autoscalers.iter().map(serde_json::to_value) {
-        out.push(v.map_err(ser)?);
-    }
-    for v in disruption_budgets.iter().map(serde_json::to_value) {
-        out.push(v.map_err(ser)?);
-    }
-    Ok(out)
+        source,
+    })
 }
 
 /// Renders a manifest (one TatorDeployment) to multi-document YAML.

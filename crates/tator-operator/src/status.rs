@@ -454,10 +454,8 @@ mod tests {
         );
         let d = build(&t, &r);
         let applied = Applied {
-            deployments: d.deployments,
-            services: d.services,
-            claims: d.claims,
-            ..Default::default()
+            live: d,
+            cert_manager_missing: false,
         };
         let (status, conds) = compute(
             &t,

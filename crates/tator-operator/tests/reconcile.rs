@@ -33,6 +33,13 @@ use tator_testbed::support::{
     TestCluster, install_crds, namespace, shared_client, shared_dir, wait_for, workspace_root,
 };
 
+/// What to wait for on a condition.
+#[derive(Debug, Clone, Copy)]
+enum Cond<'a> {
+    Status(&'a str),
+    Reason(&'a str),
+}
+
 struct Env {
     client: Client,
     ns: String,
@@ -112,6 +119,29 @@ impl Env {
                     c.status, c.reason, c.message, st.observed_generation
                 )),
                 None => Err("no status yet".into()),
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Waits until condition `type_` has the given status or reason; returns (status, reason,
+    /// message).
+    async fn wait_condition(
+        &self,
+        type_: &str,
+        want: Cond<'_>,
+        timeout: Duration,
+    ) -> (String, String, String) {
+        wait_for(&format!("{type_} {want:?}"), timeout, || async {
+            match self.condition(type_).await {
+                Some(c)
+                    if matches!(want, Cond::Status(s) if c.0 == s)
+                        || matches!(want, Cond::Reason(r) if c.1 == r) =>
+                {
+                    Ok(c)
+                }
+                other => Err(format!("{other:?}")),
             }
         })
         .await
@@ -334,6 +364,33 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
     let mut env = Env::new("op-noop").await;
     env.create(minimal()).await;
     env.wait_ready(Duration::from_secs(90)).await;
+    // Settled: the new release is read back from status and the migrations Job is retired.
+    env.wait_condition(
+        "Migrations",
+        Cond::Reason("UpToDate"),
+        Duration::from_secs(30),
+    )
+    .await;
+    let jobs = env.api::<Job>();
+    wait_for(
+        "the migrations Job to be retired",
+        Duration::from_secs(30),
+        || async {
+            let n = jobs
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} jobs"))
+            }
+        },
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = env.snapshot().await;
 
@@ -632,14 +689,13 @@ async fn upgrades_migrate_first_and_a_failed_migration_keeps_the_old_version() {
         "pod-container-running-failed.stage.kwok.x-k8s.io": "true"}}}}}),
     )
     .await;
-    let (_, reason, message) = wait_for("Migrations to fail", Duration::from_secs(60), || async {
-        match env.condition("Migrations").await {
-            Some(c) if c.1 == "Failed" => Ok(c),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    let (_, reason, message) = env
+        .wait_condition(
+            "Migrations",
+            Cond::Reason("Failed"),
+            Duration::from_secs(60),
+        )
+        .await;
     assert_eq!(reason, "Failed");
     assert!(message.contains("1.5.0 keeps serving"), "{message}");
     assert_eq!(env.condition("Stalled").await.unwrap().0, "True");
@@ -680,18 +736,13 @@ async fn upgrades_migrate_first_and_a_failed_migration_keeps_the_old_version() {
 
     // A downgrade is refused and leaves 1.6.0 serving.
     env.patch_spec(json!({"version": "1.5.9"})).await;
-    let (_, _, message) = wait_for(
-        "the downgrade to be refused",
-        Duration::from_secs(30),
-        || async {
-            match env.condition("Stalled").await {
-                Some(c) if c.1 == "DowngradeRefused" => Ok(c),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let (_, _, message) = env
+        .wait_condition(
+            "Stalled",
+            Cond::Reason("DowngradeRefused"),
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(
         message.contains("older than the serving release 1.6.0"),
         "{message}"
@@ -721,14 +772,9 @@ async fn a_rollout_that_stops_progressing_is_reported_as_stalled() {
                       "api": {"nodeSelector": {"tator.io/no-such-node": "true"}}}),
     )
     .await;
-    let (_, reason, message) = wait_for("Stalled=True", Duration::from_secs(90), || async {
-        match env.condition("Stalled").await {
-            Some(c) if c.0 == "True" => Ok(c),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    let (_, reason, message) = env
+        .wait_condition("Stalled", Cond::Status("True"), Duration::from_secs(90))
+        .await;
     assert_eq!(reason, "ProgressDeadlineExceeded");
     assert!(message.contains("tator-api"), "{message}");
     let (status, reason, _) = env.condition("Api").await.unwrap();
@@ -770,18 +816,12 @@ async fn an_issuer_ref_gets_a_cert_manager_certificate() {
         cert.data["spec"]["issuerRef"],
         json!({"name": "letsencrypt", "kind": "ClusterIssuer", "group": "cert-manager.io"})
     );
-    wait_for(
-        "Nginx=CertificateNotReady",
+    env.wait_condition(
+        "Nginx",
+        Cond::Reason("CertificateNotReady"),
         Duration::from_secs(30),
-        || async {
-            match env.condition("Nginx").await {
-                Some(c) if c.1 == "CertificateNotReady" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
     )
-    .await
-    .unwrap();
+    .await;
 
     // Play cert-manager: write the Secret and mark the Certificate Ready.
     let secret: Secret = serde_json::from_value(json!({
@@ -828,27 +868,15 @@ async fn an_issuer_ref_without_cert_manager_is_reported() {
     env.create(json!({"version": "1.5.0", "domain": "tator.example.com",
                       "tls": {"issuerRef": {"name": "letsencrypt"}}}))
         .await;
-    wait_for(
-        "Nginx=CertManagerNotInstalled",
+    env.wait_condition(
+        "Nginx",
+        Cond::Reason("CertManagerNotInstalled"),
         Duration::from_secs(60),
-        || async {
-            match env.condition("Nginx").await {
-                Some(c) if c.1 == "CertManagerNotInstalled" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
     )
-    .await
-    .unwrap();
+    .await;
     // Everything else keeps working.
-    wait_for("Api available", Duration::from_secs(60), || async {
-        match env.condition("Api").await {
-            Some(c) if c.0 == "True" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    env.wait_condition("Api", Cond::Status("True"), Duration::from_secs(60))
+        .await;
     drop(env);
     tokio::task::spawn_blocking(move || drop(cluster))
         .await

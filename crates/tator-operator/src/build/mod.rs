@@ -23,7 +23,7 @@ use migrations::Rollout;
 /// Every child the operator applies for one TatorDeployment, in one place so that apply
 /// destructures it exhaustively and nothing built can be left unapplied.
 #[derive(Clone, Debug, Default)]
-pub struct DesiredResources {
+pub struct Children {
     pub claims: Vec<PersistentVolumeClaim>,
     pub config_maps: Vec<ConfigMap>,
     pub certificates: Vec<DynamicObject>,
@@ -35,10 +35,10 @@ pub struct DesiredResources {
     pub disruption_budgets: Vec<PodDisruptionBudget>,
 }
 
-impl DesiredResources {
+impl Children {
     /// Adds another set of children (applied after these).
-    pub fn extend(&mut self, other: DesiredResources) {
-        let DesiredResources {
+    pub fn extend(&mut self, other: Children) {
+        let Children {
             claims,
             config_maps,
             certificates,
@@ -61,10 +61,47 @@ impl DesiredResources {
     }
 }
 
+impl Children {
+    /// Every object as JSON, in apply order.
+    pub fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+        fn push<T: serde::Serialize>(
+            out: &mut Vec<serde_json::Value>,
+            objs: &[T],
+        ) -> Result<(), serde_json::Error> {
+            for o in objs {
+                out.push(serde_json::to_value(o)?);
+            }
+            Ok(())
+        }
+        let Children {
+            claims,
+            config_maps,
+            certificates,
+            services,
+            jobs,
+            stateful_sets,
+            deployments,
+            autoscalers,
+            disruption_budgets,
+        } = self;
+        let mut out = Vec::new();
+        push(&mut out, claims)?;
+        push(&mut out, config_maps)?;
+        push(&mut out, certificates)?;
+        push(&mut out, services)?;
+        push(&mut out, jobs)?;
+        push(&mut out, stateful_sets)?;
+        push(&mut out, deployments)?;
+        push(&mut out, autoscalers)?;
+        push(&mut out, disruption_budgets)?;
+        Ok(out)
+    }
+}
+
 /// Builds the data tier: in-cluster PostgreSQL (and pgbouncer), Redis and Elasticsearch. It is
 /// applied first, and the web tier waits for it.
-pub fn build_data(t: &ValidatedTator) -> DesiredResources {
-    let mut d = DesiredResources::default();
+pub fn build_data(t: &ValidatedTator) -> Children {
+    let mut d = Children::default();
     let version = t
         .serving_version
         .as_ref()
@@ -84,8 +121,8 @@ pub fn build_data(t: &ValidatedTator) -> DesiredResources {
 }
 
 /// Builds the web tier: the API, workers, UI, NGINX, the shared volume and the migrations Job.
-pub fn build(t: &ValidatedTator, rollout: &Rollout) -> DesiredResources {
-    let mut d = DesiredResources::default();
+pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
+    let mut d = Children::default();
     d.claims.extend(storage::shared_claim(t));
 
     let conf = nginx::render_conf(&nginx::NginxConfig::from_spec(t));
@@ -183,7 +220,7 @@ mod tests {
         let plain = build(&t, &r);
         t.secrets_hash = Some("abc".into());
         let with = build(&t, &r);
-        let ann = |d: &DesiredResources, i: usize| {
+        let ann = |d: &Children, i: usize| {
             d.deployments[i]
                 .spec
                 .template

@@ -229,13 +229,31 @@ pub struct Cluster {
     lb: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn free_port() -> Result<u16, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
-    let port = listener
-        .local_addr()
-        .map_err(io_err(Path::new("127.0.0.1:0")))?
-        .port();
-    Ok(port)
+/// A free loopback port below the kernel's ephemeral range (32768 and up by default), so that the
+/// outgoing connections of other processes cannot take it between this check and the bind of the
+/// process that gets it. Several clusters may start at once: ports are picked at random.
+pub fn free_port() -> Result<u16, Error> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: AtomicU64 = AtomicU64::new(0);
+    let mut x = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        ^ u64::from(std::process::id()) << 32
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos().into())
+            .unwrap_or(0u64);
+    for _ in 0..200 {
+        // xorshift
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20000 + (x % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Error::Binaries(
+        "no free loopback port between 20000 and 32000".into(),
+    ))
 }
 
 fn b64(s: &str) -> String {
@@ -280,6 +298,25 @@ impl Cluster {
     /// Starts a new cluster and waits until it is healthy: the API server ready, the controllers
     /// running (the `default` ServiceAccount exists) and every kwok node Ready.
     pub async fn start(options: ClusterOptions, binaries: Binaries) -> Result<Self, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(options.clone(), binaries.clone()).await {
+                Err(Error::Exited { tail, .. })
+                    if attempt < 4 && tail.contains("address already in use") =>
+                {
+                    warn!(
+                        attempt,
+                        "a port was taken while the cluster started; retrying with other ports"
+                    );
+                    let _ = std::fs::remove_dir_all(options.dir.join("etcd"));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(options: ClusterOptions, binaries: Binaries) -> Result<Self, Error> {
         let started = Instant::now();
         let dir = options.dir.clone();
         std::fs::create_dir_all(dir.join("logs")).map_err(io_err(&dir))?;

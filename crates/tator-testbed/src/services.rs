@@ -13,12 +13,7 @@ use crate::{Error, io_err, tail};
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const RUN_AS: &str = "nobody";
 
-fn free_port() -> Result<u16, Error> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
-    Ok(l.local_addr()
-        .map_err(io_err(Path::new("127.0.0.1:0")))?
-        .port())
-}
+use crate::cluster::free_port;
 
 /// A command run as the unprivileged user (when this process is root).
 fn as_user(program: &str) -> Command {

@@ -5,10 +5,17 @@
 set -u
 root=${TMPDIR:-/tmp}
 deadline=$((SECONDS + 90))
-while compgen -G "$root/tator-testbed-*/pid" >/dev/null; do
+running() { # the supervisors whose pid file names a live process
+  local f
+  for f in "$root"/tator-testbed-*/pid; do
+    [[ -f $f ]] && kill -0 "$(cat "$f")" 2>/dev/null && echo "$(dirname "$f") pid $(cat "$f")"
+  done
+  return 0
+}
+while [[ -n $(running) ]]; do
   if ((SECONDS > deadline)); then
     echo "test clusters still running:" >&2
-    for f in "$root"/tator-testbed-*/pid; do echo "  $(dirname "$f") pid $(cat "$f")" >&2; done
+    running | sed 's/^/  /' >&2
     exit 1
   fi
   sleep 0.5

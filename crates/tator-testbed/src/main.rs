@@ -90,7 +90,14 @@ fn serve(dir: &Path, watch_stdin: bool, remove_dir: bool) -> anyhow::Result<()> 
         let _ = std::fs::remove_file(dir.join(READY_FILE));
         std::fs::write(dir.join("pid"), std::process::id().to_string())?;
         let binaries = Binaries::locate()?;
-        let mut cluster = Cluster::start(ClusterOptions::new(dir), binaries.clone()).await?;
+        let mut cluster = match Cluster::start(ClusterOptions::new(dir), binaries.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Every process already stopped with the failed start: leave no pid behind.
+                let _ = std::fs::remove_file(dir.join("pid"));
+                return Err(e.into());
+            }
+        };
         std::fs::write(dir.join("bin-dir"), binaries.bin_dir.display().to_string())?;
         std::fs::write(dir.join(READY_FILE), &cluster.server)?;
         let mut term = signal(SignalKind::terminate())?;

@@ -88,6 +88,8 @@ fn serve(dir: &Path, watch_stdin: bool, remove_dir: bool) -> anyhow::Result<()> 
     runtime.block_on(async {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let _ = std::fs::remove_file(dir.join(READY_FILE));
+        // Every start is a fresh cluster: no state from an earlier run.
+        let _ = std::fs::remove_dir_all(dir.join("etcd"));
         std::fs::write(dir.join("pid"), std::process::id().to_string())?;
         let binaries = Binaries::locate()?;
         let mut cluster = match Cluster::start(ClusterOptions::new(dir), binaries.clone()).await {

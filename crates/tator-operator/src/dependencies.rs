@@ -69,43 +69,32 @@ impl Dependencies {
     }
 }
 
-fn sts_ready(applied: &Applied, name: &str) -> DepState {
-    match applied.stateful_sets.iter().find(|s| s.name_any() == name) {
-        Some(s) => workload_state(
-            name,
-            desired_sts(s),
-            s.status
-                .as_ref()
-                .and_then(|st| st.ready_replicas)
-                .unwrap_or(0),
-        ),
-        None => DepState::not_ready("NotApplied", format!("{name} is not created yet")),
-    }
+/// (desired, ready) replicas of an applied StatefulSet.
+fn sts_replicas(s: &StatefulSet) -> (i32, i32) {
+    let ready = s.status.as_ref().and_then(|st| st.ready_replicas);
+    (s.spec.replicas.unwrap_or(1), ready.unwrap_or(0))
 }
 
-fn desired_sts(s: &StatefulSet) -> i32 {
-    s.spec.replicas.unwrap_or(1)
+/// (desired, ready) replicas of an applied Deployment.
+fn deploy_replicas(d: &Deployment) -> (i32, i32) {
+    let ready = d.status.as_ref().and_then(|st| st.ready_replicas);
+    (d.spec.replicas.unwrap_or(1), ready.unwrap_or(0))
+}
+
+fn sts_ready(applied: &Applied, name: &str) -> DepState {
+    let found = applied.stateful_sets.iter().find(|s| s.name_any() == name);
+    workload_state(name, found.map(sts_replicas))
 }
 
 fn deploy_ready(applied: &Applied, name: &str) -> DepState {
-    match applied.deployments.iter().find(|d| d.name_any() == name) {
-        Some(d) => workload_state(
-            name,
-            desired_deploy(d),
-            d.status
-                .as_ref()
-                .and_then(|st| st.ready_replicas)
-                .unwrap_or(0),
-        ),
-        None => DepState::not_ready("NotApplied", format!("{name} is not created yet")),
-    }
+    let found = applied.deployments.iter().find(|d| d.name_any() == name);
+    workload_state(name, found.map(deploy_replicas))
 }
 
-fn desired_deploy(d: &Deployment) -> i32 {
-    d.spec.replicas.unwrap_or(1)
-}
-
-fn workload_state(name: &str, desired: i32, ready: i32) -> DepState {
+fn workload_state(name: &str, replicas: Option<(i32, i32)>) -> DepState {
+    let Some((desired, ready)) = replicas else {
+        return DepState::not_ready("NotApplied", format!("{name} is not created yet"));
+    };
     if ready >= desired {
         DepState::ready("WorkloadReady", format!("{name}: {ready}/{desired} ready"))
     } else {

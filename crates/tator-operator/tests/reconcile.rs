@@ -148,6 +148,32 @@ impl Env {
         .unwrap()
     }
 
+    /// Waits until no object of kind K is left in the namespace.
+    async fn wait_none<K>(&self, what: &str, timeout: Duration)
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api = self.api::<K>();
+        wait_for(what, timeout, || async {
+            let n = api
+                .list_metadata(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} left"))
+            }
+        })
+        .await
+        .unwrap();
+    }
+
     async fn condition(&self, type_: &str) -> Option<(String, String, String)> {
         let td = self.tds().get("tator").await.ok()?;
         td.status?
@@ -371,26 +397,8 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
         Duration::from_secs(30),
     )
     .await;
-    let jobs = env.api::<Job>();
-    wait_for(
-        "the migrations Job to be retired",
-        Duration::from_secs(30),
-        || async {
-            let n = jobs
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .items
-                .len();
-            if n == 0 {
-                Ok(())
-            } else {
-                Err(format!("{n} jobs"))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    env.wait_none::<Job>("the migrations Job to be retired", Duration::from_secs(30))
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = env.snapshot().await;
 
@@ -927,26 +935,8 @@ async fn deletion_keeps_data_unless_the_policy_says_delete() {
         .delete("tator", &DeleteParams::foreground())
         .await
         .unwrap();
-    let deploys = env.api::<Deployment>();
-    wait_for(
-        "children to be collected",
-        Duration::from_secs(60),
-        || async {
-            let n = deploys
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .items
-                .len();
-            if n == 0 {
-                Ok(())
-            } else {
-                Err(format!("{n} Deployments left"))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    env.wait_none::<Deployment>("children to be collected", Duration::from_secs(60))
+        .await;
     assert!(
         secrets.get_opt("tator-postgres").await.unwrap().is_some(),
         "Retain must keep generated Secrets"

@@ -71,7 +71,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     failures: Mutex<HashMap<String, u32>>,
-    dependency_failures: Mutex<HashMap<String, u32>>,
+    /// When each TatorDeployment's dependencies were first seen unavailable.
+    dependencies_down_since: Mutex<HashMap<String, std::time::Instant>>,
     reconciles: AtomicU64,
 }
 
@@ -86,7 +87,7 @@ impl Context {
             client,
             settings,
             failures: Mutex::new(HashMap::new()),
-            dependency_failures: Mutex::new(HashMap::new()),
+            dependencies_down_since: Mutex::new(HashMap::new()),
             reconciles: AtomicU64::new(0),
         }
     }
@@ -96,8 +97,22 @@ impl Context {
         self.reconciles.load(Ordering::Relaxed)
     }
 
-    fn dependency_failures(&self, key: &str, reset: bool) -> u32 {
-        Self::count(&self.dependency_failures, key, reset)
+    /// How long to wait before checking unavailable dependencies again: as long as they have been
+    /// down (10 s to 5 min), so checks back off however many events trigger reconciles.
+    fn dependency_backoff(&self, key: &str, down: bool) -> Duration {
+        let Ok(mut map) = self.dependencies_down_since.lock() else {
+            return Duration::from_secs(10);
+        };
+        if !down {
+            map.remove(key);
+            return Duration::from_secs(10);
+        }
+        let since = *map
+            .entry(key.to_string())
+            .or_insert_with(std::time::Instant::now);
+        since
+            .elapsed()
+            .clamp(Duration::from_secs(10), Duration::from_secs(300))
     }
 
     fn failures(&self, key: &str, reset: bool) -> u32 {
@@ -270,6 +285,9 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     }
     ctx.failures(&key(td), true);
     let settling = !matches!(rollout.plan, VersionPlan::Steady(_));
+    if deps.all_ready() {
+        ctx.dependency_backoff(&key(td), false);
+    }
     Ok(if ready && settling {
         // A migration just succeeded: come back at once to read the new version back from status
         // and retire the Job.
@@ -280,11 +298,9 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     } else if ready {
         Action::requeue(ctx.settings.resync)
     } else if !deps.all_ready() {
-        // Dependency checks back off: 10 s doubling to 5 min while a service stays unavailable.
-        let n = ctx.dependency_failures(&key(td), false);
-        Action::requeue(Duration::from_secs((10u64 << n.min(5)).min(300)))
+        // Dependency checks back off while a service stays unavailable.
+        Action::requeue(ctx.dependency_backoff(&key(td), true))
     } else {
-        ctx.dependency_failures(&key(td), true);
         Action::requeue(Duration::from_secs(10))
     })
 }

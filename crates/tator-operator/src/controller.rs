@@ -115,13 +115,9 @@ impl Context {
             .clamp(Duration::from_secs(10), Duration::from_secs(300))
     }
 
+    /// Consecutive failed reconciles of one TatorDeployment: +1, or reset to 0.
     fn failures(&self, key: &str, reset: bool) -> u32 {
-        Self::count(&self.failures, key, reset)
-    }
-
-    /// Consecutive failures per TatorDeployment: +1, or reset to 0.
-    fn count(counter: &Mutex<HashMap<String, u32>>, key: &str, reset: bool) -> u32 {
-        let Ok(mut map) = counter.lock() else {
+        let Ok(mut map) = self.failures.lock() else {
             return 0;
         };
         if reset {

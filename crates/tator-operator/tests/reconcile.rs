@@ -148,6 +148,25 @@ impl Env {
         .unwrap()
     }
 
+    /// Waits until Deployment `name` asks for `replicas` pods.
+    async fn wait_replicas(&self, name: &str, replicas: i32, timeout: Duration) {
+        let deploys = self.api::<Deployment>();
+        wait_for(
+            &format!("{name} at {replicas} replicas"),
+            timeout,
+            || async {
+                let d = deploys.get(name).await.map_err(|e| e.to_string())?;
+                if d.spec.replicas == Some(replicas) {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", d.spec.replicas))
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+
     /// Waits until no object of kind K is left in the namespace.
     async fn wait_none<K>(&self, what: &str, timeout: Duration)
     where
@@ -429,17 +448,8 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
 
     // One field of one component: only that component's Deployment changes.
     env.patch_spec(json!({"ui": {"replicas": 2}})).await;
-    let deploys = env.api::<Deployment>();
-    wait_for("ui scaled to 2", Duration::from_secs(30), || async {
-        let d = deploys.get("tator-ui").await.map_err(|e| e.to_string())?;
-        if d.spec.replicas == Some(2) {
-            Ok(())
-        } else {
-            Err(format!("{:?}", d.spec.replicas))
-        }
-    })
-    .await
-    .unwrap();
+    env.wait_replicas("tator-ui", 2, Duration::from_secs(30))
+        .await;
     env.wait_ready(Duration::from_secs(60)).await;
     let after = env.snapshot().await;
     let changed: Vec<&String> = after
@@ -488,16 +498,8 @@ async fn children_deleted_or_edited_by_hand_are_repaired() {
         )
         .await
         .unwrap();
-    wait_for("replicas reverted to 2", Duration::from_secs(5), || async {
-        let d = deploys.get("tator-api").await.map_err(|e| e.to_string())?;
-        if d.spec.replicas == Some(2) {
-            Ok(())
-        } else {
-            Err(format!("{:?}", d.spec.replicas))
-        }
-    })
-    .await
-    .unwrap();
+    env.wait_replicas("tator-api", 2, Duration::from_secs(5))
+        .await;
 
     let svcs = env.api::<Service>();
     svcs.delete("tator-api", &DeleteParams::default())

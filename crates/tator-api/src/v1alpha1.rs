@@ -10,6 +10,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+mod object_storage;
+pub use object_storage::*;
+
 // Maintainer note: field docs below are user-facing (`kubectl explain`). Defaults are serde
 // defaults so that a stored object that omits a field reads back with the documented value.
 
@@ -33,6 +36,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
     validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters: child object names are derived from it")
 )]
+#[x_kube(validation = Rule::new("!has(self.buckets) || size(self.buckets) == 0 || has(self.apiAccess)").message("buckets need apiAccess: the operator registers them through Tator's REST API"))]
 #[serde(rename_all = "camelCase")]
 pub struct TatorDeploymentSpec {
     /// Tator release to run, for example "1.5.0". It selects the image tag of every Tator image.
@@ -96,6 +100,22 @@ pub struct TatorDeploymentSpec {
     /// Elasticsearch: run in the cluster (the default) or a managed service.
     #[serde(default)]
     pub elasticsearch: Elasticsearch,
+
+    /// Object storage for media: the live, upload and backup buckets, and the in-cluster S3
+    /// store (SeaweedFS) that serves them unless they are external.
+    #[serde(default)]
+    pub object_storage: ObjectStorage,
+
+    /// Further buckets registered in Tator for organizations (Tator's /rest/Buckets). The
+    /// operator creates or updates each registration, found by name, and records its id in
+    /// status.buckets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "buckets_schema")]
+    pub buckets: Vec<TatorBucket>,
+
+    /// How the operator reaches Tator's REST API; needed for buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_access: Option<ApiAccess>,
 
     /// What happens to data when the TatorDeployment is deleted: Retain (the default) keeps the
     /// volumes and generated Secrets; Delete removes them with it.
@@ -968,6 +988,10 @@ pub struct TatorDeploymentStatus {
     /// Ready and desired replicas per component.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub components: BTreeMap<String, ComponentStatus>,
+
+    /// Buckets registered in Tator from spec.buckets, with Tator's ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<RegisteredBucket>,
 }
 
 /// Ready and desired replicas of one component.
@@ -976,6 +1000,17 @@ pub struct TatorDeploymentStatus {
 pub struct ComponentStatus {
     pub ready: i32,
     pub desired: i32,
+}
+
+fn buckets_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = <Vec<TatorBucket>>::json_schema(generator);
+    schema.insert("maxItems".into(), 64.into());
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["organization", "name"]),
+    );
+    schema
 }
 
 fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {

@@ -1,6 +1,7 @@
 //! Readiness checks of managed (external) dependencies, run from the operator process before it
 //! runs migrations or rolls the API: PostgreSQL (connect, authenticate, `SELECT 1`, required
-//! extensions available), Redis (AUTH + PING) and Elasticsearch (cluster health yellow or green).
+//! extensions available), Redis (AUTH + PING), Elasticsearch (cluster health yellow or green) and
+//! S3 buckets (HeadBucket).
 //!
 //! Every check is bounded in time. Passwords live in [`Password`], whose `Debug` is redacted, and
 //! are scrubbed from every message a check returns.
@@ -88,7 +89,10 @@ pub async fn secret_value(
     })
 }
 
-fn tls_config(ca_pem: Option<&str>, verify: bool) -> Result<rustls::ClientConfig, CheckError> {
+pub(crate) fn tls_config(
+    ca_pem: Option<&str>,
+    verify: bool,
+) -> Result<rustls::ClientConfig, CheckError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -476,6 +480,103 @@ pub async fn check_elasticsearch(target: &ElasticsearchTarget) -> Result<String,
     }
 }
 
+/// A bucket on an S3 or S3-compatible service to check.
+#[derive(Clone, Debug)]
+pub struct S3Target {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: Password,
+}
+
+/// The S3 error code in an error answer's XML body, if any.
+fn s3_error_code(body: &str) -> Option<String> {
+    let start = body.find("<Code>")? + "<Code>".len();
+    let end = body[start..].find("</Code>")? + start;
+    Some(body[start..end].to_string())
+}
+
+/// HeadBucket with the given credentials (path-style, SigV4 in the query string). A 403 is told
+/// apart with a ListObjectsV2 of zero keys, whose error body names the cause.
+pub async fn check_s3(target: &S3Target) -> Result<String, CheckError> {
+    use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+    let where_ = format!("bucket {} at {}", target.bucket, target.endpoint);
+    let endpoint: url::Url = target
+        .endpoint
+        .parse()
+        .map_err(|e| CheckError::new("InvalidEndpoint", format!("{}: {e}", target.endpoint)))?;
+    let bucket = Bucket::new(
+        endpoint,
+        UrlStyle::Path,
+        target.bucket.clone(),
+        target.region.clone(),
+    )
+    .map_err(|e| CheckError::new("InvalidEndpoint", format!("{}: {e}", target.endpoint)))?;
+    let creds = Credentials::new(target.access_key.clone(), target.secret_key.expose());
+    let tls = tls_config(None, true)?;
+    let client = reqwest::Client::builder()
+        .timeout(CHECK_TIMEOUT)
+        .no_proxy()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| CheckError::new("TLSError", e.to_string()))?;
+    let scrub = |m: String| target.secret_key.scrub(m);
+    let head = bucket.head_bucket(Some(&creds)).sign(CHECK_TIMEOUT * 12);
+    let resp = client.head(head).send().await.map_err(|e| {
+        CheckError::new(
+            "Unreachable",
+            scrub(format!(
+                "{where_}: {}",
+                std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| e.to_string())
+            )),
+        )
+    })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(format!("{where_} answered HeadBucket"));
+    }
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(CheckError::new(
+            "BucketNotFound",
+            format!("{where_} does not exist"),
+        ));
+    }
+    if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::UNAUTHORIZED {
+        // HEAD answers carry no body: ask again in a way whose error says why.
+        let mut list = bucket.list_objects_v2(Some(&creds));
+        list.with_max_keys(0);
+        let url = list.sign(CHECK_TIMEOUT * 12);
+        let code = match client.get(url).send().await {
+            Ok(r) => r.text().await.ok().and_then(|b| s3_error_code(&b)),
+            Err(_) => None,
+        };
+        return Err(match code.as_deref() {
+            Some(
+                c @ ("InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "InvalidToken"
+                | "ExpiredToken"
+                | "AuthorizationHeaderMalformed"),
+            ) => CheckError::new(
+                "InvalidCredentials",
+                format!("{where_} refused the credentials ({c})"),
+            ),
+            Some(c) => CheckError::new(
+                "AccessDenied",
+                format!("{where_} denied access to the credentials ({c})"),
+            ),
+            None => CheckError::new("AccessDenied", format!("{where_} answered {status}")),
+        });
+    }
+    Err(CheckError::new(
+        "Unreachable",
+        format!("{where_} answered {status}"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,6 +586,16 @@ mod tests {
         let p = Password::new("s3cret".into());
         assert_eq!(format!("{p:?}"), "Password(***)");
         assert_eq!(p.scrub("bad s3cret here".into()), "bad *** here");
+    }
+
+    #[test]
+    fn s3_error_codes_are_read_from_error_bodies() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>x</Message></Error>";
+        assert_eq!(
+            s3_error_code(body).as_deref(),
+            Some("SignatureDoesNotMatch")
+        );
+        assert_eq!(s3_error_code("<html>"), None);
     }
 
     #[test]

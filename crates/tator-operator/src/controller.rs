@@ -38,8 +38,9 @@ use crate::{
         self,
         migrations::{self, JobState},
     },
-    dependencies,
+    checks, dependencies,
     error::Error,
+    objstore, registration,
     status::{self, Observations},
     validate::{self, VersionPlan},
 };
@@ -131,6 +132,10 @@ impl Context {
     }
 }
 
+fn has_registrations(td: &TatorDeployment) -> bool {
+    td.status.as_ref().is_some_and(|s| !s.buckets.is_empty())
+}
+
 fn key(td: &TatorDeployment) -> String {
     format!("{}/{}", td.namespace().unwrap_or_default(), td.name_any())
 }
@@ -215,6 +220,8 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     t.secrets_hash = dependencies::secrets_hash(&ctx.client, &t).await?;
     // data tier first: the web tier waits for it
     apply::ensure_generated_secrets(&ctx.client, &t).await?;
+    let storage_secrets = objstore::read_secrets(&ctx.client, &t).await?;
+    let storage_problem = objstore::apply_secrets(&ctx.client, &t, &storage_secrets).await?;
     let mut applied = apply::apply(&ctx.client, &t, build::build_data(&t)).await?;
     let deps = dependencies::observe(&ctx.client, &t, &applied).await;
     // fetch
@@ -242,6 +249,35 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     if pruned > 0 {
         info!(pruned, "deleted orphaned children");
     }
+    // object storage and bucket registration
+    obs.object_storage =
+        Some(objstore::observe(&t, &storage_secrets, &applied, storage_problem.as_ref()).await);
+    let token = match &t.spec.api_access {
+        Some(a) if !t.spec.buckets.is_empty() || has_registrations(td) => checks::secret_value(
+            &ctx.client,
+            &t.namespace,
+            &a.token_secret.name,
+            &a.token_secret.key,
+        )
+        .await
+        .ok(),
+        _ => None,
+    };
+    let previous = td
+        .status
+        .as_ref()
+        .map(|s| s.buckets.clone())
+        .unwrap_or_default();
+    obs.registration = registration::register(
+        &t,
+        registration::Inputs {
+            api_ready: status::api_available(&applied),
+            token: token.as_deref(),
+            configs: registration::configs(&t, &storage_secrets),
+            previous: &previous,
+        },
+    )
+    .await;
     // status
     let (st, conds) = status::compute(&t, &rollout, &applied, &obs, &deps);
     let st = status::with_conditions(st, &conds, td.status.as_ref(), t.generation);

@@ -20,14 +20,14 @@ pub struct DepState {
 }
 
 impl DepState {
-    fn ready(reason: &str, message: impl Into<String>) -> Self {
+    pub fn ready(reason: &str, message: impl Into<String>) -> Self {
         Self {
             ok: true,
             reason: reason.into(),
             message: message.into(),
         }
     }
-    fn not_ready(reason: &str, message: impl Into<String>) -> Self {
+    pub fn not_ready(reason: &str, message: impl Into<String>) -> Self {
         Self {
             ok: false,
             reason: reason.into(),
@@ -245,6 +245,12 @@ pub fn referenced_secrets(t: &ValidatedTator) -> Vec<String> {
     if let Some(es) = &spec.elasticsearch.external {
         names.extend(es.credentials_secret.as_ref().map(|c| c.name.clone()));
     }
+    // Credentials of external system buckets end up in the buckets Secret the pods read.
+    for (_, p) in crate::build::objects::system_buckets(t) {
+        if let crate::build::objects::Placement::External(e) = p {
+            names.push(e.credentials_secret);
+        }
+    }
     names.sort();
     names.dedup();
     names
@@ -289,4 +295,5 @@ pub fn has_managed_services(t: &ValidatedTator) -> bool {
     s.postgres.external.is_some()
         || s.redis.external.is_some()
         || s.elasticsearch.external.is_some()
+        || crate::objstore::has_external_buckets(t)
 }

@@ -10,6 +10,8 @@ pub mod checks;
 pub mod controller;
 pub mod dependencies;
 pub mod error;
+pub mod objstore;
+pub mod registration;
 pub mod render;
 pub mod status;
 pub mod validate;

@@ -51,6 +51,20 @@ impl Cond {
 pub struct Observations {
     /// The TLS Secret named in the spec is missing.
     pub tls_secret_missing: Option<String>,
+    /// `ObjectStorageReady` (None where nothing was observed, as in `render`).
+    pub object_storage: Option<crate::dependencies::DepState>,
+    /// `BucketsRegistered` and the registrations (None: no buckets to register).
+    pub registration: Option<crate::registration::Registration>,
+}
+
+/// Whether the REST API Deployment applied this round is available.
+pub fn api_available(applied: &Applied) -> bool {
+    let api: Vec<&Deployment> = applied
+        .deployments
+        .iter()
+        .filter(|d| component_of(d) == API)
+        .collect();
+    deployment_cond("Api", &api, false).ok
 }
 
 struct DeployState {
@@ -236,6 +250,22 @@ pub fn compute(
     ] {
         conds.push(Cond::new(type_, d.ok, &d.reason, d.message.clone()));
     }
+    if let Some(d) = &obs.object_storage {
+        conds.push(Cond::new(
+            "ObjectStorageReady",
+            d.ok,
+            &d.reason,
+            d.message.clone(),
+        ));
+    }
+    if let Some(r) = &obs.registration {
+        conds.push(Cond::new(
+            "BucketsRegistered",
+            r.ok,
+            &r.reason,
+            r.message.clone(),
+        ));
+    }
 
     let mut stalled: Option<(String, String)> = None;
     let migrations = match (&rollout.plan, &rollout.migration_state) {
@@ -360,6 +390,11 @@ pub fn compute(
         url,
         conditions: Vec::new(),
         components,
+        buckets: obs
+            .registration
+            .as_ref()
+            .map(|r| r.buckets.clone())
+            .unwrap_or_default(),
     };
     (status, all)
 }

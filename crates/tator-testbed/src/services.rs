@@ -1,6 +1,7 @@
 //! Real PostgreSQL and Redis servers for tests, from Debian's packages (`postgresql-15`,
 //! `postgresql-15-postgis-3`, `redis-server`), started on free loopback ports in a temporary
-//! folder as the unprivileged user `nobody`, and stopped (with their folder removed) on drop.
+//! folder as the unprivileged user `nobody`, and stopped (with their folder removed) on drop;
+//! and SeaweedFS (S3), built from its Go module.
 
 use std::{
     path::{Path, PathBuf},
@@ -278,6 +279,157 @@ impl Redis {
 }
 
 impl Drop for Redis {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// A SeaweedFS server (`weed mini`: master, volume, filer and S3 gateway in one process) built
+/// from its Go module by `tests/tools/build.sh`, every listener on a free loopback port.
+pub struct Seaweed {
+    /// Base URL of the S3 API, for example `http://127.0.0.1:23456`.
+    pub s3_url: String,
+    /// `host:port` of the master, for `weed shell -master=...`.
+    pub master: String,
+    /// The `weed` binary.
+    pub weed: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Seaweed {
+    /// Starts a server whose S3 gateway knows the identities in `s3_config` (SeaweedFS's
+    /// `-s3.config` JSON), and creates `buckets`. Telemetry is off.
+    pub fn start(s3_config: &serde_json::Value, buckets: &[&str]) -> Result<Self, Error> {
+        let weed = crate::cluster::Binaries::locate()?.bin("weed");
+        if !weed.is_file() {
+            return Err(Error::Binaries(format!(
+                "missing {}; run `make tools` first",
+                weed.display()
+            )));
+        }
+        let dir = temp_dir("seaweedfs")?;
+        let config = dir.path().join("s3.json");
+        std::fs::write(&config, s3_config.to_string()).map_err(io_err(&config))?;
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).map_err(io_err(&data))?;
+        let log: PathBuf = dir.path().join("weed.log");
+        let logfile = std::fs::File::create(&log).map_err(io_err(&log))?;
+        let errfile = logfile.try_clone().map_err(io_err(&log))?;
+        let mut ports = std::collections::BTreeMap::new();
+        for flag in [
+            "master.port",
+            "volume.port",
+            "filer.port",
+            "s3.port",
+            "s3.port.iceberg",
+            "s3.port.lance",
+            "admin.port",
+            "admin.port.legacy",
+            "metricsPort",
+            "s3.metricsPort",
+        ] {
+            ports.insert(flag, free_port()?);
+        }
+        // gRPC ports are separate flags; SeaweedFS's default is the HTTP port + 10000, which
+        // would leave the range free_port picks from.
+        for grpc in [
+            "master.port.grpc",
+            "volume.port.grpc",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "admin.port.grpc",
+        ] {
+            ports.insert(grpc, free_port()?);
+        }
+        let mut cmd = Command::new(&weed);
+        cmd.arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                "-webdav=false",
+                "-admin.ui=false",
+            ])
+            .arg(format!("-s3.config={}", config.display()));
+        for (flag, port) in &ports {
+            cmd.arg(format!("-{flag}={port}"));
+        }
+        let mut child = cmd
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(logfile)
+            .stderr(errfile)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                process: "weed mini".into(),
+                source,
+            })?;
+        let s3_port = ports.get("s3.port").copied().unwrap_or_default();
+        let master_port = ports.get("master.port").copied().unwrap_or_default();
+        let started = wait_port(&mut child, s3_port, &log, "weed mini (S3)");
+        if let Err(e) = started {
+            stop(&mut child);
+            return Err(e);
+        }
+        let server = Self {
+            s3_url: format!("http://127.0.0.1:{s3_port}"),
+            master: format!("127.0.0.1:{master_port}"),
+            weed,
+            child,
+            _dir: dir,
+        };
+        for bucket in buckets {
+            server.shell(&format!("s3.bucket.create -name {bucket}"))?;
+        }
+        Ok(server)
+    }
+
+    /// Runs one `weed shell` command against this server (retried while the filer starts).
+    pub fn shell(&self, command: &str) -> Result<String, Error> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut child = Command::new(&self.weed)
+                .arg("shell")
+                .arg(format!("-master={}", self.master))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|source| Error::Spawn {
+                    process: "weed shell".into(),
+                    source,
+                })?;
+            if let Some(mut stdin) = child.stdin.take() {
+                use std::io::Write;
+                let _ = writeln!(stdin, "{command}");
+            }
+            let out = child.wait_with_output().map_err(|source| Error::Spawn {
+                process: "weed shell".into(),
+                source,
+            })?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                return Ok(text);
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("weed shell `{command}`"),
+                    seconds: 30,
+                    last: format!(": {text}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for Seaweed {
     fn drop(&mut self) {
         stop(&mut self.child);
     }

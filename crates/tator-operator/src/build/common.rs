@@ -23,12 +23,22 @@ pub const CONFIG_HASH_ANNOTATION: &str = "tator.io/config-hash";
 /// Annotation on pod templates carrying a hash of the Secrets they read.
 pub const SECRETS_HASH_ANNOTATION: &str = "tator.io/secrets-hash";
 
-/// The secrets-hash annotation, when the fetch stage computed one.
+/// Annotation on pod templates carrying a hash of the system-bucket settings they read from the
+/// operator's buckets Secret.
+pub const BUCKETS_HASH_ANNOTATION: &str = "tator.io/buckets-hash";
+
+/// The secrets-hash annotation (when the fetch stage computed one) and the buckets hash.
 pub fn secrets_annotation(t: &ValidatedTator) -> BTreeMap<String, String> {
-    t.secrets_hash
+    let mut out: BTreeMap<String, String> = t
+        .secrets_hash
         .iter()
         .map(|h| (SECRETS_HASH_ANNOTATION.to_string(), h.clone()))
-        .collect()
+        .collect();
+    out.insert(
+        BUCKETS_HASH_ANNOTATION.to_string(),
+        super::objects::settings_hash(t),
+    );
+    out
 }
 
 /// Key of the Django secret key in its Secret.
@@ -267,6 +277,7 @@ pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
         },
     ];
     env_vars.extend(super::data::data_env(&super::data::endpoints(t)));
+    env_vars.extend(super::objects::bucket_env(t));
     env_vars
 }
 

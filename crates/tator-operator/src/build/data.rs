@@ -275,6 +275,7 @@ pub fn generated_secrets(t: &ValidatedTator) -> Vec<GeneratedSecret> {
             random: vec![("password".into(), 32)],
         });
     }
+    out.extend(super::objects::generated_secret(t));
     if t.spec.redis.in_cluster.as_ref().is_some_and(|r| r.auth) {
         out.push(GeneratedSecret {
             name: t.child_name(REDIS),
@@ -286,7 +287,7 @@ pub fn generated_secrets(t: &ValidatedTator) -> Vec<GeneratedSecret> {
     out
 }
 
-fn claim_template(name: &str, v: &VolumeSettings) -> PersistentVolumeClaim {
+pub(crate) fn claim_template(name: &str, v: &VolumeSettings) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -308,7 +309,7 @@ fn claim_template(name: &str, v: &VolumeSettings) -> PersistentVolumeClaim {
     }
 }
 
-fn retention(t: &ValidatedTator) -> StatefulSetPersistentVolumeClaimRetentionPolicy {
+pub(crate) fn retention(t: &ValidatedTator) -> StatefulSetPersistentVolumeClaimRetentionPolicy {
     let policy = match t.spec.deletion_policy {
         DeletionPolicy::Delete => "Delete",
         DeletionPolicy::Retain => "Retain",

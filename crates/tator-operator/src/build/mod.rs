@@ -4,6 +4,7 @@ pub mod common;
 pub mod data;
 pub mod migrations;
 pub mod nginx;
+pub mod objects;
 pub mod storage;
 pub mod tls;
 pub mod web;
@@ -117,6 +118,10 @@ pub fn build_data(t: &ValidatedTator) -> Children {
     let (sts, services) = data::elasticsearch(t);
     d.stateful_sets.extend(sts);
     d.services.extend(services);
+    let (sts, services) = objects::store(t);
+    d.stateful_sets.extend(sts);
+    d.services.extend(services);
+    d.jobs.extend(objects::bucket_job(t));
     d
 }
 

@@ -45,6 +45,9 @@ pub struct ProxyRoute {
     pub path: String,
     pub upstream: String,
     pub guard: Guard,
+    /// An S3 store: the Host header stays the upstream's (presigned URLs are signed for it) and
+    /// bodies stream through unbuffered.
+    pub object_store: bool,
 }
 
 /// Everything the NGINX configuration depends on.
@@ -73,7 +76,7 @@ impl NginxConfig {
             redirect_http: t.spec.tls.as_ref().is_some_and(|t| t.redirect_http),
             maintenance: t.spec.nginx.maintenance,
             ssl_dir: "/ssl".into(),
-            extra_routes: Vec::new(),
+            extra_routes: super::objects::objects_route(t).into_iter().collect(),
         }
     }
 }
@@ -132,11 +135,19 @@ fn locations(c: &NginxConfig) -> String {
         )
     );
     for r in &c.extra_routes {
+        let body = if r.object_store {
+            format!(
+                "      proxy_pass http://{};\n      proxy_http_version 1.1;\n      proxy_request_buffering off;\n      proxy_buffering off;\n",
+                r.upstream
+            )
+        } else {
+            proxy(&r.upstream)
+        };
         let _ = write!(
             s,
             "    location ^~ {} {{\n{}    }}\n",
             r.path,
-            serve(c, &format!("{}{}", guard_line(r.guard), proxy(&r.upstream)))
+            serve(c, &format!("{}{body}", guard_line(r.guard)))
         );
     }
     // Auth subrequests: the backend answers 2xx to allow, 401/403 to deny.
@@ -459,6 +470,7 @@ mod tests {
             path: "/logs/".into(),
             upstream: "kibana:5601".into(),
             guard: Guard::Staff,
+            object_store: false,
         });
         render_conf(&c)
     }

@@ -1,0 +1,400 @@
+//! Registration of spec.buckets in Tator through its REST API (`/rest/Buckets/<organization>`
+//! to list and create, `/rest/Bucket/<id>` to update and delete), authenticated with
+//! `Authorization: Token <token>`.
+//!
+//! A registration is found by name within its organization, so a re-run never creates a
+//! duplicate. What was sent is remembered as a digest in status: it is sent again only when the
+//! settings or the credentials change. A registration is deleted in Tator only when its entry
+//! said `prune: true` and is removed from the spec. Messages carry status codes and Tator's
+//! message, never a credential.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use tator_api::{RegisteredBucket, TatorBucket};
+
+use crate::{
+    build::{common::short_hash, objects, web::API_PORT},
+    checks::CHECK_TIMEOUT,
+    validate::ValidatedTator,
+};
+
+/// The `BucketsRegistered` condition and the registrations to record in status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub ok: bool,
+    pub reason: String,
+    pub message: String,
+    pub buckets: Vec<RegisteredBucket>,
+}
+
+impl Registration {
+    fn new(
+        ok: bool,
+        reason: &str,
+        message: impl Into<String>,
+        buckets: Vec<RegisteredBucket>,
+    ) -> Self {
+        Self {
+            ok,
+            reason: reason.into(),
+            message: message.into(),
+            buckets,
+        }
+    }
+}
+
+/// Base URL of the REST API: the spec's, or the API Service.
+pub fn api_url(t: &ValidatedTator) -> String {
+    match t.spec.api_access.as_ref().and_then(|a| a.url.clone()) {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => format!(
+            "http://{}.{}.svc:{API_PORT}",
+            t.child_name(crate::build::web::API),
+            t.namespace
+        ),
+    }
+}
+
+/// The body Tator's Bucket endpoints take for one entry.
+pub fn request_body(b: &TatorBucket, config: Value) -> Value {
+    let mut body = json!({
+        "name": b.name,
+        "store_type": b.store_type.as_str(),
+        "config": config,
+        "live_sc": "STANDARD",
+    });
+    if let Some(sc) = b.archive_storage_class {
+        body["archive_sc"] = sc.as_str().into();
+    }
+    if let Some(h) = &b.external_host {
+        body["external_host"] = h.clone().into();
+    }
+    body
+}
+
+/// Digest of a request body: which settings and credentials were last sent.
+pub fn digest(body: &Value) -> String {
+    short_hash(body.to_string().as_bytes(), 16)
+}
+
+struct Api<'a> {
+    http: reqwest::Client,
+    base: String,
+    token: &'a str,
+    /// Values that must never appear in a message.
+    secrets: Vec<String>,
+}
+
+/// A failed call: a stable reason and a message without credentials.
+struct CallError {
+    reason: &'static str,
+    message: String,
+}
+
+impl Api<'_> {
+    fn scrub(&self, mut m: String) -> String {
+        for s in &self.secrets {
+            if s.len() >= 4 {
+                m = m.replace(s.as_str(), "***");
+            }
+        }
+        m
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CallError> {
+        let what = format!("{method} {path}");
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("Authorization", format!("Token {}", self.token))
+            .header("Accept", "application/json");
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| CallError {
+            reason: "ApiUnreachable",
+            message: self.scrub(format!(
+                "{what}: {}",
+                std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| e.to_string())
+            )),
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status.is_success() {
+            return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+        }
+        let detail = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| {
+                v.get("message")
+                    .or_else(|| v.get("detail"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .map(|m| format!(": {}", m.chars().take(200).collect::<String>()))
+            .unwrap_or_default();
+        Err(CallError {
+            reason: if status.as_u16() == 404 {
+                "NotFound"
+            } else {
+                "ApiError"
+            },
+            message: self.scrub(format!("{what} answered {status}{detail}")),
+        })
+    }
+}
+
+/// Inputs of one registration round.
+pub struct Inputs<'a> {
+    /// The REST API Deployment is available.
+    pub api_ready: bool,
+    /// The API token, if its Secret and key exist.
+    pub token: Option<&'a str>,
+    /// Tator configurations of spec.buckets by (organization, name), or why one cannot be
+    /// composed.
+    pub configs: BTreeMap<(i64, String), Result<Value, String>>,
+    /// What status recorded last time.
+    pub previous: &'a [RegisteredBucket],
+}
+
+/// Creates, updates and prunes registrations so that Tator has what spec.buckets says.
+/// Returns None when there is nothing to register and nothing recorded.
+pub async fn register(t: &ValidatedTator, inputs: Inputs<'_>) -> Option<Registration> {
+    let desired = &t.spec.buckets;
+    if desired.is_empty() && inputs.previous.is_empty() {
+        return None;
+    }
+    let keep_previous = || inputs.previous.to_vec();
+    if !inputs.api_ready {
+        return Some(Registration::new(
+            false,
+            "WaitingForApi",
+            "buckets are registered once Tator's REST API is available",
+            keep_previous(),
+        ));
+    }
+    let Some(token) = inputs.token else {
+        let name = t
+            .spec
+            .api_access
+            .as_ref()
+            .map(|a| format!("{}/{}", a.token_secret.name, a.token_secret.key))
+            .unwrap_or_default();
+        return Some(Registration::new(
+            false,
+            "TokenNotFound",
+            format!("the API token Secret key {name} does not exist"),
+            keep_previous(),
+        ));
+    };
+    let mut secrets = vec![token.to_string()];
+    for v in inputs.configs.values().flatten() {
+        collect_strings(v, &mut secrets);
+    }
+    let http = crate::checks::tls_config(None, true)
+        .map_err(|e| e.message)
+        .and_then(|tls| {
+            reqwest::Client::builder()
+                .timeout(CHECK_TIMEOUT)
+                .no_proxy()
+                .tls_backend_preconfigured(tls)
+                .build()
+                .map_err(|e| e.to_string())
+        });
+    let http = match http {
+        Ok(h) => h,
+        Err(e) => return Some(Registration::new(false, "ApiError", e, keep_previous())),
+    };
+    let api = Api {
+        http,
+        base: api_url(t),
+        token,
+        secrets,
+    };
+    let prev: BTreeMap<(i64, String), &RegisteredBucket> = inputs
+        .previous
+        .iter()
+        .map(|r| ((r.organization, r.name.clone()), r))
+        .collect();
+    let mut out = Vec::new();
+    let mut failures: Vec<CallError> = Vec::new();
+    let mut changed = 0;
+    // Listings per organization, fetched only when something must be sent.
+    let mut listings: BTreeMap<i64, Vec<Value>> = BTreeMap::new();
+    for b in desired {
+        let key = (b.organization, b.name.clone());
+        let config = match inputs.configs.get(&key) {
+            Some(Ok(c)) => c.clone(),
+            Some(Err(why)) => {
+                failures.push(CallError {
+                    reason: "InvalidBucket",
+                    message: why.clone(),
+                });
+                out.extend(prev.get(&key).map(|r| (*r).clone()));
+                continue;
+            }
+            None => continue,
+        };
+        let body = request_body(b, config);
+        let d = digest(&body);
+        if let Some(r) = prev.get(&key)
+            && r.digest == d
+        {
+            let mut r = (*r).clone();
+            r.prune = b.prune;
+            out.push(r);
+            continue;
+        }
+        let result = async {
+            if !listings.contains_key(&b.organization) {
+                let list = api
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/rest/Buckets/{}", b.organization),
+                        None,
+                    )
+                    .await?;
+                listings.insert(b.organization, list.as_array().cloned().unwrap_or_default());
+            }
+            let found = listings.get(&b.organization).and_then(|l| {
+                l.iter()
+                    .find(|x| x["name"].as_str() == Some(b.name.as_str()))
+                    .and_then(|x| x["id"].as_i64())
+            });
+            match found {
+                Some(id) => {
+                    api.call(
+                        reqwest::Method::PATCH,
+                        &format!("/rest/Bucket/{id}"),
+                        Some(&body),
+                    )
+                    .await?;
+                    Ok(id)
+                }
+                None => {
+                    let created = api
+                        .call(
+                            reqwest::Method::POST,
+                            &format!("/rest/Buckets/{}", b.organization),
+                            Some(&body),
+                        )
+                        .await?;
+                    created["id"].as_i64().ok_or(CallError {
+                        reason: "ApiError",
+                        message: format!(
+                            "POST /rest/Buckets/{} answered without an id",
+                            b.organization
+                        ),
+                    })
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(id) => {
+                changed += 1;
+                out.push(RegisteredBucket {
+                    name: b.name.clone(),
+                    organization: b.organization,
+                    id,
+                    prune: b.prune,
+                    digest: d,
+                });
+            }
+            Err(e) => {
+                out.extend(prev.get(&key).map(|r| (*r).clone()));
+                failures.push(e);
+            }
+        }
+    }
+    // Entries removed from the spec: delete in Tator only when they said prune.
+    for r in inputs.previous {
+        let still = desired
+            .iter()
+            .any(|b| b.organization == r.organization && b.name == r.name);
+        if still || !r.prune {
+            continue;
+        }
+        match api
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/rest/Bucket/{}", r.id),
+                None,
+            )
+            .await
+        {
+            Ok(_) => changed += 1,
+            Err(e) if e.reason == "NotFound" => {}
+            Err(e) => {
+                out.push(r.clone());
+                failures.push(e);
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.organization, &a.name).cmp(&(b.organization, &b.name)));
+    Some(match failures.into_iter().next() {
+        Some(e) => {
+            let reason = if e.reason == "NotFound" {
+                "ApiError"
+            } else {
+                e.reason
+            };
+            Registration::new(false, reason, e.message, out)
+        }
+        None => Registration::new(
+            true,
+            "Registered",
+            format!(
+                "{} bucket(s) registered in Tator ({changed} sent this round)",
+                desired.len()
+            ),
+            out,
+        ),
+    })
+}
+
+fn collect_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+        Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
+        _ => {}
+    }
+}
+
+/// Tator configurations of spec.buckets from the credentials the fetch stage read.
+pub fn configs(
+    t: &ValidatedTator,
+    secrets: &objects::StorageSecrets,
+) -> BTreeMap<(i64, String), Result<Value, String>> {
+    t.spec
+        .buckets
+        .iter()
+        .map(|b| {
+            let key = (b.organization, b.name.clone());
+            let config = match secrets.credentials.get(&b.credentials_secret) {
+                Some(Some(data)) => objects::tator_config(
+                    b.store_type,
+                    b.endpoint.as_deref(),
+                    &b.region,
+                    &b.credentials_secret,
+                    data,
+                )
+                .map_err(|p| format!("bucket {}: {}", b.name, p.message)),
+                _ => Err(format!(
+                    "bucket {}: credentials Secret {} does not exist",
+                    b.name, b.credentials_secret
+                )),
+            };
+            (key, config)
+        })
+        .collect()
+}

@@ -30,6 +30,7 @@ fn config(tls: bool, maintenance: bool, ssl_dir: &str) -> String {
         path: "/logs/".into(),
         upstream: "tator-kibana:5601".into(),
         guard: Guard::Staff,
+        object_store: false,
     });
     render_conf(&c)
 }
@@ -40,7 +41,7 @@ fn nginx_t(conf: &str, dir: &std::path::Path) -> (bool, String) {
     let hosts = dir.join("hosts");
     std::fs::write(
         &hosts,
-        "127.0.0.1 localhost tator-api tator-ui tator-kibana\n",
+        "127.0.0.1 localhost tator-api tator-ui tator-kibana tator-seaweedfs\n",
     )
     .unwrap();
     // Names missing from hosts must not reach a real DNS server: point the resolver at loopback.
@@ -70,7 +71,10 @@ fn generated_configs_pass_nginx_t() {
     std::fs::write(dir.path().join("tls.key"), key.signing_key.serialize_pem()).unwrap();
     let ssl = dir.path().display().to_string();
     for (tls, maintenance) in [(false, false), (true, false), (false, true), (true, true)] {
-        let (ok, err) = nginx_t(&config(tls, maintenance, &ssl), dir.path());
+        let conf = config(tls, maintenance, &ssl);
+        // The default in-cluster object store adds the public /objects/ route.
+        assert!(conf.contains("location ^~ /objects/"));
+        let (ok, err) = nginx_t(&conf, dir.path());
         assert!(
             ok,
             "nginx -t failed (tls={tls}, maintenance={maintenance}):\n{err}"

@@ -168,7 +168,8 @@ impl Env {
     }
 
     /// Waits until no object of kind K is left in the namespace.
-    async fn wait_none<K>(&self, what: &str, timeout: Duration)
+    /// Waits until no object of kind K matches `selector` (a label selector; "" for all).
+    async fn wait_none<K>(&self, what: &str, selector: &str, timeout: Duration)
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -178,7 +179,7 @@ impl Env {
         let api = self.api::<K>();
         wait_for(what, timeout, || async {
             let n = api
-                .list_metadata(&ListParams::default())
+                .list_metadata(&ListParams::default().labels(selector))
                 .await
                 .map_err(|e| e.to_string())?
                 .items
@@ -416,8 +417,12 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
         Duration::from_secs(30),
     )
     .await;
-    env.wait_none::<Job>("the migrations Job to be retired", Duration::from_secs(30))
-        .await;
+    env.wait_none::<Job>(
+        "the migrations Job to be retired",
+        "app.kubernetes.io/component=migrations",
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = env.snapshot().await;
 
@@ -937,7 +942,7 @@ async fn deletion_keeps_data_unless_the_policy_says_delete() {
         .delete("tator", &DeleteParams::foreground())
         .await
         .unwrap();
-    env.wait_none::<Deployment>("children to be collected", Duration::from_secs(60))
+    env.wait_none::<Deployment>("children to be collected", "", Duration::from_secs(60))
         .await;
     assert!(
         secrets.get_opt("tator-postgres").await.unwrap().is_some(),

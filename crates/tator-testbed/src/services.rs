@@ -289,7 +289,7 @@ impl Drop for Redis {
 pub struct Seaweed {
     /// Base URL of the S3 API, for example `http://127.0.0.1:23456`.
     pub s3_url: String,
-    /// `host:port` of the master, for `weed shell -master=...`.
+    /// `host:port.grpcPort` of the master, for `weed shell -master=...`.
     pub master: String,
     /// The `weed` binary.
     pub weed: PathBuf,
@@ -368,6 +368,7 @@ impl Seaweed {
             })?;
         let s3_port = ports.get("s3.port").copied().unwrap_or_default();
         let master_port = ports.get("master.port").copied().unwrap_or_default();
+        let master_grpc = ports.get("master.port.grpc").copied().unwrap_or_default();
         let started = wait_port(&mut child, s3_port, &log, "weed mini (S3)");
         if let Err(e) = started {
             stop(&mut child);
@@ -375,7 +376,8 @@ impl Seaweed {
         }
         let server = Self {
             s3_url: format!("http://127.0.0.1:{s3_port}"),
-            master: format!("127.0.0.1:{master_port}"),
+            // host:port.grpcPort: the gRPC port is not the default HTTP port + 10000 here.
+            master: format!("127.0.0.1:{master_port}.{master_grpc}"),
             weed,
             child,
             _dir: dir,

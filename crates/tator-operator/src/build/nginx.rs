@@ -499,6 +499,30 @@ mod tests {
     }
 
     #[test]
+    fn objects_route_keeps_the_signed_host_and_has_no_auth() {
+        let c = conf(false, false);
+        let objects = c
+            .split("location ^~ /objects/ {")
+            .nth(1)
+            .expect("the in-cluster store adds /objects/")
+            .split('}')
+            .next()
+            .unwrap();
+        // The trailing slash strips /objects; nginx then sends Host: tator-seaweedfs:8333, the
+        // host Tator signed presigned URLs for.
+        assert!(
+            objects.contains("proxy_pass http://tator-seaweedfs:8333/;"),
+            "{objects}"
+        );
+        assert!(!objects.contains("auth_request"), "{objects}");
+        assert!(!objects.contains("proxy_set_header Host"), "{objects}");
+        assert!(
+            objects.contains("proxy_request_buffering off;"),
+            "{objects}"
+        );
+    }
+
+    #[test]
     fn tls_adds_https_server_and_redirect() {
         let c = conf(true, false);
         assert!(c.contains("listen 8443 ssl"));

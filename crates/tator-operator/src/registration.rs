@@ -254,7 +254,8 @@ pub async fn register(t: &ValidatedTator, inputs: Inputs<'_>) -> Option<Registra
             continue;
         }
         let result = async {
-            if !listings.contains_key(&b.organization) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = listings.entry(b.organization)
+            {
                 let list = api
                     .call(
                         reqwest::Method::GET,
@@ -262,7 +263,7 @@ pub async fn register(t: &ValidatedTator, inputs: Inputs<'_>) -> Option<Registra
                         None,
                     )
                     .await?;
-                listings.insert(b.organization, list.as_array().cloned().unwrap_or_default());
+                slot.insert(list.as_array().cloned().unwrap_or_default());
             }
             let found = listings.get(&b.organization).and_then(|l| {
                 l.iter()

@@ -563,6 +563,36 @@ async fn invalid_manifests_are_rejected_with_the_cel_message() {
             json!({"version": "1.5.0", "domain": "a.example.com", "image": {"pullPolicy": "Sometimes"}}),
             "Unsupported value",
         ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "objectStorage": {"live": {"external":
+                {"storeType": "OCI", "bucketName": "media", "endpoint": "https://x.example.com", "credentialsSecret": "s"}}}}),
+            "an OCI bucket needs externalHost",
+        ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "objectStorage": {"backup": {"external":
+                {"storeType": "MINIO", "bucketName": "media", "credentialsSecret": "s"}}}}),
+            "MINIO, OCI and VAST buckets need endpoint",
+        ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "objectStorage": {"live": {"inCluster": {},
+                "external": {"storeType": "AWS", "bucketName": "media", "credentialsSecret": "s"}}}}),
+            "exactly one of inCluster or external",
+        ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "buckets": [{"name": "media", "organization": 1,
+                "storeType": "AWS", "credentialsSecret": "s"}]}),
+            "buckets need apiAccess",
+        ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "apiAccess": {"tokenSecret": {"name": "t", "key": "k"}},
+                "buckets": [{"name": "media", "organization": 1, "storeType": "MINIO", "endpoint": "http://s3.example.com",
+                "credentialsSecret": "s", "archiveStorageClass": "DEEP_ARCHIVE"}]}),
+            "DEEP_ARCHIVE is for AWS",
+        ),
+        (
+            json!({"version": "1.5.0", "domain": "a.example.com", "objectStorage": {"live": {"inCluster": {"bucketName": "No_Such"}}}}),
+            "a bucket name has 3 to 63",
+        ),
     ];
     for (i, (spec, expected)) in cases.into_iter().enumerate() {
         let body = json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",

@@ -8,7 +8,7 @@ use super::{PodSettings, SecretKeyRef, VolumeSettings};
 
 /// Object storage Tator keeps media in: the system buckets (live, upload, backup) and the
 /// in-cluster S3 store that serves the buckets marked inCluster.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectStorage {
     /// The in-cluster S3 store (SeaweedFS). It runs when any system bucket is inCluster.
@@ -24,17 +24,6 @@ pub struct ObjectStorage {
     /// bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<SystemBucket>,
-}
-
-impl Default for ObjectStorage {
-    fn default() -> Self {
-        Self {
-            server: ObjectStoreServer::default(),
-            live: SystemBucket::default(),
-            upload: None,
-            backup: None,
-        }
-    }
 }
 
 /// The in-cluster S3 store: SeaweedFS in one StatefulSet, with generated credentials.

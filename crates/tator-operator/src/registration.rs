@@ -399,3 +399,104 @@ pub fn configs(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{test_fixtures::minimal, validate::validate};
+    use tator_api::{ApiAccess, ArchiveStorageClass, SecretKeyRef, StoreType};
+
+    fn with_bucket() -> ValidatedTator {
+        let mut td = minimal("1.5.0");
+        td.spec.api_access = Some(ApiAccess {
+            token_secret: SecretKeyRef {
+                name: "tok".into(),
+                key: "token".into(),
+            },
+            url: None,
+        });
+        td.spec.buckets = vec![TatorBucket {
+            name: "lab".into(),
+            organization: 3,
+            store_type: StoreType::Aws,
+            endpoint: None,
+            region: "us-east-2".into(),
+            external_host: None,
+            credentials_secret: "aws".into(),
+            archive_storage_class: Some(ArchiveStorageClass::DeepArchive),
+            prune: false,
+        }];
+        validate(&td).unwrap()
+    }
+
+    #[tokio::test]
+    async fn waits_for_the_api_and_for_the_token_without_calling_anything() {
+        let t = with_bucket();
+        let previous = vec![RegisteredBucket {
+            name: "lab".into(),
+            organization: 3,
+            id: 9,
+            prune: false,
+            digest: "d".into(),
+        }];
+        let r = register(
+            &t,
+            Inputs {
+                api_ready: false,
+                token: Some("tok"),
+                configs: BTreeMap::new(),
+                previous: &previous,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((r.ok, r.reason.as_str()), (false, "WaitingForApi"));
+        assert_eq!(
+            r.buckets, previous,
+            "nothing recorded is lost while waiting"
+        );
+        let r = register(
+            &t,
+            Inputs {
+                api_ready: true,
+                token: None,
+                configs: BTreeMap::new(),
+                previous: &previous,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.reason, "TokenNotFound");
+        assert!(r.message.contains("tok/token"), "{}", r.message);
+    }
+
+    #[tokio::test]
+    async fn nothing_desired_and_nothing_recorded_means_no_condition() {
+        let t = validate(&minimal("1.5.0")).unwrap();
+        let r = register(
+            &t,
+            Inputs {
+                api_ready: true,
+                token: None,
+                configs: BTreeMap::new(),
+                previous: &[],
+            },
+        )
+        .await;
+        assert!(r.is_none());
+    }
+
+    #[test]
+    fn the_body_follows_tator_and_the_digest_follows_the_credentials() {
+        let t = with_bucket();
+        let b = &t.spec.buckets[0];
+        let body = request_body(b, json!({"aws_secret_access_key": "a"}));
+        assert_eq!(body["store_type"], "AWS");
+        assert_eq!(body["archive_sc"], "DEEP_ARCHIVE");
+        assert_eq!(body["live_sc"], "STANDARD");
+        assert!(body.get("external_host").is_none());
+        let rotated = request_body(b, json!({"aws_secret_access_key": "b"}));
+        assert_ne!(digest(&body), digest(&rotated));
+        assert_eq!(api_url(&t), "http://tator-api.tator.svc:8000");
+    }
+}

@@ -66,5 +66,8 @@ cluster-down:
 demo: tools build
 	@tests/tools/demo.sh
 
+## Benchmarks on a fresh local control plane with the release build; writes docs/benchmarks.md.
+## BENCH_ARGS="--sizes 1,10" for a shorter run.
 bench: tools build
-	@echo "benchmarks are not written yet (see issue: Benchmarks and fault injection)"; exit 1
+	cargo build --release -p tator-operator -p tator-bench
+	$(CARGO_TARGET_DIR)/release/tator-bench --operator $(CARGO_TARGET_DIR)/release/tator-operator $(BENCH_ARGS)

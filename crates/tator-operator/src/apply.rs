@@ -22,6 +22,7 @@ use tracing::info;
 
 use crate::{
     build::{Children, common::instance_selector, data, storage, tls},
+    cache::{self, Cached, Caches},
     error::Error,
     validate::ValidatedTator,
 };
@@ -72,12 +73,24 @@ impl<K> Child for K where
 {
 }
 
-async fn apply_all<K: Child>(client: &Client, ns: &str, objs: Vec<K>) -> Result<Vec<K>, Error> {
+async fn apply_all<K: Child + Cached>(
+    client: &Client,
+    ns: &str,
+    objs: Vec<K>,
+    caches: Option<&Caches>,
+) -> Result<Vec<K>, Error> {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut out = Vec::with_capacity(objs.len());
     for obj in objs {
         let name = obj.name_any();
+        // Nothing to send when the watched copy already has it: a no-op reconcile writes nothing.
+        if let Some(live) = cache::live::<K>(caches, ns, &name)
+            && cache::unchanged(&obj, &live)
+        {
+            out.push(live);
+            continue;
+        }
         let live = api
             .patch(&name, &params, &Patch::Apply(&obj))
             .await
@@ -97,6 +110,7 @@ pub async fn apply(
     client: &Client,
     t: &ValidatedTator,
     desired: Children,
+    caches: Option<&Caches>,
 ) -> Result<Applied, Error> {
     let Children {
         claims,
@@ -110,19 +124,19 @@ pub async fn apply(
         disruption_budgets,
     } = desired;
     let ns = t.namespace.as_str();
-    let claims = apply_all(client, ns, claims).await?;
-    let config_maps = apply_all(client, ns, config_maps).await?;
+    let claims = apply_all(client, ns, claims, caches).await?;
+    let config_maps = apply_all(client, ns, config_maps, caches).await?;
     let (certificates, cert_manager_missing) = apply_certificates(client, ns, certificates).await?;
     let live = Children {
         claims,
         config_maps,
         certificates,
-        services: apply_all(client, ns, services).await?,
-        jobs: apply_all(client, ns, jobs).await?,
-        stateful_sets: apply_all(client, ns, stateful_sets).await?,
-        deployments: apply_all(client, ns, deployments).await?,
-        autoscalers: apply_all(client, ns, autoscalers).await?,
-        disruption_budgets: apply_all(client, ns, disruption_budgets).await?,
+        services: apply_all(client, ns, services, caches).await?,
+        jobs: apply_all(client, ns, jobs, caches).await?,
+        stateful_sets: apply_all(client, ns, stateful_sets, caches).await?,
+        deployments: apply_all(client, ns, deployments, caches).await?,
+        autoscalers: apply_all(client, ns, autoscalers, caches).await?,
+        disruption_budgets: apply_all(client, ns, disruption_budgets, caches).await?,
     };
     Ok(Applied {
         live,
@@ -169,24 +183,42 @@ fn names<K: Resource>(objs: &[K]) -> BTreeSet<String> {
     objs.iter().map(|o| o.name_any()).collect()
 }
 
-async fn prune_kind<K: Child>(
+async fn prune_kind<K: Child + Cached>(
     client: &Client,
     t: &ValidatedTator,
     keep: BTreeSet<String>,
+    caches: Option<&Caches>,
 ) -> Result<u32, Error> {
     let api: Api<K> = Api::namespaced(client.clone(), &t.namespace);
-    let list = api
-        .list_metadata(&ListParams::default().labels(&instance_selector(&t.name)))
-        .await
-        .map_err(|source| Error::Fetch {
-            what: format!("{} children", <K as k8s_openapi::Resource>::KIND),
-            source,
-        })?;
+    // From the watched copies when there are any (the watch covers every managed child), else
+    // a list.
+    let metas: Vec<kube::api::ObjectMeta> = match cache::synced::<K>(caches) {
+        Some(store) => store
+            .state()
+            .iter()
+            .filter(|o| {
+                o.meta().namespace.as_deref() == Some(t.namespace.as_str())
+                    && o.labels().get(tator_api::labels::INSTANCE) == Some(&t.name)
+            })
+            .map(|o| o.meta().clone())
+            .collect(),
+        None => api
+            .list_metadata(&ListParams::default().labels(&instance_selector(&t.name)))
+            .await
+            .map_err(|source| Error::Fetch {
+                what: format!("{} children", <K as k8s_openapi::Resource>::KIND),
+                source,
+            })?
+            .items
+            .into_iter()
+            .map(|o| o.metadata)
+            .collect(),
+    };
     let mut deleted = 0;
-    for obj in list.items {
-        let name = obj.name_any();
-        let ours = controlled_by(&obj.metadata, t);
-        if keep.contains(&name) || !ours || obj.metadata.deletion_timestamp.is_some() {
+    for metadata in metas {
+        let name = metadata.name.clone().unwrap_or_default();
+        let ours = controlled_by(&metadata, t);
+        if keep.contains(&name) || !ours || metadata.deletion_timestamp.is_some() {
             continue;
         }
         info!(kind = <K as k8s_openapi::Resource>::KIND, name = %name, "deleting orphaned child");
@@ -250,7 +282,12 @@ async fn prune_certificates(
 
 /// Deletes children that carry this TatorDeployment's labels and controller reference but were
 /// not applied this round. Claims and Secrets hold data and are never pruned.
-pub async fn prune(client: &Client, t: &ValidatedTator, applied: &Applied) -> Result<u32, Error> {
+pub async fn prune(
+    client: &Client,
+    t: &ValidatedTator,
+    applied: &Applied,
+    caches: Option<&Caches>,
+) -> Result<u32, Error> {
     let Children {
         claims: _,
         config_maps,
@@ -263,13 +300,13 @@ pub async fn prune(client: &Client, t: &ValidatedTator, applied: &Applied) -> Re
         disruption_budgets,
     } = &applied.live;
     let mut n = 0;
-    n += prune_kind::<ConfigMap>(client, t, names(config_maps)).await?;
-    n += prune_kind::<Service>(client, t, names(services)).await?;
-    n += prune_kind::<Job>(client, t, names(jobs)).await?;
-    n += prune_kind::<StatefulSet>(client, t, names(stateful_sets)).await?;
-    n += prune_kind::<Deployment>(client, t, names(deployments)).await?;
-    n += prune_kind::<HorizontalPodAutoscaler>(client, t, names(autoscalers)).await?;
-    n += prune_kind::<PodDisruptionBudget>(client, t, names(disruption_budgets)).await?;
+    n += prune_kind::<ConfigMap>(client, t, names(config_maps), caches).await?;
+    n += prune_kind::<Service>(client, t, names(services), caches).await?;
+    n += prune_kind::<Job>(client, t, names(jobs), caches).await?;
+    n += prune_kind::<StatefulSet>(client, t, names(stateful_sets), caches).await?;
+    n += prune_kind::<Deployment>(client, t, names(deployments), caches).await?;
+    n += prune_kind::<HorizontalPodAutoscaler>(client, t, names(autoscalers), caches).await?;
+    n += prune_kind::<PodDisruptionBudget>(client, t, names(disruption_budgets), caches).await?;
     n += prune_certificates(client, t, names(certificates)).await?;
     Ok(n)
 }

@@ -32,6 +32,7 @@ use serde_json::json;
 use tator_api::{TatorDeployment, TatorDeploymentStatus, labels};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::cache::{CacheWriters, Caches};
 use crate::{
     apply::{self, FIELD_MANAGER},
     build::{
@@ -75,6 +76,9 @@ pub struct Context {
     /// When each TatorDeployment's dependencies were first seen unavailable.
     dependencies_down_since: Mutex<HashMap<String, std::time::Instant>>,
     reconciles: AtomicU64,
+    /// Local copies of the children, filled by the watches `run` starts.
+    pub caches: Caches,
+    cache_writers: Mutex<Option<CacheWriters>>,
 }
 
 impl Context {
@@ -83,6 +87,7 @@ impl Context {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let (caches, writers) = Caches::new();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -90,6 +95,8 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             dependencies_down_since: Mutex::new(HashMap::new()),
             reconciles: AtomicU64::new(0),
+            caches,
+            cache_writers: Mutex::new(Some(writers)),
         }
     }
 
@@ -222,7 +229,8 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     apply::ensure_generated_secrets(&ctx.client, &t).await?;
     let storage_secrets = objstore::read_secrets(&ctx.client, &t).await?;
     let storage_problem = objstore::apply_secrets(&ctx.client, &t, &storage_secrets).await?;
-    let mut applied = apply::apply(&ctx.client, &t, build::build_data(&t)).await?;
+    let caches = Some(&ctx.caches);
+    let mut applied = apply::apply(&ctx.client, &t, build::build_data(&t), caches).await?;
     let deps = dependencies::observe(&ctx.client, &t, &applied).await;
     // fetch
     let plan = t.plan();
@@ -244,8 +252,8 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     }
     // build and apply the web tier, then prune what neither tier wants
     let desired = build::build(&t, &rollout);
-    applied.extend(apply::apply(&ctx.client, &t, desired).await?);
-    let pruned = apply::prune(&ctx.client, &t, &applied).await?;
+    applied.extend(apply::apply(&ctx.client, &t, desired, caches).await?);
+    let pruned = apply::prune(&ctx.client, &t, &applied, caches).await?;
     if pruned > 0 {
         info!(pruned, "deleted orphaned children");
     }
@@ -373,21 +381,51 @@ pub async fn run(ctx: Arc<Context>) {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
+    let writers = ctx.cache_writers.lock().ok().and_then(|mut w| w.take());
+    let Some(w) = writers else {
+        warn!("this context already ran a controller; create a new one");
+        return;
+    };
+    // Each watch both triggers reconciles of the owner and fills the local copy apply reads.
+    fn cached<K>(
+        api: Api<K>,
+        writer: reflector::store::Writer<K>,
+    ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        watcher(api, child_config())
+            .default_backoff()
+            // Managed fields are never compared: keep the copies small.
+            .modify(|o| {
+                o.meta_mut().managed_fields = None;
+            })
+            .reflect(writer)
+            .touched_objects()
+    }
     Controller::for_stream(trigger, reader)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
-        .owns(api_for::<Deployment>(&client, ns), child_config())
-        .owns(api_for::<StatefulSet>(&client, ns), child_config())
-        .owns(api_for::<Service>(&client, ns), child_config())
-        .owns(api_for::<ConfigMap>(&client, ns), child_config())
-        .owns(api_for::<Job>(&client, ns), child_config())
-        .owns(
+        .owns_stream(cached(api_for::<Deployment>(&client, ns), w.deployments))
+        .owns_stream(cached(api_for::<StatefulSet>(&client, ns), w.stateful_sets))
+        .owns_stream(cached(api_for::<Service>(&client, ns), w.services))
+        .owns_stream(cached(api_for::<ConfigMap>(&client, ns), w.config_maps))
+        .owns_stream(cached(api_for::<Job>(&client, ns), w.jobs))
+        .owns_stream(cached(
             api_for::<HorizontalPodAutoscaler>(&client, ns),
-            child_config(),
-        )
-        .owns(api_for::<PodDisruptionBudget>(&client, ns), child_config())
-        .watches(
-            api_for::<PersistentVolumeClaim>(&client, ns),
-            child_config(),
+            w.autoscalers,
+        ))
+        .owns_stream(cached(
+            api_for::<PodDisruptionBudget>(&client, ns),
+            w.disruption_budgets,
+        ))
+        .watches_stream(
+            cached(api_for::<PersistentVolumeClaim>(&client, ns), w.claims),
             |pvc| {
                 let instance = pvc.labels().get(labels::INSTANCE).cloned()?;
                 Some(reflector::ObjectRef::new(&instance).within(&pvc.namespace()?))

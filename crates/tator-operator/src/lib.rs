@@ -6,7 +6,9 @@
 
 pub mod apply;
 pub mod build;
+pub mod cache;
 pub mod checks;
+pub mod client;
 pub mod controller;
 pub mod dependencies;
 pub mod error;

@@ -87,6 +87,21 @@ pub async fn apply_secrets(
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for s in composed {
         let name = s.name_any();
+        // A read instead of a write when the Secret already holds exactly this.
+        let live = api.get_opt(&name).await.map_err(|source| Error::Fetch {
+            what: format!("Secret {name}"),
+            source,
+        })?;
+        if live.is_some_and(|l| {
+            l.data == s.data
+                && l.metadata.owner_references == s.metadata.owner_references
+                && crate::cache::contained(
+                    &serde_json::to_value(&s.metadata.labels).unwrap_or_default(),
+                    &serde_json::to_value(&l.metadata.labels).unwrap_or_default(),
+                )
+        }) {
+            continue;
+        }
         api.patch(&name, &params, &Patch::Apply(&s))
             .await
             .map_err(|source| Error::Apply {

@@ -451,6 +451,64 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
         "a no-op reconcile changed a resourceVersion"
     );
 
+    // Once the watches have filled the local copies, a reconcile with nothing to change sends no
+    // write at all (counted on the operator's side, by a layer on its client).
+    env.task.abort();
+    let kubeconfig = tator_testbed::support::shared_kubeconfig().unwrap();
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    let (counted, counts) = tator_operator::client::counted_client(config).unwrap();
+    let (ctx, task) = start_controller(&counted, &env.ns);
+    env.ctx = ctx.clone();
+    env.task = task;
+    wait_for("the first reconcile", Duration::from_secs(20), || async {
+        (ctx.reconcile_count() >= 1)
+            .then_some(())
+            .ok_or("none yet".to_string())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes = |c: &tator_operator::client::RequestCounts| -> u64 {
+        c.by_verb()
+            .iter()
+            .filter(|(v, _)| !matches!(v.as_str(), "get" | "list" | "watch"))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let (runs, written) = (ctx.reconcile_count(), writes(&counts));
+    // A foreign annotation on a child triggers a reconcile that has nothing to do.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    cms.patch(
+        "tator-nginx-conf",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"example.com/note": "x"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "a reconcile after the poke",
+        Duration::from_secs(20),
+        || async {
+            (ctx.reconcile_count() > runs)
+                .then_some(())
+                .ok_or("none yet".to_string())
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        writes(&counts),
+        written,
+        "a no-op reconcile sent writes: {:?}",
+        counts.snapshot()
+    );
+    let before = env.snapshot().await;
+
     // One field of one component: only that component's Deployment changes.
     env.patch_spec(json!({"ui": {"replicas": 2}})).await;
     env.wait_replicas("tator-ui", 2, Duration::from_secs(30))

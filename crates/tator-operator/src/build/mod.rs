@@ -63,6 +63,40 @@ impl Children {
 }
 
 impl Children {
+    /// Stamps every object with a hash of itself ([`crate::cache::APPLIED_HASH_ANNOTATION`]), so
+    /// that apply can tell an unchanged child from one to send.
+    pub fn stamp_applied_hashes(&mut self) {
+        fn stamp<K: kube::Resource + serde::Serialize>(objs: &mut [K]) {
+            for o in objs {
+                let h = crate::cache::applied_hash(o);
+                o.meta_mut()
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(crate::cache::APPLIED_HASH_ANNOTATION.into(), h);
+            }
+        }
+        let Children {
+            claims,
+            config_maps,
+            certificates,
+            services,
+            jobs,
+            stateful_sets,
+            deployments,
+            autoscalers,
+            disruption_budgets,
+        } = self;
+        stamp(claims);
+        stamp(config_maps);
+        stamp(certificates);
+        stamp(services);
+        stamp(jobs);
+        stamp(stateful_sets);
+        stamp(deployments);
+        stamp(autoscalers);
+        stamp(disruption_budgets);
+    }
+
     /// Every object as JSON, in apply order.
     pub fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
         fn push<T: serde::Serialize>(
@@ -122,6 +156,7 @@ pub fn build_data(t: &ValidatedTator) -> Children {
     d.stateful_sets.extend(sts);
     d.services.extend(services);
     d.jobs.extend(objects::bucket_job(t));
+    d.stamp_applied_hashes();
     d
 }
 
@@ -155,6 +190,7 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     d.autoscalers.extend(web::api_hpa(t));
     d.disruption_budgets.push(web::pdb(t, web::API));
     d.disruption_budgets.push(web::pdb(t, nginx::NGINX));
+    d.stamp_applied_hashes();
     d
 }
 

@@ -1,0 +1,835 @@
+//! `tator-bench`: how fast the operator converges, how much it asks of the API server, and what
+//! it costs, on a fresh local control plane (etcd, kube-apiserver, controllers, kwok). Prints a
+//! report and writes it to `docs/benchmarks.md` (`make bench`).
+//!
+//! 1. Time from `kubectl apply` of N TatorDeployments to all children applied and to Ready, for
+//!    N = 1 (repeated), 10 and 100, against the floor: `kubectl apply --server-side` of the same
+//!    children (the `render` output).
+//! 2. API requests by verb per reconcile (full apply, one-field change, no-op), counted by a layer
+//!    on the operator's client and cross-checked with the API server's `apiserver_request_total`.
+//! 3. Peak RSS and CPU seconds of the operator process at each N.
+//! 4. Time to repair a deleted child.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    batch::v1::Job,
+    core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Service},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+use tator_api::TatorDeployment;
+use tator_operator::{
+    client::{RequestCounts, counted_client},
+    controller::{self, Context, Settings},
+    render,
+};
+use tator_testbed::cluster::{Binaries, Cluster, ClusterOptions, FakeNode};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks the Tator operator on a local control plane")]
+struct Args {
+    /// Numbers of TatorDeployments applied at once.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    sizes: Vec<usize>,
+    /// Samples of the single-TatorDeployment run.
+    #[arg(long, default_value_t = 5)]
+    single_runs: usize,
+    /// The operator binary to measure (a release build).
+    #[arg(long, env = "TATOR_OPERATOR_BIN")]
+    operator: PathBuf,
+    /// Where to write the report (Markdown).
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(args))
+}
+
+/// Nodes big enough for a hundred installations' pods (kwok fakes them all).
+fn bench_nodes() -> Vec<FakeNode> {
+    let mut nodes = FakeNode::defaults();
+    for n in &mut nodes {
+        for (k, v) in [("cpu", "4000"), ("memory", "64Ti"), ("pods", "3000")] {
+            n.extra_capacity.insert(k.into(), v.into());
+        }
+    }
+    nodes
+}
+
+struct Report {
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn line(&mut self, s: impl Into<String>) {
+        let s = s.into();
+        println!("{s}");
+        self.lines.push(s);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("tator-bench-").tempdir()?;
+    let binaries = Binaries::locate()?;
+    let kubectl = binaries.bin("kubectl");
+    let mut options = ClusterOptions::new(dir.path());
+    options.nodes = bench_nodes();
+    let started = Instant::now();
+    let mut cluster = Cluster::start(options, binaries).await?;
+    eprintln!(
+        "[bench] control plane ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let result = bench(&args, &cluster, &kubectl).await;
+    cluster.stop();
+    let report = result?;
+    let text = report.lines.join("\n") + "\n";
+    std::fs::write(&args.out, text).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("[bench] report written to {}", args.out.display());
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    format!(
+        "{cores} cores ({cpu}), {:.0} GiB RAM",
+        mem_kib as f64 / 1024.0 / 1024.0
+    )
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn manifest(name: &str, ns: &str) -> Value {
+    json!({
+        "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"version": "1.5.0", "domain": format!("{name}.example.com")}
+    })
+}
+
+fn to_yaml(docs: &[Value]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for d in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(d)?);
+    }
+    Ok(out)
+}
+
+/// `(kind, name)` of every child `render` produces for a manifest.
+fn expected_children(td: &Value) -> anyhow::Result<BTreeSet<(String, String)>> {
+    let td: TatorDeployment = serde_json::from_value(td.clone())?;
+    Ok(render::render_values(&td)?
+        .iter()
+        .map(|v| {
+            (
+                v["kind"].as_str().unwrap_or_default().to_string(),
+                v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect())
+}
+
+fn kubectl_apply(
+    kubectl: &Path,
+    kubeconfig: &Path,
+    yaml: &str,
+    server_side: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut cmd = Command::new(kubectl);
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "-f", "-"]);
+    if server_side {
+        cmd.args(["--server-side", "--field-manager=bench-floor"]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(yaml.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    api.create(&PostParams::default(), &ns).await?;
+    Ok(())
+}
+
+async fn delete_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::background()).await;
+}
+
+/// Names of the objects of each child kind in a namespace.
+async fn existing(client: &Client, ns: &str) -> anyhow::Result<BTreeSet<(String, String)>> {
+    async fn names<K>(
+        client: &Client,
+        ns: &str,
+        kind: &str,
+        out: &mut BTreeSet<(String, String)>,
+    ) -> anyhow::Result<()>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        for o in api.list_metadata(&ListParams::default()).await?.items {
+            out.insert((kind.to_string(), o.name_any()));
+        }
+        Ok(())
+    }
+    let mut out = BTreeSet::new();
+    names::<Deployment>(client, ns, "Deployment", &mut out).await?;
+    names::<StatefulSet>(client, ns, "StatefulSet", &mut out).await?;
+    names::<Service>(client, ns, "Service", &mut out).await?;
+    names::<ConfigMap>(client, ns, "ConfigMap", &mut out).await?;
+    names::<Job>(client, ns, "Job", &mut out).await?;
+    names::<PersistentVolumeClaim>(client, ns, "PersistentVolumeClaim", &mut out).await?;
+    names::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
+        client,
+        ns,
+        "PodDisruptionBudget",
+        &mut out,
+    )
+    .await?;
+    Ok(out)
+}
+
+fn ready(td: &TatorDeployment) -> bool {
+    td.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// Peak RSS (KiB) and CPU seconds (user + system) of a process.
+fn proc_stats(pid: u32) -> (u64, f64) {
+    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may contain spaces) start after ") ".
+            let rest = s.rsplit_once(") ")?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0);
+    (hwm, cpu)
+}
+
+struct Operator {
+    child: Child,
+}
+
+impl Operator {
+    fn start(bin: &Path, kubeconfig: &Path, ns: &str, log: &Path) -> anyhow::Result<Self> {
+        let out = std::fs::File::create(log)?;
+        let err = out.try_clone()?;
+        let child = Command::new(bin)
+            .args(["run", "--namespace", ns, "--log-level", "warn"])
+            .env("KUBECONFIG", kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting the operator")?;
+        Ok(Self { child })
+    }
+
+    fn stats(&self) -> (u64, f64) {
+        proc_stats(self.child.id())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One convergence run of N TatorDeployments.
+struct Run {
+    n: usize,
+    children: Vec<f64>,
+    ready: Vec<f64>,
+    floor: f64,
+    rss_kib: u64,
+    cpu_s: f64,
+    repair: Option<f64>,
+}
+
+async fn converge(
+    cluster: &Cluster,
+    kubectl: &Path,
+    operator_bin: &Path,
+    n: usize,
+    label: &str,
+    repair: bool,
+) -> anyhow::Result<Run> {
+    let client = cluster.client().await?;
+    let ns = format!("bench-{label}");
+    let floor_ns = format!("floor-{label}");
+    let names: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+
+    // The floor: the same children applied by kubectl --server-side, without owner references
+    // (their owner does not exist in that namespace).
+    create_namespace(&client, &floor_ns).await?;
+    let mut floor_docs = Vec::new();
+    for name in &names {
+        let td: TatorDeployment = serde_json::from_value(manifest(name, &floor_ns))?;
+        for mut v in render::render_values(&td)? {
+            if let Some(m) = v["metadata"].as_object_mut() {
+                m.remove("ownerReferences");
+            }
+            floor_docs.push(v);
+        }
+    }
+    let floor_yaml = to_yaml(&floor_docs)?;
+    let t0 = Instant::now();
+    kubectl_apply(kubectl, &cluster.kubeconfig, &floor_yaml, true)?;
+    let floor = t0.elapsed().as_secs_f64();
+    delete_namespace(&client, &floor_ns).await;
+
+    // The operator.
+    create_namespace(&client, &ns).await?;
+    let log = cluster.dir.join(format!("operator-{label}.log"));
+    let op = Operator::start(operator_bin, &cluster.kubeconfig, &ns, &log)?;
+    // Let it start its watches before the clock starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let docs: Vec<Value> = names.iter().map(|n| manifest(n, &ns)).collect();
+    let mut wanted: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for (name, d) in names.iter().zip(&docs) {
+        wanted.insert(name.clone(), expected_children(d)?);
+    }
+    let yaml = to_yaml(&docs)?;
+    let t0 = Instant::now();
+    kubectl_apply(kubectl, &cluster.kubeconfig, &yaml, false)?;
+    let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
+    let mut children_at: BTreeMap<String, f64> = BTreeMap::new();
+    let mut ready_at: BTreeMap<String, f64> = BTreeMap::new();
+    let timeout = Duration::from_secs(120 + 3 * n as u64);
+    while ready_at.len() < n || children_at.len() < n {
+        if t0.elapsed() > timeout {
+            bail!(
+                "{label}: only {} of {n} Ready and {} with all children after {} s (operator log: {})",
+                ready_at.len(),
+                children_at.len(),
+                timeout.as_secs(),
+                log.display()
+            );
+        }
+        let now = t0.elapsed().as_secs_f64();
+        if children_at.len() < n {
+            let have = existing(&client, &ns).await?;
+            for (name, want) in &wanted {
+                if !children_at.contains_key(name) && want.is_subset(&have) {
+                    children_at.insert(name.clone(), now);
+                }
+            }
+        }
+        for td in tds.list(&ListParams::default()).await?.items {
+            if ready(&td) {
+                ready_at.entry(td.name_any()).or_insert(now);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Repair: delete a child, time until it is back.
+    let repair_s = if repair {
+        let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let victim = "t0-ui";
+            let old_uid = deploys.get(victim).await?.uid();
+            deploys.delete(victim, &DeleteParams::foreground()).await?;
+            let t = Instant::now();
+            loop {
+                if let Some(d) = deploys.get_opt(victim).await?
+                    && d.uid() != old_uid
+                {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(60) {
+                    bail!("the deleted Deployment was not re-created in 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            samples.push(t.elapsed().as_secs_f64());
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        Some(percentile(&samples, 50.0))
+    } else {
+        None
+    };
+    let (rss_kib, cpu_s) = op.stats();
+    drop(op);
+    delete_namespace(&client, &ns).await;
+    Ok(Run {
+        n,
+        children: children_at.into_values().collect(),
+        ready: ready_at.into_values().collect(),
+        floor,
+        rss_kib,
+        cpu_s,
+        repair: repair_s,
+    })
+}
+
+/// `apiserver_request_total` by verb for the resources the operator writes.
+async fn server_counts(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
+    let req = http_get("/metrics")?;
+    let text = client.request_text(req).await?;
+    let resources = [
+        "deployments",
+        "statefulsets",
+        "services",
+        "configmaps",
+        "jobs",
+        "persistentvolumeclaims",
+        "poddisruptionbudgets",
+        "horizontalpodautoscalers",
+        "secrets",
+        "tatordeployments",
+    ];
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if !line.starts_with("apiserver_request_total{") {
+            continue;
+        }
+        let label = |key: &str| -> Option<String> {
+            let start = line.find(&format!("{key}=\""))? + key.len() + 2;
+            let end = line[start..].find('"')? + start;
+            Some(line[start..end].to_string())
+        };
+        let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else {
+            continue;
+        };
+        if !resources.contains(&resource.as_str()) {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *out.entry(verb).or_insert(0.0) += value;
+    }
+    Ok(out)
+}
+
+fn http_get(path: &str) -> anyhow::Result<http::Request<Vec<u8>>> {
+    Ok(http::Request::get(path).body(Vec::new())?)
+}
+
+fn diff(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    b.iter()
+        .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+fn fmt_counts(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn writes(m: &BTreeMap<String, u64>) -> u64 {
+    m.iter()
+        .filter(|(v, _)| !matches!(v.as_str(), "get" | "list" | "watch"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Waits until no reconcile started for `quiet`.
+async fn settle(ctx: &Context, quiet: Duration, limit: Duration) {
+    let start = Instant::now();
+    let mut last = ctx.reconcile_count();
+    let mut since = Instant::now();
+    while start.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = ctx.reconcile_count();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return;
+        }
+    }
+}
+
+struct RequestRow {
+    case: &'static str,
+    reconciles: u64,
+    counts: BTreeMap<String, u64>,
+}
+
+/// Requests per reconcile, counted on the operator's side (in-process controller).
+async fn requests(
+    cluster: &Cluster,
+) -> anyhow::Result<(Vec<RequestRow>, BTreeMap<String, f64>, u64)> {
+    let admin = cluster.client().await?;
+    let kc = kube::config::Kubeconfig::read_from(&cluster.kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let (client, counts): (Client, RequestCounts) = counted_client(config)?;
+    let ns = "bench-requests";
+    create_namespace(&admin, ns).await?;
+    let ctx = Arc::new(Context::new(
+        client,
+        Settings {
+            namespace: Some(ns.into()),
+            concurrency: 4,
+            resync: Duration::from_secs(600),
+        },
+    ));
+    let task = tokio::spawn(controller::run(ctx.clone()));
+    settle(&ctx, Duration::from_secs(1), Duration::from_secs(5)).await;
+    let mut rows = Vec::new();
+    let tds: Api<TatorDeployment> = Api::namespaced(admin.clone(), ns);
+
+    // Full apply: from creation to Ready and quiet.
+    let server_before = server_counts(&admin).await?;
+    let (c0, r0) = (counts.by_verb(), ctx.reconcile_count());
+    let td: TatorDeployment = serde_json::from_value(manifest("t", ns))?;
+    tds.create(&PostParams::default(), &td).await?;
+    let t0 = Instant::now();
+    loop {
+        if ready(&tds.get("t").await?) {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("the request benchmark's TatorDeployment did not become Ready");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    settle(&ctx, Duration::from_secs(3), Duration::from_secs(30)).await;
+    let full = diff(&c0, &counts.by_verb());
+    let server_after = server_counts(&admin).await?;
+    let server_apply = server_after.get("APPLY").copied().unwrap_or(0.0)
+        - server_before.get("APPLY").copied().unwrap_or(0.0);
+    let mut server_diff = BTreeMap::new();
+    for (k, v) in &server_after {
+        let d = v - server_before.get(k).copied().unwrap_or(0.0);
+        if d > 0.0 {
+            server_diff.insert(k.clone(), d);
+        }
+    }
+    rows.push(RequestRow {
+        case: "full apply (create to Ready)",
+        reconciles: ctx.reconcile_count() - r0,
+        counts: full.clone(),
+    });
+    let _ = server_apply;
+
+    // One field.
+    let (c0, r0) = (counts.by_verb(), ctx.reconcile_count());
+    tds.patch(
+        "t",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"ui": {"replicas": 2}}})),
+    )
+    .await?;
+    settle(&ctx, Duration::from_secs(3), Duration::from_secs(30)).await;
+    rows.push(RequestRow {
+        case: "one-field change (ui.replicas)",
+        reconciles: ctx.reconcile_count() - r0,
+        counts: diff(&c0, &counts.by_verb()),
+    });
+
+    // No-op: a foreign annotation on a child triggers a reconcile with nothing to do.
+    settle(&ctx, Duration::from_secs(3), Duration::from_secs(30)).await;
+    let (c0, r0) = (counts.by_verb(), ctx.reconcile_count());
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), ns);
+    cms.patch(
+        "t-nginx-conf",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"example.com/poke": "1"}}})),
+    )
+    .await?;
+    settle(&ctx, Duration::from_secs(3), Duration::from_secs(30)).await;
+    rows.push(RequestRow {
+        case: "no-op (a child annotated by someone else)",
+        reconciles: ctx.reconcile_count() - r0,
+        counts: diff(&c0, &counts.by_verb()),
+    });
+    task.abort();
+    delete_namespace(&admin, ns).await;
+    let full_apply = full.get("apply").copied().unwrap_or(0);
+    Ok((rows, server_diff, full_apply))
+}
+
+async fn bench(args: &Args, cluster: &Cluster, kubectl: &Path) -> anyhow::Result<Report> {
+    let admin = cluster.client().await?;
+    tator_testbed::support::install_crds(
+        &admin,
+        &tator_testbed::support::workspace_root().join("crds"),
+    )
+    .await?;
+    let mut report = Report { lines: Vec::new() };
+    report.line("# Benchmarks");
+    report.line("");
+    report.line(format!(
+        "Measured {} on {} by `make bench` (`crates/tator-bench`), on a fresh local control plane \
+         (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok built from their Go \
+         modules; pods are kwok's, so \"Ready\" includes kwok's simulated start-up and the migrations \
+         Job's simulated run). The operator is the release binary, run as its own process, watching \
+         one namespace, concurrency 4. Every figure is from this one run: treat differences under \
+         ~20% as noise on a 2-core machine.",
+        today(),
+        machine()
+    ));
+    report.line("");
+
+    // 1, 3, 4: convergence runs.
+    let mut runs = Vec::new();
+    for &n in &args.sizes {
+        let repeats = if n == 1 { args.single_runs.max(1) } else { 1 };
+        let mut merged: Option<Run> = None;
+        for r in 0..repeats {
+            eprintln!("[bench] {n} TatorDeployment(s), run {}", r + 1);
+            let run = converge(
+                cluster,
+                kubectl,
+                &args.operator,
+                n,
+                &format!("{n}-{r}"),
+                n == 1 && r == 0,
+            )
+            .await?;
+            merged = Some(match merged {
+                None => run,
+                Some(mut m) => {
+                    m.children.extend(run.children);
+                    m.ready.extend(run.ready);
+                    m.floor = m.floor.max(run.floor);
+                    m.rss_kib = m.rss_kib.max(run.rss_kib);
+                    m.cpu_s = m.cpu_s.max(run.cpu_s);
+                    m
+                }
+            });
+        }
+        if let Some(m) = merged {
+            runs.push(m);
+        }
+    }
+    report.line("## Convergence");
+    report.line("");
+    report.line("From `kubectl apply` of N TatorDeployments (one multi-document file) to every child of each one existing (the `render` output: Deployments, StatefulSets, Services, ConfigMaps, PDBs, claims, the bucket Job), and to `Ready=True`. The floor is `kubectl apply --server-side` of all those children at once (no operator). Single-installation figures are over the repeated runs.");
+    report.line("");
+    report.line("| N | children applied p50 / p99 (s) | Ready p50 / p99 (s) | floor, all children (s) | children p99 / floor | operator peak RSS (MiB) | operator CPU (s) |");
+    report.line("|---|---|---|---|---|---|---|");
+    for r in &runs {
+        let c99 = percentile(&r.children, 99.0);
+        report.line(format!(
+            "| {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {:.1}× | {:.1} | {:.2} |",
+            r.n,
+            percentile(&r.children, 50.0),
+            c99,
+            percentile(&r.ready, 50.0),
+            percentile(&r.ready, 99.0),
+            r.floor,
+            c99 / r.floor,
+            r.rss_kib as f64 / 1024.0,
+            r.cpu_s
+        ));
+    }
+    report.line("");
+    if let Some(r) = runs.iter().find_map(|r| r.repair) {
+        report.line(format!(
+            "**Repair.** A deleted child (the UI Deployment) is back after {r:.2} s (p50 of 5), through the Deployment watch."
+        ));
+        report.line("");
+    }
+
+    // 2: requests.
+    eprintln!("[bench] requests per reconcile");
+    let (rows, server, full_apply) = requests(cluster).await?;
+    report.line("## API requests");
+    report.line("");
+    report.line("Counted by a layer on the operator's client (in-process controller, one TatorDeployment). Verbs follow the API server's (`apply` is server-side apply).");
+    report.line("");
+    report.line("| case | reconciles | requests by verb | writes |");
+    report.line("|---|---|---|---|");
+    for row in &rows {
+        report.line(format!(
+            "| {} | {} | {} | {} |",
+            row.case,
+            row.reconciles,
+            fmt_counts(&row.counts),
+            writes(&row.counts)
+        ));
+    }
+    report.line("");
+    report.line(format!(
+        "Cross-check, full apply: the API server's `apiserver_request_total` for the operator's resources grew by {} (all clients: the controller-manager, scheduler and kwok also read and update these kinds); its `APPLY` count grew by {} against {full_apply} server-side applies counted by the operator.",
+        server
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        server.get("APPLY").copied().unwrap_or(0.0)
+    ));
+    report.line("");
+
+    // Targets.
+    report.line("## Against the targets");
+    report.line("");
+    let one = runs.iter().find(|r| r.n == 1);
+    let hundred = runs.iter().find(|r| r.n == 100);
+    let noop = rows.last().map(|r| writes(&r.counts)).unwrap_or(u64::MAX);
+    report.line("| target | measured | |");
+    report.line("|---|---|---|");
+    let mut target = |what: &str, ok: Option<bool>, got: String| {
+        let verdict = match ok {
+            Some(true) => "met",
+            Some(false) => "not met",
+            None => "not measured",
+        };
+        report.line(format!("| {what} | {got} | {verdict} |"));
+    };
+    if let Some(r) = one {
+        let p99 = percentile(&r.children, 99.0);
+        target(
+            "1 TatorDeployment applied in ≤ 2 s p99",
+            Some(p99 <= 2.0),
+            format!("{p99:.2} s"),
+        );
+        target(
+            "… within 1.3× the floor",
+            Some(p99 <= 1.3 * r.floor),
+            format!("{:.1}×", p99 / r.floor),
+        );
+    }
+    if let Some(r) = hundred {
+        let p99 = percentile(&r.children, 99.0);
+        target(
+            "100 applied in ≤ 60 s",
+            Some(p99 <= 60.0),
+            format!("{p99:.1} s"),
+        );
+        let mib = r.rss_kib as f64 / 1024.0;
+        target(
+            "RSS ≤ 50 MiB at 100",
+            Some(mib <= 50.0),
+            format!("{mib:.1} MiB"),
+        );
+    }
+    target(
+        "0 writes per no-op reconcile",
+        Some(noop == 0),
+        format!("{noop}"),
+    );
+    if let Some(r) = runs.iter().find_map(|r| r.repair) {
+        target("repair ≤ 2 s", Some(r <= 2.0), format!("{r:.2} s"));
+    }
+    report.line("");
+    report.line("What limits it: a new installation waits for its migrations Job before the API, worker and UI Deployments exist (by design: a release serves only once migrated), so \"children applied\" includes the Job's (kwok-simulated) completion, which the floor does not; the server-side applies themselves are sequential per installation.");
+    Ok(report)
+}

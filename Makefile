@@ -6,7 +6,8 @@
 #   make cluster-down  stop the demo operator and the local cluster
 #   make crds          regenerate crds/ from the Rust types
 #   make lint          rustfmt check and clippy -D warnings
-#   make bench         benchmarks (not part of make test)
+#   make test-faults   fault injection only (also part of make test)
+#   make bench         benchmarks (not part of make test); writes docs/benchmarks.md
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -19,10 +20,10 @@ OPERATOR_BIN := $(CARGO_TARGET_DIR)/debug/tator-operator
 CLUSTER_DIR ?= $(CURDIR)/.testbed/cluster
 DEMO_DIR := $(CURDIR)/.testbed/demo
 
-.PHONY: help tools build crds crds-check lint test test-unit cluster-up cluster-down demo bench
+.PHONY: help tools build crds crds-check lint test test-unit test-faults cluster-up cluster-down demo bench
 
 help:
-	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
 
 ## Control-plane binaries from pinned Go modules (cached in $(CACHE_DIR); a second run is a no-op).
 tools:
@@ -52,6 +53,14 @@ test: tools build crds-check
 
 test-unit:
 	cargo test --workspace --lib --bins
+
+## Fault injection only (kill -9, control-plane restarts, invalid input); also part of `make test`.
+test-faults: tools build
+	@set -o pipefail; status=0; log=$$(mktemp); \
+	cargo test -p tator-operator --test faults 2>&1 | tee $$log || status=$$?; \
+	tests/tools/wait-testbeds.sh || status=1; \
+	tests/tools/test-summary.sh $$log || status=1; rm -f $$log; \
+	exit $$status
 
 cluster-up: tools build
 	@$(TATOR_TESTBED_BIN) up --dir $(CLUSTER_DIR)

@@ -179,6 +179,7 @@ impl ClusterOptions {
 
 struct ManagedProcess {
     name: &'static str,
+    args: Vec<String>,
     child: Child,
     log: PathBuf,
 }
@@ -500,7 +501,11 @@ impl Cluster {
 
     fn spawn(&mut self, name: &'static str, args: &[String]) -> Result<(), Error> {
         let log = self.dir.join("logs").join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).map_err(io_err(&log))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io_err(&log))?;
         let err = out.try_clone().map_err(io_err(&log))?;
         let child = Command::new(self.binaries.bin(name))
             .args(args)
@@ -512,7 +517,36 @@ impl Cluster {
                 process: name.to_string(),
                 source,
             })?;
-        self.processes.push(ManagedProcess { name, child, log });
+        self.processes.push(ManagedProcess {
+            name,
+            args: args.to_vec(),
+            child,
+            log,
+        });
+        Ok(())
+    }
+
+    /// Stops the named processes (in reverse start order) and starts them again with the same
+    /// arguments and ports, then waits for the API server: a control-plane restart for fault
+    /// tests. etcd keeps its data.
+    pub async fn restart(&mut self, names: &[&str]) -> Result<(), Error> {
+        let mut stopped: Vec<(usize, &'static str, Vec<String>)> = Vec::new();
+        for i in (0..self.processes.len()).rev() {
+            if names.contains(&self.processes[i].name) {
+                let mut p = self.processes.remove(i);
+                p.stop(Duration::from_secs(20));
+                stopped.push((i, p.name, p.args));
+            }
+        }
+        stopped.reverse();
+        for (i, name, args) in stopped {
+            self.spawn(name, &args)?;
+            // Back to its place in the start order, so that stop() still stops in reverse.
+            if let Some(p) = self.processes.pop() {
+                self.processes.insert(i.min(self.processes.len()), p);
+            }
+        }
+        self.wait_apiserver(Duration::from_secs(60)).await?;
         Ok(())
     }
 

@@ -4,10 +4,10 @@
 //!   prints `export KUBECONFIG=…` and `export PATH=…` lines to paste or `eval`.
 //! - `testbed down --dir D` stops it and waits until every process has exited.
 //! - `testbed serve --dir D` runs a cluster in the foreground until SIGINT/SIGTERM (or, with
-//!   `--watch-stdin`, until its stdin closes: how tests tie a cluster to their own life).
+//!   `--watch-stdin`, until its stdin closes: how tests tie a cluster to their own life; a line
+//!   `restart <process>...` on stdin restarts control-plane processes, for fault tests).
 
 use std::{
-    io::Read,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
     time::{Duration, Instant},
@@ -104,22 +104,47 @@ fn serve(dir: &Path, watch_stdin: bool, remove_dir: bool) -> anyhow::Result<()> 
         std::fs::write(dir.join(READY_FILE), &cluster.server)?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let stdin_closed = async {
-            if watch_stdin {
-                // Blocking read on a thread of its own: returns on EOF or on any input.
-                let _ = tokio::task::spawn_blocking(|| {
-                    let mut buf = [0u8; 64];
-                    let _ = std::io::stdin().read(&mut buf);
-                })
-                .await;
-            } else {
-                std::future::pending::<()>().await;
+        // With --watch-stdin, standard input carries commands, one per line: `restart <process>...`
+        // restarts control-plane processes (fault tests) and writes the number of restarts done
+        // to the file `restarts`; anything else, or end of input, stops the cluster.
+        let (tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
+        if watch_stdin {
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match std::io::stdin().read_line(&mut line) {
+                        Ok(0) | Err(_) => {
+                            let _ = tx.send(None);
+                            return;
+                        }
+                        Ok(_) => {
+                            if tx.send(Some(line.trim().to_string())).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let mut restarts = 0u32;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+                _ = int.recv() => { info!("SIGINT: stopping"); break; }
+                cmd = commands.recv(), if watch_stdin => match cmd.flatten() {
+                    Some(c) if c.starts_with("restart ") => {
+                        let names: Vec<&str> = c.split_whitespace().skip(1).collect();
+                        if let Err(e) = cluster.restart(&names).await {
+                            tracing::error!(error = %e, "restart failed: stopping");
+                            break;
+                        }
+                        restarts += 1;
+                        std::fs::write(dir.join("restarts"), restarts.to_string())?;
+                    }
+                    _ => { info!("stdin closed: stopping"); break; }
+                },
             }
-        };
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: stopping"),
-            _ = int.recv() => info!("SIGINT: stopping"),
-            _ = stdin_closed => info!("stdin closed: stopping"),
         }
         let _ = std::fs::remove_file(dir.join(READY_FILE));
         cluster.stop();

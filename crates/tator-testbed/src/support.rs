@@ -138,6 +138,44 @@ impl TestCluster {
         crate::cluster::client_from_kubeconfig(&self.kubeconfig).await
     }
 
+    /// Restarts control-plane processes (for example `["etcd", "kube-apiserver"]`) with their
+    /// ports and data, and waits until the API server is ready again.
+    pub fn restart(&mut self, processes: &[&str]) -> Result<(), Error> {
+        let done = |dir: &Path| -> u32 {
+            std::fs::read_to_string(dir.join("restarts"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let before = done(&self.dir);
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| Error::Binaries("the supervisor's input is closed".into()))?;
+        writeln!(stdin, "restart {}", processes.join(" ")).map_err(io_err(&self.dir))?;
+        stdin.flush().map_err(io_err(&self.dir))?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while done(&self.dir) <= before {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(Error::Exited {
+                    process: "testbed serve".into(),
+                    status: status.to_string(),
+                    log: self.dir.join("supervisor.log"),
+                    tail: tail(&self.dir.join("supervisor.log"), 40),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("restarting {}", processes.join(", ")),
+                    seconds: 120,
+                    last: String::new(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     /// Stops the cluster and waits for every process to exit.
     pub fn stop(&mut self) {
         if let Some(mut stdin) = self.stdin.take() {

@@ -534,7 +534,8 @@ impl Cluster {
         for i in (0..self.processes.len()).rev() {
             if names.contains(&self.processes[i].name) {
                 let mut p = self.processes.remove(i);
-                p.stop(Duration::from_secs(20));
+                // A short grace: a restart here stands for a crash or an abrupt upgrade.
+                p.stop(Duration::from_secs(3));
                 stopped.push((i, p.name, p.args));
             }
         }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local test bed's binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, etcd, kwok, helm, and the kstatus test helper) from Go modules pinned in
-# tests/tools/*/go.mod, into a cache folder outside the clone keyed by the pinned versions. A second run with the same pins is a no-op.
+# tests/tools/*/go.mod, into a cache folder outside the clone keyed by the pinned versions.
+# A second run with the same pins is a no-op.
 #
 # Usage: tests/tools/build.sh [--print-bin]
 #   --print-bin  only print the bin folder the current pins map to (builds nothing)

@@ -257,14 +257,18 @@ async fn elected(
         reason = renew => Some(reason),
     };
     health.set_role(Role::Stopping);
-    if let Err(e) = manager.release().await {
-        warn!(error = %e, "could not release the lease");
-    } else {
-        info!(%identity, "released the lease");
-    }
     match lost {
-        None => Ok(()),
+        None => {
+            // Stepping down: free the Lease so a standby need not wait for it to expire.
+            if let Err(e) = manager.release().await {
+                warn!(error = %e, "could not release the lease");
+            } else {
+                info!(%identity, "released the lease");
+            }
+            Ok(())
+        }
         Some(reason) => {
+            // Not ours any more (or unknown): leave the Lease alone and let the pod restart.
             error!(%reason, "lost leadership: stopped the controller");
             Err(anyhow::anyhow!("lost leadership: {reason}"))
         }

@@ -1303,17 +1303,25 @@ async fn kstatus_and_argocd_judge_live_tatordeployments_like_the_operator() {
         .await
         .unwrap();
     let ns = namespace(&client, "pack-gitops", true).await.unwrap();
+    let dir = scratch();
     let api = tds(&client, &ns);
     let mut controller = start_controller(&client, &ns);
 
-    // A fresh install rolling out: migrations first, Reconciling=True.
-    create_td(
-        &client,
-        &ns,
-        "tator",
-        json!({"version": "1.5.0", "domain": "tator.example.com"}),
-    )
-    .await;
+    // A fresh install rolling out: migrations first, Reconciling=True. Applied the way Argo CD
+    // does it (server-side apply under its own field manager, with its tracking label and
+    // annotation), to check the operator neither fights over fields nor copies them.
+    let manifest = json!({
+        "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+        "metadata": {"name": "tator", "namespace": ns,
+                     "labels": {"argocd.argoproj.io/instance": "tator"},
+                     "annotations": {"argocd.argoproj.io/tracking-id": "tator:tator.io/TatorDeployment:x/tator",
+                                     "kustomize.toolkit.fluxcd.io/name": "tator"}},
+        "spec": {"version": "1.5.0", "domain": "tator.example.com"},
+    });
+    let gitops_apply = PatchParams::apply("argocd-controller");
+    api.patch("tator", &gitops_apply, &Patch::Apply(&manifest))
+        .await
+        .unwrap();
     let obj = wait_state(
         &api,
         "tator",
@@ -1327,6 +1335,58 @@ async fn kstatus_and_argocd_judge_live_tatordeployments_like_the_operator() {
     // Ready at the current generation.
     wait_ready(&client, &ns, "tator", Duration::from_secs(120)).await;
     check("ready", &live(&api, "tator").await, "Healthy", "Current");
+
+    // No field-manager fight: the operator manages only the status; a re-apply from Git is a
+    // no-op; no child carries a GitOps tracking label or annotation.
+    let td = api.get("tator").await.unwrap();
+    for m in td.meta().managed_fields.clone().unwrap_or_default() {
+        if m.manager.as_deref() == Some("tator-operator") {
+            assert_eq!(m.subresource.as_deref(), Some("status"), "{m:?}");
+        }
+    }
+    let again = api
+        .patch("tator", &gitops_apply, &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.meta().resource_version,
+        td.meta().resource_version,
+        "re-apply changed the object"
+    );
+    let mut children = Vec::new();
+    for kind in [
+        "deployments",
+        "services",
+        "configmaps",
+        "jobs",
+        "persistentvolumeclaims",
+        "secrets",
+    ] {
+        let out = kubectl(
+            dir.path(),
+            &shared_kubeconfig().unwrap(),
+            &["get", kind, "-n", &ns, "-o", "json"],
+            None,
+        );
+        let list: Value = serde_json::from_str(&ok(&out, "kubectl get")).unwrap();
+        for item in list["items"].as_array().unwrap() {
+            let meta = &item["metadata"];
+            let keys: Vec<String> = [&meta["labels"], &meta["annotations"]]
+                .iter()
+                .filter_map(|m| m.as_object())
+                .flat_map(|m| m.keys().cloned())
+                .collect();
+            children.push(format!("{kind}/{}", meta["name"]));
+            assert!(
+                !keys
+                    .iter()
+                    .any(|k| k.contains("argoproj.io") || k.contains("fluxcd.io")),
+                "{kind}/{} copied a GitOps key: {keys:?}",
+                meta["name"]
+            );
+        }
+    }
+    assert!(children.len() > 10, "{children:?}");
 
     // A new generation the operator has not seen (it is stopped): stale observedGeneration.
     controller.abort();

@@ -84,8 +84,8 @@ image:
 	fi
 
 chart-lint: tools
-	$(HELM) lint charts/tator-operator
-	$(HELM) lint charts/tator-operator --set watchAllNamespaces=true
+	$(HELM) lint --strict charts/tator-operator
+	$(HELM) lint --strict charts/tator-operator --set watchAllNamespaces=true
 
 deploy: tools
 	HELM=$(HELM) deploy/render.sh

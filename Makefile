@@ -20,7 +20,8 @@ OPERATOR_BIN := $(CARGO_TARGET_DIR)/debug/tator-operator
 CLUSTER_DIR ?= $(CURDIR)/.testbed/cluster
 DEMO_DIR := $(CURDIR)/.testbed/demo
 
-.PHONY: help tools build crds crds-check lint test test-unit test-faults cluster-up cluster-down demo bench
+.PHONY: help tools build crds crds-check lint test test-unit test-faults cluster-up cluster-down demo bench \
+  image chart-lint deploy deploy-check
 
 help:
 	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
@@ -80,3 +81,29 @@ demo: tools build
 bench: tools build
 	cargo build --release -p tator-operator -p tator-bench
 	$(CARGO_TARGET_DIR)/release/tator-bench --operator $(CARGO_TARGET_DIR)/release/tator-operator $(BENCH_ARGS)
+
+## Packaging: the operator image, the Helm chart and the plain-YAML installs rendered from it.
+IMAGE ?= cvisionai/tator-operator:$(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/tator-operator/Chart.yaml)
+HELM := $(TATOR_TOOLS_BIN)/helm
+
+image:
+	@engine=$$(command -v docker || command -v podman || true); \
+	if [ -z "$$engine" ] || ! $$engine info >/dev/null 2>&1; then \
+	  echo "no running container engine (docker or podman) here; would run:"; \
+	  echo "  docker build -t $(IMAGE) ."; \
+	else \
+	  set -x; $$engine build -t $(IMAGE) .; \
+	fi
+
+chart-lint: tools
+	$(HELM) lint --strict charts/tator-operator
+	$(HELM) lint --strict charts/tator-operator --set watchAllNamespaces=true
+
+deploy: tools
+	HELM=$(HELM) deploy/render.sh
+
+deploy-check: tools
+	@tmp=$$(mktemp -d); HELM=$(HELM) deploy/render.sh $$tmp; status=0; \
+	for f in install.yaml install-cluster-wide.yaml; do \
+	  diff -u deploy/$$f $$tmp/$$f || status=1; done; rm -rf $$tmp; \
+	[ $$status = 0 ] || { echo "deploy/ is out of date: run 'make deploy' and commit the result" >&2; exit 1; }

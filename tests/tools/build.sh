@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local test bed's binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm) from Go modules pinned in tests/tools/*/go.mod, into a cache folder
-# outside the clone keyed by the pinned versions. A second run with the same pins is a no-op.
+# kubectl, etcd, kwok, helm, and the kstatus test helper) from Go modules pinned in
+# tests/tools/*/go.mod, into a cache folder outside the clone keyed by the pinned versions.
+# A second run with the same pins is a no-op.
 #
 # Usage: tests/tools/build.sh [--print-bin]
 #   --print-bin  only print the bin folder the current pins map to (builds nothing)
@@ -68,6 +69,20 @@ if [[ ! -x "$weed_dir/weed" ]]; then
   log "built weed in $((SECONDS - start)) s"
 fi
 ln -sfn "$weed_dir/weed" "$bin/weed"
+
+# The kstatus helper (tests/tools/kstatus: Flux's readiness library behind a stdin/stdout CLI) is
+# cached under a hash of its sources, so editing it rebuilds only it; the bin folder gets a link.
+kstatus_hash=$(cat "$here/kstatus/go.mod" "$here/kstatus/go.sum" "$here/kstatus/main.go" | sha256sum | cut -c1-16)
+kstatus_dir="$cache_root/kstatus-${kstatus_hash}"
+if [[ ! -x "$kstatus_dir/kstatus" ]]; then
+  mkdir -p "$kstatus_dir"
+  log "building kstatus from tests/tools/kstatus (sigs.k8s.io/cli-utils)"
+  start=$SECONDS
+  (cd "$here/kstatus" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$kstatus_dir/kstatus.tmp" .)
+  mv "$kstatus_dir/kstatus.tmp" "$kstatus_dir/kstatus"
+  log "built kstatus in $((SECONDS - start)) s"
+fi
+ln -sfn "$kstatus_dir/kstatus" "$bin/kstatus"
 
 # kwok refuses to start without stages: keep the ones shipped in its module beside the binaries.
 stages="$cache_root/$key/kwok-stages.yaml"

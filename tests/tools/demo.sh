@@ -23,7 +23,7 @@ say "Running the operator in the background (log: $demo_dir/operator.log)"
 if [[ -f $demo_dir/operator.pid ]] && kill -0 "$(cat "$demo_dir/operator.pid")" 2>/dev/null; then
   echo "operator already running (pid $(cat "$demo_dir/operator.pid"))"
 else
-  setsid "$operator" run >"$demo_dir/operator.log" 2>&1 </dev/null &
+  setsid "$operator" run --metrics-addr 127.0.0.1:8080 >"$demo_dir/operator.log" 2>&1 </dev/null &
   echo $! >"$demo_dir/operator.pid"
   echo "operator started (pid $!)"
 fi

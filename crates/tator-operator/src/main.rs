@@ -1,10 +1,26 @@
 //! `tator-operator`: `run` the controller, print the `crd`, or `render` a manifest's children.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use tator_operator::{controller, render};
+use clap::{Args, Parser, Subcommand};
+use futures::future::{BoxFuture, FutureExt};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    autoscaling::v2::HorizontalPodAutoscaler,
+    batch::v1::Job,
+    core::v1::{ConfigMap, PersistentVolumeClaim, Service},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{Api, Client, Resource, api::ListParams};
+use kube_lease_manager::LeaseManagerBuilder;
+use tator_api::{TatorDeployment, labels};
+use tator_operator::{
+    controller, crd_install,
+    health::{self, HealthState, Role},
+    render,
+};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -17,23 +33,54 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: every namespace).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Reconciles running at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
+    /// Log level filter, for example info or tator_operator=debug.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log_level: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    json_logs: bool,
+    /// Address of the HTTP endpoint serving /healthz and /readyz.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Apply the TatorDeployment CRD at start-up (server-side apply) and wait until it is
+    /// Established, so that upgrading the operator upgrades the CRD.
+    #[arg(long)]
+    install_crd: bool,
+    /// Run the controller only while holding a Lease, so that several replicas can run with one
+    /// active.
+    #[arg(long)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "tator-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (default: POD_NAMESPACE, else --namespace, else default).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Seconds a Lease stays valid after its last renewal: how long a crashed leader blocks a
+    /// standby.
+    #[arg(long, default_value_t = 10)]
+    lease_duration: u64,
+    /// Seconds before expiry at which the leader renews its Lease (also the clock skew tolerated
+    /// between nodes); less than --lease-duration.
+    #[arg(long, default_value_t = 3)]
+    lease_grace: u64,
+    /// Identity in the Lease (default: POD_NAME, else host name and a random suffix).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the controller (uses the in-cluster config or KUBECONFIG).
-    Run {
-        /// Watch only this namespace (default: every namespace).
-        #[arg(long, env = "WATCH_NAMESPACE")]
-        namespace: Option<String>,
-        /// Reconciles running at once.
-        #[arg(long, default_value_t = 4)]
-        concurrency: u16,
-        /// Log level filter, for example info or tator_operator=debug.
-        #[arg(long, env = "RUST_LOG", default_value = "info")]
-        log_level: String,
-        /// Log as JSON lines.
-        #[arg(long)]
-        json_logs: bool,
-    },
+    Run(Box<RunArgs>),
     /// Print the TatorDeployment CRD as YAML.
     Crd,
     /// Print every child object the operator would apply for a TatorDeployment manifest.
@@ -70,42 +117,251 @@ fn run_cli() -> anyhow::Result<()> {
             print!("{}", render::render(&text)?);
             Ok(())
         }
-        Cmd::Run {
-            namespace,
-            concurrency,
-            log_level,
-            json_logs,
-        } => {
-            let filter = tracing_subscriber::EnvFilter::try_new(&log_level)
-                .with_context(|| format!("invalid log level {log_level:?}"))?;
+        Cmd::Run(args) => {
+            let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+                .with_context(|| format!("invalid log level {:?}", args.log_level))?;
             let builder = tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-            if json_logs {
+            if args.json_logs {
                 builder.json().with_current_span(true).init();
             } else {
                 builder.init();
             }
+            if args.leader_election
+                && (args.lease_grace == 0 || args.lease_grace >= args.lease_duration)
+            {
+                anyhow::bail!("--lease-grace must be at least 1 and less than --lease-duration");
+            }
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(async {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("connecting to Kubernetes")?;
-                let settings = controller::Settings {
-                    namespace,
-                    concurrency,
-                    resync: Duration::from_secs(600),
-                };
-                tracing::info!(
-                    version = env!("CARGO_PKG_VERSION"),
-                    "tator-operator starting"
-                );
-                controller::run(std::sync::Arc::new(controller::Context::new(
-                    client, settings,
-                )))
-                .await;
-                Ok(())
-            })
+            runtime.block_on(run(*args))
         }
+    }
+}
+
+/// `run`: the health endpoint, the CRD, then the controller (while leading, with
+/// `--leader-election`).
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let health = Arc::new(HealthState::new());
+    let mut server = tokio::spawn(health::serve(args.metrics_addr, health.clone(), None));
+    let result = tokio::select! {
+        served = &mut server => match served {
+            Ok(Ok(())) => Err(anyhow::anyhow!("the health server stopped")),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(anyhow::anyhow!("the health server task failed: {e}")),
+        },
+        result = operate(&args, &health) => result,
+    };
+    server.abort();
+    result
+}
+
+async fn operate(args: &RunArgs, health: &Arc<HealthState>) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "tator-operator starting"
+    );
+    if args.install_crd {
+        crd_install::install(&client, Duration::from_secs(60)).await?;
+    }
+    let settings = controller::Settings {
+        namespace: args.namespace.clone(),
+        concurrency: args.concurrency,
+        resync: Duration::from_secs(600),
+    };
+    let ctx = Arc::new(controller::Context::new(client.clone(), settings));
+    if !args.leader_election {
+        health.set_role(Role::Leader);
+        lead(&client, args.namespace.as_deref(), ctx, health).await;
+        return Ok(());
+    }
+    elected(args, client, ctx, health).await
+}
+
+/// Runs the controller until it stops (SIGTERM or SIGINT), marking the health state synced once
+/// every watched kind could be listed.
+async fn lead(
+    client: &Client,
+    namespace: Option<&str>,
+    ctx: Arc<controller::Context>,
+    health: &Arc<HealthState>,
+) {
+    let sync = tokio::spawn(mark_synced(
+        client.clone(),
+        namespace.map(String::from),
+        health.clone(),
+    ));
+    controller::run(ctx).await;
+    sync.abort();
+}
+
+/// Leader election on a Lease: stand by until the Lease is ours, run the controller while it stays
+/// ours, release it on SIGTERM. A leader that cannot renew stops at once and exits with an error
+/// (its pod restarts and stands again), so two replicas never act together.
+async fn elected(
+    args: &RunArgs,
+    client: Client,
+    ctx: Arc<controller::Context>,
+    health: &Arc<HealthState>,
+) -> anyhow::Result<()> {
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| args.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration)
+        .with_grace(args.lease_grace)
+        .build()
+        .await
+        .with_context(|| format!("preparing the Lease {namespace}/{}", args.lease_name))?;
+    health.set_role(Role::Standby);
+    info!(lease = %args.lease_name, %namespace, %identity, "standing by for the lease");
+    let mut shutdown = shutdown_signal();
+    loop {
+        tokio::select! {
+            changed = manager.changed() => match changed {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, "could not read the lease; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            () = &mut shutdown => {
+                info!("stopping before acquiring the lease");
+                health.set_role(Role::Stopping);
+                return Ok(());
+            }
+        }
+    }
+    info!(%identity, "acquired the lease: leading");
+    health.set_role(Role::Leader);
+    let renew = async {
+        loop {
+            match manager.changed().await {
+                Ok(true) => {}
+                Ok(false) => return "another replica holds the lease".to_string(),
+                Err(e) => return format!("could not renew the lease: {e}"),
+            }
+        }
+    };
+    let lost = tokio::select! {
+        () = lead(&client, args.namespace.as_deref(), ctx, health) => None,
+        reason = renew => Some(reason),
+    };
+    health.set_role(Role::Stopping);
+    match lost {
+        None => {
+            // Stepping down: free the Lease so a standby need not wait for it to expire.
+            if let Err(e) = manager.release().await {
+                warn!(error = %e, "could not release the lease");
+            } else {
+                info!(%identity, "released the lease");
+            }
+            Ok(())
+        }
+        Some(reason) => {
+            // Not ours any more (or unknown): leave the Lease alone and let the pod restart.
+            error!(%reason, "lost leadership: stopped the controller");
+            Err(anyhow::anyhow!("lost leadership: {reason}"))
+        }
+    }
+}
+
+/// SIGTERM or SIGINT (the controller has its own handler once it runs).
+fn shutdown_signal() -> BoxFuture<'static, ()> {
+    async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    .boxed()
+}
+
+fn default_identity() -> String {
+    use rand::{Rng, distr::Alphanumeric};
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tator-operator".into());
+    let suffix: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(6)
+        .map(char::from)
+        .collect();
+    format!("{host}-{}", suffix.to_lowercase())
+}
+
+async fn can_list<K>(client: &Client, ns: Option<&str>, selector: &str) -> Result<(), String>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    api.list_metadata(&ListParams::default().labels(selector).limit(1))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{}: {e}", K::kind(&Default::default())))
+}
+
+/// Marks the health state synced once every kind the controller watches can be listed in its
+/// scope (the API server answers and the RBAC allows it), retrying with backoff until then.
+async fn mark_synced(client: Client, ns: Option<String>, health: Arc<HealthState>) {
+    let ns = ns.as_deref();
+    let children = format!("{}={}", labels::MANAGED_BY, labels::MANAGER);
+    let sel = children.as_str();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let results = [
+            can_list::<TatorDeployment>(&client, ns, "").await,
+            can_list::<Deployment>(&client, ns, sel).await,
+            can_list::<StatefulSet>(&client, ns, sel).await,
+            can_list::<Service>(&client, ns, sel).await,
+            can_list::<ConfigMap>(&client, ns, sel).await,
+            can_list::<Job>(&client, ns, sel).await,
+            can_list::<HorizontalPodAutoscaler>(&client, ns, sel).await,
+            can_list::<PodDisruptionBudget>(&client, ns, sel).await,
+            can_list::<PersistentVolumeClaim>(&client, ns, sel).await,
+        ];
+        let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        if failures.is_empty() {
+            health.set_synced();
+            info!("watches synced: ready");
+            return;
+        }
+        warn!(failures = %failures.join("; "), "cannot list every watched kind yet");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }

@@ -1,0 +1,118 @@
+{{/* Name of the chart, or nameOverride. */}}
+{{- define "tator-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name of the release's objects. */}}
+{{- define "tator-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped objects carry the release namespace: two releases of the same name in two
+namespaces must not share a ClusterRole. */}}
+{{- define "tator-operator.clusterName" -}}
+{{- printf "%s-%s" (include "tator-operator.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{- define "tator-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tator-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "tator-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "tator-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tator
+{{- end }}
+
+{{- define "tator-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tator-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The namespace a namespace-scoped operator watches. */}}
+{{- define "tator-operator.watchNamespace" -}}
+{{- default .Release.Namespace .Values.watchNamespace }}
+{{- end }}
+
+{{- define "tator-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+What the operator does with TatorDeployments and their children, in the watched namespace (a
+Role) or in every namespace (a ClusterRole). Each rule names the code that needs it
+(crates/tator-operator/src). Secrets: get, create and patch by name only; never list or watch.
+*/}}
+{{- define "tator-operator.rules" -}}
+# controller.rs watches TatorDeployments (list, watch).
+- apiGroups: [tator.io]
+  resources: [tatordeployments]
+  verbs: [list, watch]
+# controller.rs writes the status with server-side apply (patch_status).
+- apiGroups: [tator.io]
+  resources: [tatordeployments/status]
+  verbs: [patch]
+# Children carry a controller ownerReference with blockOwnerDeletion; clusters that enable the
+# OwnerReferencesPermissionEnforcement admission plugin require update on the owner's finalizers.
+- apiGroups: [tator.io]
+  resources: [tatordeployments/finalizers]
+  verbs: [update]
+# apply.rs: server-side apply of the workloads (create, patch); controller.rs owns them (list,
+# watch); prune deletes the ones no longer desired (delete).
+- apiGroups: [apps]
+  resources: [deployments, statefulsets]
+  verbs: [list, watch, create, patch, delete]
+# apply.rs: Services and ConfigMaps (nginx.conf) are applied, owned and pruned like workloads.
+- apiGroups: [""]
+  resources: [services, configmaps]
+  verbs: [list, watch, create, patch, delete]
+# apply.rs: the shared claim is applied; controller.rs watches claims (list, watch). Claims hold
+# data: they are never deleted by the operator.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [list, watch, create, patch]
+# apply.rs: migration and bucket Jobs are applied, read back by name (get_job), owned and pruned.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, patch, delete]
+# apply.rs: the API's HorizontalPodAutoscaler (api.autoscaling) is applied, owned and pruned.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [list, watch, create, patch, delete]
+# apply.rs: PodDisruptionBudgets of the API and NGINX are applied, owned and pruned.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, watch, create, patch, delete]
+# Secrets by name only: apply.rs creates generated Secrets and fixes their metadata (create,
+# patch), objstore.rs applies the composed bucket Secrets (patch) and reads credentials Secrets
+# (get), checks.rs reads managed-service passwords (get), dependencies.rs hashes referenced
+# Secrets' resourceVersions (get). No list, no watch.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
+# apply.rs: cert-manager Certificates for tls.issuerRef are applied (create, patch) and pruned
+# (list, delete).
+- apiGroups: [cert-manager.io]
+  resources: [certificates]
+  verbs: [list, create, patch, delete]
+# controller.rs: the shared event Recorder publishes events.k8s.io Events and patches their
+# series (create, patch).
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}

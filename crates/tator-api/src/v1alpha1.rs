@@ -122,6 +122,18 @@ pub struct TatorDeploymentSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
+    /// Freeze: the operator changes nothing in the cluster for spec changes (no apply, no prune,
+    /// no migrations) but keeps status current and reports pending changes (condition Paused,
+    /// and a Warning Event when the spec asks for changes it holds back).
+    #[serde(default)]
+    pub paused: bool,
+
+    /// Stop Tator: every workload is scaled to zero (the API, workers, UI, NGINX and the
+    /// in-cluster data services); volumes and Secrets are kept. Set it back to false to start
+    /// again.
+    #[serde(default)]
+    pub stopped: bool,
+
     /// Seconds a Deployment rollout may go without progress before it is reported as stalled
     /// (Stalled=True, reason ProgressDeadlineExceeded) instead of waited on silently.
     #[serde(default = "default_progress_deadline")]

@@ -81,27 +81,91 @@ async fn apply_all<K: Child + Cached>(
 ) -> Result<Vec<K>, Error> {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut out = Vec::with_capacity(objs.len());
+    // Objects of one kind do not depend on each other: send them at once.
+    let sends = objs.into_iter().map(|obj| {
+        let (api, params) = (&api, &params);
+        async move {
+            let name = obj.name_any();
+            // Nothing to send when the watched copy already has it: a no-op reconcile writes
+            // nothing.
+            if let Some(live) = cache::live::<K>(caches, ns, &name)
+                && cache::unchanged(&obj, &live)
+            {
+                return Ok(live);
+            }
+            api.patch(&name, params, &Patch::Apply(&obj))
+                .await
+                .map_err(|source| Error::Apply {
+                    kind: <K as k8s_openapi::Resource>::KIND,
+                    name,
+                    source,
+                })
+        }
+    });
+    futures::future::try_join_all(sends).await
+}
+
+fn held<K: Child + Cached>(
+    ns: &str,
+    objs: Vec<K>,
+    caches: Option<&Caches>,
+    pending: &mut Vec<String>,
+) -> Vec<K> {
+    let mut out = Vec::new();
     for obj in objs {
         let name = obj.name_any();
-        // Nothing to send when the watched copy already has it: a no-op reconcile writes nothing.
-        if let Some(live) = cache::live::<K>(caches, ns, &name)
-            && cache::unchanged(&obj, &live)
-        {
-            out.push(live);
-            continue;
+        let kind = <K as k8s_openapi::Resource>::KIND;
+        match cache::live::<K>(caches, ns, &name) {
+            Some(live) => {
+                if !cache::unchanged(&obj, &live) {
+                    pending.push(format!("{kind}/{name}"));
+                }
+                out.push(live);
+            }
+            None => pending.push(format!("{kind}/{name} (new)")),
         }
-        let live = api
-            .patch(&name, &params, &Patch::Apply(&obj))
-            .await
-            .map_err(|source| Error::Apply {
-                kind: <K as k8s_openapi::Resource>::KIND,
-                name: name.clone(),
-                source,
-            })?;
-        out.push(live);
     }
-    Ok(out)
+    out
+}
+
+/// What apply would return, without applying (`spec.paused`): the watched copies of the desired
+/// children, and the children that would change (`Kind/name`).
+pub fn held_back(
+    t: &ValidatedTator,
+    desired: Children,
+    caches: Option<&Caches>,
+) -> (Applied, Vec<String>) {
+    let Children {
+        claims,
+        config_maps,
+        certificates: _,
+        services,
+        jobs,
+        stateful_sets,
+        deployments,
+        autoscalers,
+        disruption_budgets,
+    } = desired;
+    let ns = t.namespace.as_str();
+    let mut pending = Vec::new();
+    let live = Children {
+        claims: held(ns, claims, caches, &mut pending),
+        config_maps: held(ns, config_maps, caches, &mut pending),
+        certificates: Vec::new(),
+        services: held(ns, services, caches, &mut pending),
+        jobs: held(ns, jobs, caches, &mut pending),
+        stateful_sets: held(ns, stateful_sets, caches, &mut pending),
+        deployments: held(ns, deployments, caches, &mut pending),
+        autoscalers: held(ns, autoscalers, caches, &mut pending),
+        disruption_budgets: held(ns, disruption_budgets, caches, &mut pending),
+    };
+    (
+        Applied {
+            live,
+            cert_manager_missing: false,
+        },
+        pending,
+    )
 }
 
 /// Applies every desired child in dependency order: claims, configuration, Services, Jobs,

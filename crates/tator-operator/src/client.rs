@@ -9,24 +9,46 @@ use std::{
 
 use http::{Method, Request};
 use kube::{Client, Config, client::ClientBuilder};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
+use crate::metrics::RequestLabels;
 use tower::{Layer, Service};
 
 /// API requests sent, by `(verb, resource)`. Verbs follow the API server's audit verbs:
 /// get, list, watch, create, update, patch, apply, delete, deletecollection.
 #[derive(Clone, Debug, Default)]
-pub struct RequestCounts(Arc<Mutex<BTreeMap<(String, String), u64>>>);
+pub struct RequestCounts {
+    counts: Arc<Mutex<BTreeMap<(String, String), u64>>>,
+    /// Also counted into this metric family, when given.
+    exported: Option<Family<RequestLabels, Counter>>,
+}
 
 impl RequestCounts {
+    /// Counts that are also exported as `tator_operator_kubernetes_requests_total`.
+    pub fn exported(family: Family<RequestLabels, Counter>) -> Self {
+        Self {
+            counts: Arc::default(),
+            exported: Some(family),
+        }
+    }
+
     fn add(&self, verb: &str, resource: &str) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.counts.lock() {
             *m.entry((verb.to_string(), resource.to_string()))
                 .or_insert(0) += 1;
+        }
+        if let Some(f) = &self.exported {
+            f.get_or_create(&RequestLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+            })
+            .inc();
         }
     }
 
     /// Every count so far.
     pub fn snapshot(&self) -> BTreeMap<(String, String), u64> {
-        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+        self.counts.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Counts by verb.
@@ -127,7 +149,14 @@ where
 
 /// A client for `config` whose requests are counted.
 pub fn counted_client(config: Config) -> Result<(Client, RequestCounts), kube::Error> {
-    let counts = RequestCounts::default();
+    counted_client_with(config, RequestCounts::default())
+}
+
+/// A client for `config` whose requests are counted into `counts`.
+pub fn counted_client_with(
+    config: Config,
+    counts: RequestCounts,
+) -> Result<(Client, RequestCounts), kube::Error> {
     let client = ClientBuilder::try_from(config)?
         .with_layer(&CountLayer(counts.clone()))
         .build();

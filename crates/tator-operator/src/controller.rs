@@ -33,6 +33,7 @@ use tator_api::{TatorDeployment, TatorDeploymentStatus, labels};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::cache::{CacheWriters, Caches};
+use crate::metrics::Metrics;
 use crate::{
     apply::{self, FIELD_MANAGER},
     build::{
@@ -78,11 +79,18 @@ pub struct Context {
     reconciles: AtomicU64,
     /// Local copies of the children, filled by the watches `run` starts.
     pub caches: Caches,
+    /// What `/metrics` exports.
+    pub metrics: Arc<Metrics>,
     cache_writers: Mutex<Option<CacheWriters>>,
 }
 
 impl Context {
     pub fn new(client: Client, settings: Settings) -> Self {
+        Self::with_metrics(client, settings, Arc::new(Metrics::new()))
+    }
+
+    /// A context recording into `metrics`.
+    pub fn with_metrics(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -97,6 +105,7 @@ impl Context {
             reconciles: AtomicU64::new(0),
             caches,
             cache_writers: Mutex::new(Some(writers)),
+            metrics,
         }
     }
 
@@ -195,7 +204,20 @@ async fn write_status(
 pub async fn reconcile(td: Arc<TatorDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!("reconcile", tator = %key(&td), generation = td.meta().generation.unwrap_or_default());
     ctx.reconciles.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.reconciles.inc();
+    let started = std::time::Instant::now();
     let result = pipeline(&td, &ctx).instrument(span).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&crate::metrics::CategoryLabels {
+                category: e.category().into(),
+            })
+            .inc();
+    }
     if let Err(e) = &result
         && !e.is_permanent()
     {
@@ -208,6 +230,11 @@ pub async fn reconcile(td: Arc<TatorDeployment>, ctx: Arc<Context>) -> Result<Ac
 /// fetch → validate → build → apply → status.
 async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> {
     if td.meta().deletion_timestamp.is_some() {
+        ctx.metrics.forget(
+            &td.namespace().unwrap_or_default(),
+            &td.name_any(),
+            td.status.as_ref(),
+        );
         // Children go with their owner references; nothing to clean up outside the cluster.
         return Ok(Action::await_change());
     }
@@ -225,12 +252,27 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         }
     };
     t.secrets_hash = dependencies::secrets_hash(&ctx.client, &t).await?;
-    // data tier first: the web tier waits for it
-    apply::ensure_generated_secrets(&ctx.client, &t).await?;
-    let storage_secrets = objstore::read_secrets(&ctx.client, &t).await?;
-    let storage_problem = objstore::apply_secrets(&ctx.client, &t, &storage_secrets).await?;
+    // spec.paused: build and compare, but write nothing but status.
+    let paused = t.spec.paused;
+    let mut pending: Vec<String> = Vec::new();
     let caches = Some(&ctx.caches);
-    let mut applied = apply::apply(&ctx.client, &t, build::build_data(&t), caches).await?;
+    // data tier first: the web tier waits for it
+    if !paused {
+        apply::ensure_generated_secrets(&ctx.client, &t).await?;
+    }
+    let storage_secrets = objstore::read_secrets(&ctx.client, &t).await?;
+    let storage_problem = if paused {
+        None
+    } else {
+        objstore::apply_secrets(&ctx.client, &t, &storage_secrets).await?
+    };
+    let mut applied = if paused {
+        let (held, p) = apply::held_back(&t, build::build_data(&t), caches);
+        pending.extend(p);
+        held
+    } else {
+        apply::apply(&ctx.client, &t, build::build_data(&t), caches).await?
+    };
     let deps = dependencies::observe(&ctx.client, &t, &applied).await;
     // fetch
     let plan = t.plan();
@@ -252,10 +294,16 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     }
     // build and apply the web tier, then prune what neither tier wants
     let desired = build::build(&t, &rollout);
-    applied.extend(apply::apply(&ctx.client, &t, desired, caches).await?);
-    let pruned = apply::prune(&ctx.client, &t, &applied, caches).await?;
-    if pruned > 0 {
-        info!(pruned, "deleted orphaned children");
+    if paused {
+        let (held, p) = apply::held_back(&t, desired, caches);
+        pending.extend(p);
+        applied.extend(held);
+    } else {
+        applied.extend(apply::apply(&ctx.client, &t, desired, caches).await?);
+        let pruned = apply::prune(&ctx.client, &t, &applied, caches).await?;
+        if pruned > 0 {
+            info!(pruned, "deleted orphaned children");
+        }
     }
     // object storage and bucket registration
     obs.object_storage =
@@ -276,19 +324,38 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         .as_ref()
         .map(|s| s.buckets.clone())
         .unwrap_or_default();
-    obs.registration = registration::register(
-        &t,
-        registration::Inputs {
-            api_ready: status::api_available(&applied),
-            token: token.as_deref(),
-            configs: registration::configs(&t, &storage_secrets),
-            previous: &previous,
-        },
-    )
-    .await;
+    obs.registration = if paused {
+        // Registering is a change in Tator: held back too; what was recorded stays.
+        status::previous_registration(td.status.as_ref())
+    } else {
+        registration::register(
+            &t,
+            registration::Inputs {
+                api_ready: status::api_available(&applied),
+                token: token.as_deref(),
+                configs: registration::configs(&t, &storage_secrets),
+                previous: &previous,
+            },
+        )
+        .await
+    };
     // status
-    let (st, conds) = status::compute(&t, &rollout, &applied, &obs, &deps);
+    let (mut st, mut conds) = status::compute(&t, &rollout, &applied, &obs, &deps);
+    status::pause_and_stop(&t, &pending, &mut st, &mut conds);
     let st = status::with_conditions(st, &conds, td.status.as_ref(), t.generation);
+    let was_pending = td.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Paused" && c.reason == "ChangesPending")
+            .map(|c| c.message.clone())
+    });
+    let now_pending = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Paused" && c.reason == "ChangesPending")
+        .map(|c| c.message.clone());
+    ctx.metrics
+        .observe_status(&t.namespace, &t.name, td.status.as_ref(), &st);
     let old_phase = td.status.as_ref().and_then(|s| s.phase.clone());
     let ready = st.phase.as_deref() == Some("Ready");
     if write_status(ctx, td, &st).await? && old_phase != st.phase {
@@ -320,6 +387,16 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             kind,
             reason,
             format!("{from} -> {new_phase}: {detail}"),
+        )
+        .await;
+    }
+    if now_pending.is_some() && now_pending != was_pending {
+        publish(
+            ctx,
+            td,
+            EventType::Warning,
+            "ChangesPending",
+            now_pending.unwrap_or_default(),
         )
         .await;
     }
@@ -367,6 +444,20 @@ where
     }
 }
 
+/// A backoff that never waits: used for the controller's merged trigger stream.
+struct NoJointBackoff;
+
+impl Iterator for NoJointBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for NoJointBackoff {
+    fn reset(&mut self) {}
+}
+
 /// Runs the controller until SIGINT/SIGTERM.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
@@ -411,6 +502,11 @@ pub async fn run(ctx: Arc<Context>) {
     }
     Controller::for_stream(trigger, reader)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        // Every watch backs off on its own (`default_backoff` above). The controller's joint
+        // backoff over all of them would pause watches that are mid-request whenever another
+        // one fails, and after an API server restart it never let them reconnect (the watches
+        // kept reporting stale connection errors until the process restarted).
+        .trigger_backoff(NoJointBackoff)
         .owns_stream(cached(api_for::<Deployment>(&client, ns), w.deployments))
         .owns_stream(cached(api_for::<StatefulSet>(&client, ns), w.stateful_sets))
         .owns_stream(cached(api_for::<Service>(&client, ns), w.services))

@@ -16,8 +16,10 @@ use kube::{Api, Client, Resource, api::ListParams};
 use kube_lease_manager::LeaseManagerBuilder;
 use tator_api::{TatorDeployment, labels};
 use tator_operator::{
+    client::{RequestCounts, counted_client_with},
     controller, crd_install,
     health::{self, HealthState, Role},
+    metrics::Metrics,
     render,
 };
 use tracing::{error, info, warn};
@@ -47,7 +49,7 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long)]
     json_logs: bool,
-    /// Address of the HTTP endpoint serving /healthz and /readyz.
+    /// Address of the HTTP endpoint serving /healthz, /readyz and /metrics.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
     /// Apply the TatorDeployment CRD at start-up (server-side apply) and wait until it is
@@ -143,23 +145,35 @@ fn run_cli() -> anyhow::Result<()> {
 /// `--leader-election`).
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let health = Arc::new(HealthState::new());
-    let mut server = tokio::spawn(health::serve(args.metrics_addr, health.clone(), None));
+    let metrics = Arc::new(Metrics::new());
+    let mut server = tokio::spawn(health::serve(
+        args.metrics_addr,
+        health.clone(),
+        Some(metrics.router()),
+    ));
     let result = tokio::select! {
         served = &mut server => match served {
             Ok(Ok(())) => Err(anyhow::anyhow!("the health server stopped")),
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(anyhow::anyhow!("the health server task failed: {e}")),
         },
-        result = operate(&args, &health) => result,
+        result = operate(&args, &health, metrics.clone()) => result,
     };
     server.abort();
     result
 }
 
-async fn operate(args: &RunArgs, health: &Arc<HealthState>) -> anyhow::Result<()> {
-    let client = Client::try_default()
+async fn operate(
+    args: &RunArgs,
+    health: &Arc<HealthState>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let config = kube::Config::infer()
         .await
-        .context("connecting to Kubernetes")?;
+        .context("reading the Kubernetes configuration")?;
+    // Every request is counted into tator_operator_kubernetes_requests_total.
+    let counts = RequestCounts::exported(metrics.api_requests.clone());
+    let (client, _) = counted_client_with(config, counts).context("connecting to Kubernetes")?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         "tator-operator starting"
@@ -172,7 +186,11 @@ async fn operate(args: &RunArgs, health: &Arc<HealthState>) -> anyhow::Result<()
         concurrency: args.concurrency,
         resync: Duration::from_secs(600),
     };
-    let ctx = Arc::new(controller::Context::new(client.clone(), settings));
+    let ctx = Arc::new(controller::Context::with_metrics(
+        client.clone(),
+        settings,
+        metrics,
+    ));
     if !args.leader_election {
         health.set_role(Role::Leader);
         lead(&client, args.namespace.as_deref(), ctx, health).await;

@@ -36,7 +36,7 @@ pub struct Cond {
 }
 
 impl Cond {
-    fn new(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Self {
+    pub fn new(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Self {
         Self {
             type_: type_.into(),
             ok,
@@ -397,6 +397,93 @@ pub fn compute(
             .unwrap_or_default(),
     };
     (status, all)
+}
+
+/// The registrations and `BucketsRegistered` of the previous status, unchanged (while paused).
+pub fn previous_registration(
+    old: Option<&TatorDeploymentStatus>,
+) -> Option<crate::registration::Registration> {
+    let old = old?;
+    let cond = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "BucketsRegistered");
+    if cond.is_none() && old.buckets.is_empty() {
+        return None;
+    }
+    Some(crate::registration::Registration {
+        ok: cond.is_none_or(|c| c.status == "True"),
+        reason: cond.map_or_else(|| "Registered".into(), |c| c.reason.clone()),
+        message: cond.map(|c| c.message.clone()).unwrap_or_default(),
+        buckets: old.buckets.clone(),
+    })
+}
+
+/// `Paused` (always present) and what `spec.paused` and `spec.stopped` do to `Ready`,
+/// `Reconciling` and the phase: paused with changes held back is not Ready (the spec is not
+/// what runs); stopped is not Ready and not reconciling (nothing is meant to run).
+pub fn pause_and_stop(
+    t: &ValidatedTator,
+    pending: &[String],
+    st: &mut TatorDeploymentStatus,
+    conds: &mut Vec<Cond>,
+) {
+    let set = |conds: &mut Vec<Cond>, c: Cond| match conds.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) => *x = c,
+        None => conds.push(c),
+    };
+    let paused = if !t.spec.paused {
+        Cond::new("Paused", false, "NotPaused", "")
+    } else if pending.is_empty() {
+        Cond::new(
+            "Paused",
+            true,
+            "Paused",
+            "spec.paused is true; nothing is held back",
+        )
+    } else {
+        let shown: Vec<&str> = pending.iter().take(10).map(String::as_str).collect();
+        let more = pending.len().saturating_sub(shown.len());
+        let tail = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        Cond::new(
+            "Paused",
+            true,
+            "ChangesPending",
+            format!("spec.paused is true; held back: {}{tail}", shown.join(", ")),
+        )
+    };
+    let held = paused.reason == "ChangesPending";
+    set(conds, paused);
+    if t.spec.stopped {
+        set(
+            conds,
+            Cond::new(
+                "Ready",
+                false,
+                "Stopped",
+                "spec.stopped is true: every workload is scaled to zero; volumes and Secrets are kept",
+            ),
+        );
+        set(conds, Cond::new("Reconciling", false, "Stopped", ""));
+        set(conds, Cond::new("Stalled", false, "Stopped", ""));
+        st.phase = Some("Stopped".into());
+    } else if held {
+        set(
+            conds,
+            Cond::new(
+                "Ready",
+                false,
+                "Paused",
+                "spec.paused is true and the spec asks for changes that are held back",
+            ),
+        );
+        set(conds, Cond::new("Reconciling", false, "Paused", ""));
+        st.phase = Some("Paused".into());
+    }
 }
 
 /// Attaches timestamps, keeping `lastTransitionTime` of conditions whose status did not change.

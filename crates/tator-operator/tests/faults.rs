@@ -349,6 +349,11 @@ fn total(m: &BTreeMap<String, u64>) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_and_etcd_restarts_cause_no_storm_and_no_deletes() {
+    // The controller runs in this process: its log goes to the test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("tator_operator=info,kube_runtime=warn")
+        .with_test_writer()
+        .try_init();
     let mut cluster = tokio::task::spawn_blocking(|| TestCluster::start("faults-restart"))
         .await
         .unwrap()

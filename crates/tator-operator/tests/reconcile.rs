@@ -1045,3 +1045,119 @@ async fn deletion_keeps_data_unless_the_policy_says_delete() {
         "Retain must keep the shared volume"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_holds_changes_back_and_stopped_scales_to_zero_keeping_data() {
+    let env = Env::new("op-pause").await;
+    env.create(minimal()).await;
+    env.wait_ready(Duration::from_secs(90)).await;
+    let (status, reason, _) = env.condition("Paused").await.unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NotPaused"));
+
+    // Paused: a spec change is reported, not applied.
+    env.patch_spec(json!({"paused": true, "ui": {"replicas": 2}}))
+        .await;
+    let (_, _, msg) = env
+        .wait_condition(
+            "Paused",
+            Cond::Reason("ChangesPending"),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(msg.contains("Deployment/tator-ui"), "{msg}");
+    let (ready, reason, _) = env.condition("Ready").await.unwrap();
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "Paused"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ui = env.api::<Deployment>().get("tator-ui").await.unwrap();
+    assert_eq!(ui.spec.replicas, Some(1), "a paused installation changed");
+    let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
+    wait_for(
+        "a ChangesPending Event",
+        Duration::from_secs(20),
+        || async {
+            let evs = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            evs.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("ChangesPending")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .then_some(())
+                .ok_or_else(|| "none yet".to_string())
+        },
+    )
+    .await
+    .unwrap();
+
+    // Unpaused: the held change goes through.
+    env.patch_spec(json!({"paused": false})).await;
+    env.wait_replicas("tator-ui", 2, Duration::from_secs(30))
+        .await;
+    env.wait_ready(Duration::from_secs(60)).await;
+
+    // Stopped: every workload at zero, data kept.
+    let claims_before = env
+        .api::<PersistentVolumeClaim>()
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    env.patch_spec(json!({"stopped": true})).await;
+    env.wait_condition("Ready", Cond::Reason("Stopped"), Duration::from_secs(30))
+        .await;
+    wait_for("everything at zero", Duration::from_secs(30), || async {
+        let d = env
+            .api::<Deployment>()
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = env
+            .api::<k8s_openapi::api::apps::v1::StatefulSet>()
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let running: Vec<String> = d
+            .items
+            .iter()
+            .filter(|x| x.spec.replicas != Some(0))
+            .map(|x| x.name_any())
+            .chain(
+                s.items
+                    .iter()
+                    .filter(|x| x.spec.replicas != Some(0))
+                    .map(|x| x.name_any()),
+            )
+            .collect();
+        running
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("{running:?}"))
+    })
+    .await
+    .unwrap();
+    let td = env.tds().get("tator").await.unwrap();
+    assert_eq!(td.status.unwrap().phase.as_deref(), Some("Stopped"));
+    let claims_after = env
+        .api::<PersistentVolumeClaim>()
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(claims_before, claims_after, "a claim went away");
+    assert!(
+        env.api::<Secret>()
+            .get_opt("tator-postgres")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Started again.
+    env.patch_spec(json!({"stopped": false})).await;
+    env.wait_ready(Duration::from_secs(90)).await;
+}

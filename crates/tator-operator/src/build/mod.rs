@@ -156,8 +156,25 @@ pub fn build_data(t: &ValidatedTator) -> Children {
     d.stateful_sets.extend(sts);
     d.services.extend(services);
     d.jobs.extend(objects::bucket_job(t));
+    stop_if_stopped(t, &mut d);
     d.stamp_applied_hashes();
     d
+}
+
+/// With `spec.stopped`, every workload asks for zero pods and nothing scales it back up.
+fn stop_if_stopped(t: &ValidatedTator, d: &mut Children) {
+    if !t.spec.stopped {
+        return;
+    }
+    for dep in &mut d.deployments {
+        dep.spec.replicas = Some(0);
+    }
+    for sts in &mut d.stateful_sets {
+        sts.spec.replicas = Some(0);
+    }
+    d.autoscalers.clear();
+    // Jobs would start pods: migrations wait for the start, buckets exist already.
+    d.jobs.clear();
 }
 
 /// Builds the web tier: the API, workers, UI, NGINX, the shared volume and the migrations Job.
@@ -190,6 +207,7 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     d.autoscalers.extend(web::api_hpa(t));
     d.disruption_budgets.push(web::pdb(t, web::API));
     d.disruption_budgets.push(web::pdb(t, nginx::NGINX));
+    stop_if_stopped(t, &mut d);
     d.stamp_applied_hashes();
     d
 }

@@ -7,6 +7,7 @@
 #   make crds          regenerate crds/ from the Rust types
 #   make lint          rustfmt check and clippy -D warnings
 #   make test-faults   fault injection only (also part of make test)
+#   make test-compat   the suite on the oldest supported Kubernetes, then on the newest
 #   make bench         benchmarks (not part of make test); writes docs/benchmarks.md
 
 SHELL := /bin/bash
@@ -20,11 +21,11 @@ OPERATOR_BIN := $(CARGO_TARGET_DIR)/debug/tator-operator
 CLUSTER_DIR ?= $(CURDIR)/.testbed/cluster
 DEMO_DIR := $(CURDIR)/.testbed/demo
 
-.PHONY: help tools build crds crds-check lint test test-unit test-faults cluster-up cluster-down demo bench \
+.PHONY: help tools build crds crds-check lint test test-unit test-faults test-compat cluster-up cluster-down demo bench \
   image chart-lint deploy deploy-check
 
 help:
-	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
 
 ## Control-plane binaries from pinned Go modules (cached in $(CACHE_DIR); a second run is a no-op).
 tools:
@@ -54,6 +55,13 @@ test: tools build crds-check
 
 test-unit:
 	cargo test --workspace --lib --bins
+
+## The whole suite against the oldest supported Kubernetes release (tests/tools/kubernetes-oldest,
+## built from the k8s.io/kubernetes module like the pinned newest), then against the newest.
+test-compat: tools build
+	tests/tools/build.sh --oldest >/dev/null
+	$(MAKE) test TATOR_TOOLS_BIN=$$(tests/tools/build.sh --oldest --print-bin)
+	$(MAKE) test
 
 ## Fault injection only (kill -9, control-plane restarts, invalid input); also part of `make test`.
 test-faults: tools build

@@ -4,9 +4,21 @@
 # tests/tools/*/go.mod, into a cache folder outside the clone keyed by the pinned versions.
 # A second run with the same pins is a no-op.
 #
-# Usage: tests/tools/build.sh [--print-bin]
+# Usage: tests/tools/build.sh [--oldest] [--print-bin]
 #   --print-bin  only print the bin folder the current pins map to (builds nothing)
+#   --oldest     the oldest supported Kubernetes release instead (tests/tools/kubernetes-oldest,
+#                for make test-compat): its own control-plane binaries, the other tools linked
 set -euo pipefail
+
+oldest=
+print_only=
+for arg in "$@"; do
+  case "$arg" in
+    --oldest) oldest=1 ;;
+    --print-bin) print_only=1 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache_root=${TATOR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tator-operator}
@@ -20,9 +32,12 @@ kwok_version=$(pin kwok sigs.k8s.io/kwok)
 helm_version=$(pin helm helm.sh/helm/v3)
 key="k8s-${k8s_version}_etcd-${etcd_version}_kwok-${kwok_version}_helm-${helm_version}"
 bin="$cache_root/$key/bin"
+old_version=$(pin kubernetes-oldest k8s.io/kubernetes)
+old_key="k8s-${old_version}_etcd-${etcd_version}_kwok-${kwok_version}_helm-${helm_version}"
+old_bin="$cache_root/$old_key/bin"
 
-if [[ "${1:-}" == "--print-bin" ]]; then
-  echo "$bin"
+if [[ -n $print_only ]]; then
+  if [[ -n $oldest ]]; then echo "$old_bin"; else echo "$bin"; fi
   exit 0
 fi
 
@@ -102,4 +117,26 @@ if [[ ! -s "$stages" ]]; then
   done
   mv "$stages.tmp" "$stages"
 fi
+
+if [[ -z $oldest ]]; then
+  echo "$bin"
+  exit 0
+fi
+
+# The oldest supported release: its own API server, controller-manager and scheduler; etcd,
+# kwok, kubectl, helm, weed, kstatus and the kwok stages are shared with the newest.
+new_bin=$bin
+bin=$old_bin
+mkdir -p "$bin"
+old_minor=$(echo "$old_version" | cut -d. -f2)
+old_stamp="-X k8s.io/component-base/version.gitVersion=${old_version}"
+old_stamp+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${old_minor}"
+old_stamp+=" -X k8s.io/component-base/version.gitTreeState=clean"
+build kubernetes-oldest kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$old_stamp"
+build kubernetes-oldest kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$old_stamp"
+build kubernetes-oldest kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$old_stamp"
+for tool in etcd kwok kubectl helm weed kstatus; do
+  ln -sfn "$(readlink -f "$new_bin/$tool")" "$bin/$tool"
+done
+ln -sfn "$stages" "$cache_root/$old_key/kwok-stages.yaml"
 echo "$bin"

@@ -72,13 +72,15 @@ impl Dependencies {
 /// (desired, ready) replicas of an applied StatefulSet.
 fn sts_replicas(s: &StatefulSet) -> (i32, i32) {
     let ready = s.status.as_ref().and_then(|st| st.ready_replicas);
-    (s.spec.replicas.unwrap_or(1), ready.unwrap_or(0))
+    let desired = s.spec.as_ref().and_then(|x| x.replicas);
+    (desired.unwrap_or(1), ready.unwrap_or(0))
 }
 
 /// (desired, ready) replicas of an applied Deployment.
 fn deploy_replicas(d: &Deployment) -> (i32, i32) {
     let ready = d.status.as_ref().and_then(|st| st.ready_replicas);
-    (d.spec.replicas.unwrap_or(1), ready.unwrap_or(0))
+    let desired = d.spec.as_ref().and_then(|x| x.replicas);
+    (desired.unwrap_or(1), ready.unwrap_or(0))
 }
 
 fn sts_ready(applied: &Applied, name: &str) -> DepState {

@@ -49,6 +49,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value [`Self::category`] returns.
+    pub const CATEGORIES: &'static [&'static str] = &[
+        "InvalidSpec",
+        "FetchFailed",
+        "ApplyFailed",
+        "PruneFailed",
+        "StatusFailed",
+        "SerializeFailed",
+    ];
+
     /// A stable, low-cardinality name for metrics labels and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {

@@ -115,6 +115,18 @@ impl Metrics {
             "Requests to the Kubernetes API by verb and resource",
             api_requests.clone(),
         );
+        // Every series of a fixed label set exists from the start (at 0), so that rates and
+        // alerts work before the first error or migration.
+        for category in crate::error::Error::CATEGORIES {
+            let _ = reconcile_errors.get_or_create(&CategoryLabels {
+                category: (*category).into(),
+            });
+        }
+        for result in ["succeeded", "failed"] {
+            let _ = migrations.get_or_create(&ResultLabels {
+                result: result.into(),
+            });
+        }
         Self {
             registry: Mutex::new(registry),
             reconciles,

@@ -75,7 +75,7 @@ struct DeployState {
 }
 
 fn deploy_state(d: &Deployment) -> DeployState {
-    let spec_replicas = d.spec.replicas;
+    let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas);
     let st = d.status.clone().unwrap_or_default();
     let desired = spec_replicas.unwrap_or(st.replicas.unwrap_or(1));
     let ready = st.ready_replicas.unwrap_or(0);
@@ -83,12 +83,12 @@ fn deploy_state(d: &Deployment) -> DeployState {
     let total = st.replicas.unwrap_or(0);
     let observed = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
     let stalled = st.conditions.unwrap_or_default().into_iter().find_map(|c| {
-        (c.type_.as_deref() == Some("Progressing")
-            && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
-        .then(|| {
-            c.message
-                .unwrap_or_else(|| "progress deadline exceeded".into())
-        })
+        (c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")).then(
+            || {
+                c.message
+                    .unwrap_or_else(|| "progress deadline exceeded".into())
+            },
+        )
     });
     DeployState {
         ready,

@@ -445,7 +445,7 @@ async fn api_server_and_etcd_restarts_cause_no_storm_and_no_deletes() {
             converged(&admin, &ns).await?;
             let d: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
             let ui = d.get("tator-ui").await.map_err(|e| e.to_string())?;
-            (ui.spec.replicas == Some(2))
+            (ui.spec.as_ref().unwrap().replicas == Some(2))
                 .then_some(())
                 .ok_or("ui not scaled yet".to_string())
         },

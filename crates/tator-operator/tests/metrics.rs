@@ -119,7 +119,7 @@ async fn metrics_endpoint_serves_the_documented_series() {
     }))
     .unwrap();
     tds.create(&PostParams::default(), &td).await.unwrap();
-    let body = wait_for("the series of a reconciled installation", Duration::from_secs(90), || async {
+    let body = wait_for("the series of a reconciled installation", Duration::from_secs(180), || async {
         let (code, body) = get(port, "/metrics")?;
         if code != 200 {
             return Err(format!("/metrics answered {code}"));
@@ -138,11 +138,17 @@ async fn metrics_endpoint_serves_the_documented_series() {
         Ok(body)
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        panic!("{e}\noperator log (last lines, newest first):\n{}", tail.join("\n"))
+    });
     for series in [
         "tator_operator_reconciles_total ",
         "tator_operator_reconcile_duration_seconds_bucket{le=\"0.5\"}",
         "tator_operator_reconcile_duration_seconds_count ",
+        "tator_operator_reconcile_errors_total{category=\"ApplyFailed\"}",
+        "tator_operator_migrations_total{result=\"failed\"} 0",
         "tator_operator_component_ready_replicas{namespace=",
         "tator_operator_component_desired_replicas{namespace=",
         "tator_operator_kubernetes_requests_total{verb=\"apply\",resource=\"deployments\"}",

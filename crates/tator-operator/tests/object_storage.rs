@@ -501,7 +501,14 @@ async fn buckets_on_the_control_plane() {
     // Tator's pods read every DEFAULT_* variable from the operator's Secret, by reference.
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let api_deploy = deploys.get("tator-api").await.unwrap();
-    let env = api_deploy.spec.template.spec.unwrap().containers[0]
+    let env = api_deploy
+        .spec
+        .clone()
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
         .env
         .clone()
         .unwrap();

@@ -161,11 +161,11 @@ async fn service_account_kubeconfig(
     out: &Path,
 ) -> PathBuf {
     let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: None,
+        spec: TokenRequestSpec {
+            audiences: vec![],
             expiration_seconds: Some(3600),
             ..Default::default()
-        }),
+        },
         ..Default::default()
     };
     let token = Api::<ServiceAccount>::namespaced(admin.clone(), ns)
@@ -174,8 +174,7 @@ async fn service_account_kubeconfig(
         .unwrap()
         .status
         .unwrap()
-        .token
-        .unwrap();
+        .token;
     let mut config = Kubeconfig::read_from(admin_kubeconfig).unwrap();
     for named in &mut config.auth_infos {
         named.auth_info = Some(AuthInfo {
@@ -1054,12 +1053,12 @@ async fn a_standby_takes_over_within_15_s_when_the_leader_is_killed() {
         Duration::from_secs(15),
         || async {
             let d = deploys.get("tator-ui").await.map_err(|e| e.to_string())?;
-            if d.spec.replicas == Some(2) {
+            if d.spec.as_ref().unwrap().replicas == Some(2) {
                 Ok(())
             } else {
                 Err(format!(
                     "replicas {:?}; standby log tail:\n{}",
-                    d.spec.replicas,
+                    d.spec.as_ref().unwrap().replicas,
                     tail(&ops[standby].log(), 10)
                 ))
             }

@@ -156,10 +156,10 @@ impl Env {
             timeout,
             || async {
                 let d = deploys.get(name).await.map_err(|e| e.to_string())?;
-                if d.spec.replicas == Some(replicas) {
+                if d.spec.as_ref().unwrap().replicas == Some(replicas) {
                     Ok(())
                 } else {
-                    Err(format!("{:?}", d.spec.replicas))
+                    Err(format!("{:?}", d.spec.as_ref().unwrap().replicas))
                 }
             },
         )
@@ -205,7 +205,7 @@ impl Env {
 
     async fn api_image(&self) -> String {
         let d: Deployment = self.api::<Deployment>().get("tator-api").await.unwrap();
-        d.spec.template.spec.unwrap().containers[0]
+        d.spec.clone().unwrap().template.spec.unwrap().containers[0]
             .image
             .clone()
             .unwrap()
@@ -367,7 +367,7 @@ async fn minimal_manifest_becomes_ready_in_a_restricted_namespace() {
         assert_eq!(env.condition(c).await.unwrap().0, "True", "condition {c}");
     }
     let api: Deployment = env.api().get("tator-api").await.unwrap();
-    let envs = api.spec.template.spec.unwrap().containers[0]
+    let envs = api.spec.clone().unwrap().template.spec.unwrap().containers[0]
         .env
         .clone()
         .unwrap();
@@ -818,7 +818,15 @@ async fn upgrades_migrate_first_and_a_failed_migration_keeps_the_old_version() {
     let deploys = env.api::<Deployment>();
     wait_for("the API to run 1.6.0", Duration::from_secs(60), || async {
         let d = deploys.get("tator-api").await.map_err(|e| e.to_string())?;
-        let image = d.spec.template.spec.as_ref().unwrap().containers[0]
+        let image = d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
             .image
             .clone()
             .unwrap();
@@ -1069,7 +1077,11 @@ async fn paused_holds_changes_back_and_stopped_scales_to_zero_keeping_data() {
     assert_eq!((ready.as_str(), reason.as_str()), ("False", "Paused"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ui = env.api::<Deployment>().get("tator-ui").await.unwrap();
-    assert_eq!(ui.spec.replicas, Some(1), "a paused installation changed");
+    assert_eq!(
+        ui.spec.as_ref().unwrap().replicas,
+        Some(1),
+        "a paused installation changed"
+    );
     let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
     wait_for(
         "a ChangesPending Event",
@@ -1123,12 +1135,12 @@ async fn paused_holds_changes_back_and_stopped_scales_to_zero_keeping_data() {
         let running: Vec<String> = d
             .items
             .iter()
-            .filter(|x| x.spec.replicas != Some(0))
+            .filter(|x| x.spec.as_ref().unwrap().replicas != Some(0))
             .map(|x| x.name_any())
             .chain(
                 s.items
                     .iter()
-                    .filter(|x| x.spec.replicas != Some(0))
+                    .filter(|x| x.spec.as_ref().unwrap().replicas != Some(0))
                     .map(|x| x.name_any()),
             )
             .collect();

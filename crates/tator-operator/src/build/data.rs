@@ -416,7 +416,7 @@ pub fn postgres(
     };
     let sts = StatefulSet {
         metadata: child_meta(t, t.child_name(POSTGRES), POSTGRES, None),
-        spec: StatefulSetSpec {
+        spec: Some(StatefulSetSpec {
             replicas: Some(1),
             service_name: Some(t.child_name("postgres-hl")),
             selector: label_selector(t, POSTGRES),
@@ -424,7 +424,7 @@ pub fn postgres(
             volume_claim_templates: Some(vec![claim_template("data", &pg.storage)]),
             persistent_volume_claim_retention_policy: Some(retention(t)),
             ..Default::default()
-        },
+        }),
         status: None,
     };
     let mut services = vec![
@@ -480,12 +480,12 @@ pub fn postgres(
         };
         deployments.push(Deployment {
             metadata: child_meta(t, t.child_name(PGBOUNCER), PGBOUNCER, None),
-            spec: DeploymentSpec {
+            spec: Some(DeploymentSpec {
                 replicas: Some(1),
                 selector: label_selector(t, PGBOUNCER),
                 template: pod_template(t, PGBOUNCER, None, spec, BTreeMap::new(), &pb.pod),
                 ..Default::default()
-            },
+            }),
             status: None,
         });
         services.push(service(t, t.child_name(PGBOUNCER), PGBOUNCER, 5432, false));
@@ -543,7 +543,7 @@ pub fn redis(t: &ValidatedTator) -> (Vec<Deployment>, Vec<Service>) {
     };
     let deployment = Deployment {
         metadata: child_meta(t, t.child_name(REDIS), REDIS, None),
-        spec: DeploymentSpec {
+        spec: Some(DeploymentSpec {
             replicas: Some(1),
             selector: label_selector(t, REDIS),
             strategy: Some(k8s_openapi::api::apps::v1::DeploymentStrategy {
@@ -552,7 +552,7 @@ pub fn redis(t: &ValidatedTator) -> (Vec<Deployment>, Vec<Service>) {
             }),
             template: pod_template(t, REDIS, None, spec, BTreeMap::new(), &r.pod),
             ..Default::default()
-        },
+        }),
         status: None,
     };
     (
@@ -635,7 +635,7 @@ pub fn elasticsearch(t: &ValidatedTator) -> (Vec<StatefulSet>, Vec<Service>) {
     };
     let sts = StatefulSet {
         metadata: child_meta(t, name.clone(), ELASTICSEARCH, None),
-        spec: StatefulSetSpec {
+        spec: Some(StatefulSetSpec {
             replicas: Some(es.replicas),
             service_name: Some(headless.clone()),
             selector: label_selector(t, ELASTICSEARCH),
@@ -644,7 +644,7 @@ pub fn elasticsearch(t: &ValidatedTator) -> (Vec<StatefulSet>, Vec<Service>) {
             volume_claim_templates: Some(vec![claim_template("data", &es.storage)]),
             persistent_volume_claim_retention_policy: Some(retention(t)),
             ..Default::default()
-        },
+        }),
         status: None,
     };
     let mut hl = service(t, headless, ELASTICSEARCH, 9300, true);

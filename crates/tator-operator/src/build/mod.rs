@@ -166,11 +166,11 @@ fn stop_if_stopped(t: &ValidatedTator, d: &mut Children) {
     if !t.spec.stopped {
         return;
     }
-    for dep in &mut d.deployments {
-        dep.spec.replicas = Some(0);
+    for spec in d.deployments.iter_mut().filter_map(|x| x.spec.as_mut()) {
+        spec.replicas = Some(0);
     }
-    for sts in &mut d.stateful_sets {
-        sts.spec.replicas = Some(0);
+    for spec in d.stateful_sets.iter_mut().filter_map(|x| x.spec.as_mut()) {
+        spec.replicas = Some(0);
     }
     d.autoscalers.clear();
     // Jobs would start pods: migrations wait for the start, buckets exist already.
@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(d.claims.len(), 1);
         assert!(d.autoscalers.is_empty());
         let api = &d.deployments[0];
-        let pod = api.spec.template.spec.as_ref().unwrap();
+        let pod = api.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(
             pod.containers[0].image.as_deref(),
             Some("cvisionai/tator_online:1.5.0")
@@ -282,6 +282,8 @@ mod tests {
         let ann = |d: &Children, i: usize| {
             d.deployments[i]
                 .spec
+                .as_ref()
+                .unwrap()
                 .template
                 .metadata
                 .as_ref()
@@ -310,7 +312,7 @@ mod tests {
         let (t, r) = steady(&td);
         let d = build(&t, &r);
         assert_eq!(d.autoscalers.len(), 1);
-        assert_eq!(d.deployments[0].spec.replicas, None);
+        assert_eq!(d.deployments[0].spec.as_ref().unwrap().replicas, None);
     }
 
     #[test]

@@ -398,14 +398,14 @@ pub fn deployment(t: &ValidatedTator, conf: &str) -> Deployment {
     )]);
     Deployment {
         metadata: child_meta(t, t.child_name(NGINX), NGINX, None),
-        spec: DeploymentSpec {
+        spec: Some(DeploymentSpec {
             replicas: Some(s.replicas),
             selector: label_selector(t, NGINX),
             strategy: Some(zero_downtime()),
             progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             template: pod_template(t, NGINX, None, spec, annotations, &s.pod),
             ..Default::default()
-        },
+        }),
         status: None,
     }
 }
@@ -545,6 +545,8 @@ mod tests {
         let b = deployment(&t, "b");
         let hash = |d: &Deployment| {
             d.spec
+                .as_ref()
+                .unwrap()
                 .template
                 .metadata
                 .as_ref()

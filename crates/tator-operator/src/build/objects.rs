@@ -630,7 +630,7 @@ pub fn store(t: &ValidatedTator) -> (Vec<StatefulSet>, Vec<Service>) {
     )]);
     let sts = StatefulSet {
         metadata: data::data_meta(t, name.clone(), SEAWEEDFS),
-        spec: StatefulSetSpec {
+        spec: Some(StatefulSetSpec {
             replicas: Some(1),
             service_name: Some(headless.clone()),
             selector: label_selector(t, SEAWEEDFS),
@@ -638,7 +638,7 @@ pub fn store(t: &ValidatedTator) -> (Vec<StatefulSet>, Vec<Service>) {
             volume_claim_templates: Some(vec![data::claim_template("data", &server.storage)]),
             persistent_volume_claim_retention_policy: Some(data::retention(t)),
             ..Default::default()
-        },
+        }),
         status: None,
     };
     let client = Service {
@@ -911,7 +911,14 @@ mod tests {
         );
         assert!(!text.contains("value-of"));
         assert!(text.contains("-master.telemetry=false"));
-        let pod = sts[0].spec.template.spec.as_ref().unwrap();
+        let pod = sts[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
         assert_eq!(
             pod.security_context.as_ref().unwrap().run_as_non_root,
             Some(true)

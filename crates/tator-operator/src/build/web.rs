@@ -97,7 +97,7 @@ pub fn api_deployment(t: &ValidatedTator, version: &str) -> Deployment {
     };
     Deployment {
         metadata: child_meta(t, t.child_name(API), API, Some(version)),
-        spec: DeploymentSpec {
+        spec: Some(DeploymentSpec {
             // With autoscaling the HPA owns the replica count: leave the field out of our apply.
             replicas: s.autoscaling.is_none().then_some(s.replicas),
             selector: label_selector(t, API),
@@ -105,7 +105,7 @@ pub fn api_deployment(t: &ValidatedTator, version: &str) -> Deployment {
             progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             template: pod_template(t, API, Some(version), spec, secrets_annotation(t), &s.pod),
             ..Default::default()
-        },
+        }),
         status: None,
     }
 }
@@ -141,7 +141,7 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> 
     };
     Deployment {
         metadata: child_meta(t, t.child_name(component), component, Some(version)),
-        spec: DeploymentSpec {
+        spec: Some(DeploymentSpec {
             replicas: Some(settings.replicas),
             selector: label_selector(t, component),
             template: pod_template(
@@ -154,7 +154,7 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> 
             ),
             progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             ..Default::default()
-        },
+        }),
         status: None,
     }
 }
@@ -192,14 +192,14 @@ pub fn ui_deployment(t: &ValidatedTator, version: &str) -> Deployment {
     };
     Deployment {
         metadata: child_meta(t, t.child_name(UI), UI, Some(version)),
-        spec: DeploymentSpec {
+        spec: Some(DeploymentSpec {
             replicas: Some(s.replicas),
             selector: label_selector(t, UI),
             strategy: Some(zero_downtime()),
             progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             template: pod_template(t, UI, Some(version), spec, BTreeMap::new(), &s.pod),
             ..Default::default()
-        },
+        }),
         status: None,
     }
 }
@@ -229,7 +229,7 @@ pub fn api_hpa(t: &ValidatedTator) -> Option<HorizontalPodAutoscaler> {
     let a = t.spec.api.autoscaling.as_ref()?;
     Some(HorizontalPodAutoscaler {
         metadata: child_meta(t, t.child_name(API), API, None),
-        spec: HorizontalPodAutoscalerSpec {
+        spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".into()),
                 kind: "Deployment".into(),
@@ -250,7 +250,7 @@ pub fn api_hpa(t: &ValidatedTator) -> Option<HorizontalPodAutoscaler> {
                 ..Default::default()
             }]),
             ..Default::default()
-        },
+        }),
         status: None,
     })
 }

@@ -135,7 +135,10 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
     check_overrides("logging.filebeat", &spec.logging.filebeat.pod)?;
     check_overrides("logging.kibana", &spec.logging.kibana.pod)?;
     check_overrides("monitoring.prometheus", &spec.monitoring.prometheus.pod)?;
-    check_overrides("monitoring.statsdExporter", &spec.monitoring.statsd_exporter)?;
+    check_overrides(
+        "monitoring.statsdExporter",
+        &spec.monitoring.statsd_exporter,
+    )?;
     check_overrides("monitoring.grafana", &spec.monitoring.grafana.pod)?;
     Ok(ValidatedTator {
         name,

@@ -16,8 +16,8 @@ use k8s_openapi::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource,
             EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath,
             ObjectFieldSelector, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-            SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
-            ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+            SecretKeySelector, SecretVolumeSource, SecurityContext, ServiceAccount, Toleration,
+            Volume, VolumeMount,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
@@ -151,7 +151,7 @@ pub fn pod_reader(t: &ValidatedTator, component: &str) -> (ServiceAccount, Role,
     let binding = RoleBinding {
         metadata: child_meta(t, name.clone(), component, None),
         role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
             kind: "Role".into(),
             name: name.clone(),
         },
@@ -448,7 +448,7 @@ pub fn filebeat_daemon_set(t: &ValidatedTator, conf: &ConfigMap) -> DaemonSet {
     )]);
     DaemonSet {
         metadata: child_meta(t, t.child_name(FILEBEAT), FILEBEAT, None),
-        spec: Some(DaemonSetSpec {
+        spec: DaemonSetSpec {
             selector: label_selector(t, FILEBEAT),
             update_strategy: Some(DaemonSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
@@ -456,7 +456,7 @@ pub fn filebeat_daemon_set(t: &ValidatedTator, conf: &ConfigMap) -> DaemonSet {
             }),
             template: pod_template(t, FILEBEAT, None, spec, annotations, &s.pod),
             ..Default::default()
-        }),
+        },
         status: None,
     }
 }
@@ -655,16 +655,21 @@ mod tests {
         let t = logging_on();
         let d = build(&t);
         assert_eq!(d.daemon_sets.len(), 1);
-        assert_eq!(d.deployments[0].metadata.name.as_deref(), Some("tator-kibana"));
+        assert_eq!(
+            d.deployments[0].metadata.name.as_deref(),
+            Some("tator-kibana")
+        );
         assert_eq!(d.service_accounts.len(), 1);
         assert_eq!(d.roles.len(), 1);
         assert_eq!(d.role_bindings.len(), 1);
-        assert!(d.jobs[0]
-            .metadata
-            .name
-            .as_deref()
-            .unwrap()
-            .starts_with("tator-kibana-setup-"));
+        assert!(
+            d.jobs[0]
+                .metadata
+                .name
+                .as_deref()
+                .unwrap()
+                .starts_with("tator-kibana-setup-")
+        );
         let r = routes(&t);
         assert_eq!(r[0].path, "/logs/");
         assert_eq!(r[0].guard, Guard::Staff);
@@ -716,13 +721,26 @@ mod tests {
             kibana.security_context.as_ref().unwrap().run_as_non_root,
             Some(true)
         );
-        assert!(kibana.volumes.iter().flatten().all(|v| v.host_path.is_none()));
-        let job = d.jobs[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert!(
+            kibana
+                .volumes
+                .iter()
+                .flatten()
+                .all(|v| v.host_path.is_none())
+        );
+        let job = d.jobs[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
         assert_eq!(
             job.security_context.as_ref().unwrap().run_as_non_root,
             Some(true)
         );
-        let fb = d.daemon_sets[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let fb = d.daemon_sets[0].spec.template.spec.as_ref().unwrap();
         let paths: Vec<&str> = fb
             .volumes
             .iter()

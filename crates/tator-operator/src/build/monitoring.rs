@@ -126,12 +126,8 @@ pub fn build(t: &ValidatedTator) -> Children {
         d.deployments.push(prometheus_deployment(t, &conf));
         d.config_maps.push(conf);
         d.claims.push(prometheus_claim(t));
-        d.services.push(cluster_service(
-            t,
-            PROMETHEUS,
-            "http",
-            PROMETHEUS_PORT,
-        ));
+        d.services
+            .push(cluster_service(t, PROMETHEUS, "http", PROMETHEUS_PORT));
     } else {
         d.service_monitors.push(service_monitor(t));
         d.pod_monitors.push(pod_monitor(t));
@@ -466,7 +462,10 @@ pub fn prometheus_deployment(t: &ValidatedTator, conf: &ConfigMap) -> Deployment
     let s = &t.spec.monitoring.prometheus;
     let mut c = container(
         PROMETHEUS,
-        s.pod.image.clone().unwrap_or_else(|| PROMETHEUS_IMAGE.into()),
+        s.pod
+            .image
+            .clone()
+            .unwrap_or_else(|| PROMETHEUS_IMAGE.into()),
         t.spec.image.pull_policy.as_str(),
         true,
     );
@@ -526,10 +525,7 @@ pub fn prometheus_deployment(t: &ValidatedTator, conf: &ConfigMap) -> Deployment
         ..Default::default()
     };
     let hash = serde_json::to_vec(&conf.data).unwrap_or_default();
-    let annotations = BTreeMap::from([(
-        CONFIG_HASH_ANNOTATION.to_string(),
-        short_hash(&hash, 16),
-    )]);
+    let annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), short_hash(&hash, 16))]);
     // One writer of the volume at a time.
     simple_deployment(t, PROMETHEUS, spec, annotations, &s.pod, true)
 }
@@ -659,7 +655,10 @@ const PANELS: &[(&str, &str, &str)] = &[
 
 /// The PromQL expressions of the Tator dashboard.
 pub fn dashboard_queries(t: &ValidatedTator) -> Vec<String> {
-    let sel = format!("namespace=\"{}\",{INSTANCE_LABEL}=\"{}\"", t.namespace, t.name);
+    let sel = format!(
+        "namespace=\"{}\",{INSTANCE_LABEL}=\"{}\"",
+        t.namespace, t.name
+    );
     PANELS
         .iter()
         .map(|(_, _, q)| q.replace("SEL", &sel))
@@ -810,11 +809,13 @@ pub fn grafana_deployment(t: &ValidatedTator, conf: &ConfigMap) -> Deployment {
         ..Default::default()
     };
     let hash = serde_json::to_vec(&conf.data).unwrap_or_default();
-    let mut annotations = BTreeMap::from([(
-        CONFIG_HASH_ANNOTATION.to_string(),
-        short_hash(&hash, 16),
-    )]);
-    annotations.extend(t.secrets_hash.iter().map(|h| (SECRETS_HASH_ANNOTATION.to_string(), h.clone())));
+    let mut annotations =
+        BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), short_hash(&hash, 16))]);
+    annotations.extend(
+        t.secrets_hash
+            .iter()
+            .map(|h| (SECRETS_HASH_ANNOTATION.to_string(), h.clone())),
+    );
     simple_deployment(t, GRAFANA, spec, annotations, &s.pod, false)
 }
 
@@ -856,10 +857,14 @@ mod tests {
         );
         assert_eq!(names(&d.claims), ["tator-prometheus"]);
         assert!(d.service_monitors.is_empty() && d.pod_monitors.is_empty());
-        let paths: Vec<(String, Guard)> = routes(&t).into_iter().map(|r| (r.path, r.guard)).collect();
+        let paths: Vec<(String, Guard)> =
+            routes(&t).into_iter().map(|r| (r.path, r.guard)).collect();
         assert_eq!(
             paths,
-            [("/grafana/".to_string(), Guard::Staff), ("/prometheus/".to_string(), Guard::Staff)]
+            [
+                ("/grafana/".to_string(), Guard::Staff),
+                ("/prometheus/".to_string(), Guard::Staff)
+            ]
         );
         assert!(grafana_datasources(&t).contains("http://tator-prometheus:9090"));
     }
@@ -873,7 +878,10 @@ mod tests {
             .monitor_labels
             .insert("release".into(), "kps".into());
         let d = build(&t);
-        assert_eq!(names(&d.deployments), ["tator-statsd-exporter", "tator-grafana"]);
+        assert_eq!(
+            names(&d.deployments),
+            ["tator-statsd-exporter", "tator-grafana"]
+        );
         assert!(d.claims.is_empty());
         assert_eq!(names(&d.service_monitors), ["tator-statsd-exporter"]);
         assert_eq!(names(&d.pod_monitors), ["tator-nginx"]);
@@ -881,7 +889,10 @@ mod tests {
             d.service_monitors[0].metadata.labels.as_ref().unwrap()["release"],
             "kps"
         );
-        assert_eq!(d.pod_monitors[0].data["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+        assert_eq!(
+            d.pod_monitors[0].data["spec"]["podMetricsEndpoints"][0]["port"],
+            "metrics"
+        );
         assert!(routes(&t).iter().all(|r| r.path != "/prometheus/"));
         assert!(grafana_datasources(&t).contains("prometheus-operated.monitoring.svc"));
     }
@@ -894,16 +905,32 @@ mod tests {
         assert!(ini.contains("[auth.proxy]\nenabled = true"));
         assert!(ini.contains("auto_assign_org_role = Viewer"));
         assert!(!ini.contains("Admin"));
-        let route = routes(&t).into_iter().find(|r| r.path == "/grafana/").unwrap();
+        let route = routes(&t)
+            .into_iter()
+            .find(|r| r.path == "/grafana/")
+            .unwrap();
         assert_eq!(
             route.headers,
-            [(GRAFANA_AUTH_HEADER.to_string(), GRAFANA_STAFF_USER.to_string())]
+            [(
+                GRAFANA_AUTH_HEADER.to_string(),
+                GRAFANA_STAFF_USER.to_string()
+            )]
         );
         // The generated admin password reaches the pod only by reference.
         let d = build(&t);
-        let g = d.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("tator-grafana")).unwrap();
-        let env = g.spec.template.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
-        let pw = env.iter().find(|e| e.name == "GF_SECURITY_ADMIN_PASSWORD").unwrap();
+        let g = d
+            .deployments
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some("tator-grafana"))
+            .unwrap();
+        let env = g.spec.template.spec.as_ref().unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let pw = env
+            .iter()
+            .find(|e| e.name == "GF_SECURITY_ADMIN_PASSWORD")
+            .unwrap();
         assert!(pw.value.is_none() && pw.value_from.is_some());
     }
 

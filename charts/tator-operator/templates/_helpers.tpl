@@ -77,11 +77,13 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [apps]
   resources: [deployments, statefulsets, daemonsets]
   verbs: [list, watch, create, patch, delete]
-# apply.rs: the ServiceAccounts, Roles and RoleBindings of Filebeat and the operator's own
-# Prometheus are applied, owned (list, watch) and pruned like workloads.
+# apply.rs: the ServiceAccounts of Filebeat and the operator's own Prometheus are applied, owned
+# (list, watch) and pruned like workloads.
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [list, watch, create, patch, delete]
+# apply.rs: the Roles and RoleBindings of Filebeat and the operator's own Prometheus (read pods of
+# the namespace) are applied, owned (list, watch) and pruned like workloads.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [list, watch, create, patch, delete]

@@ -442,10 +442,11 @@ pub fn filebeat_daemon_set(t: &ValidatedTator, conf: &ConfigMap) -> DaemonSet {
         }]);
     }
     let conf_text = serde_json::to_vec(&conf.data).unwrap_or_default();
-    let annotations = BTreeMap::from([(
+    let mut annotations = BTreeMap::from([(
         CONFIG_HASH_ANNOTATION.to_string(),
         short_hash(&conf_text, 16),
     )]);
+    annotations.extend(es_secrets_annotation(t));
     DaemonSet {
         metadata: child_meta(t, t.child_name(FILEBEAT), FILEBEAT, None),
         spec: DaemonSetSpec {
@@ -459,6 +460,22 @@ pub fn filebeat_daemon_set(t: &ValidatedTator, conf: &ConfigMap) -> DaemonSet {
         },
         status: None,
     }
+}
+
+/// The secrets-hash annotation of pods that read a managed Elasticsearch's credentials: a
+/// rotated password rolls them.
+fn es_secrets_annotation(t: &ValidatedTator) -> BTreeMap<String, String> {
+    let external_credentials = t
+        .spec
+        .elasticsearch
+        .external
+        .as_ref()
+        .is_some_and(|e| e.credentials_secret.is_some());
+    t.secrets_hash
+        .iter()
+        .filter(|_| external_credentials)
+        .map(|h| (SECRETS_HASH_ANNOTATION.to_string(), h.clone()))
+        .collect()
 }
 
 /// The public URL of a path under the domain.
@@ -542,7 +559,7 @@ pub fn kibana_deployment(t: &ValidatedTator) -> Deployment {
             replicas: Some(1),
             selector: label_selector(t, KIBANA),
             progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
-            template: pod_template(t, KIBANA, None, spec, BTreeMap::new(), &s.pod),
+            template: pod_template(t, KIBANA, None, spec, es_secrets_annotation(t), &s.pod),
             ..Default::default()
         },
         status: None,

@@ -552,6 +552,9 @@ http_port = {GRAFANA_PORT}
 root_url = {root}/
 serve_from_sub_path = true
 
+[log]
+mode = console
+
 [analytics]
 reporting_enabled = false
 check_for_updates = false
@@ -606,6 +609,9 @@ pub fn grafana_datasources(t: &ValidatedTator) -> String {
     });
     serde_yaml::to_string(&v).unwrap_or_default()
 }
+
+/// Folder grafana.ini is mounted in (`GF_PATHS_CONFIG`).
+pub const GRAFANA_INI_DIR: &str = "/etc/grafana-tator";
 
 /// Folder in the Grafana pod the dashboards are read from.
 pub const DASHBOARDS_DIR: &str = "/var/lib/grafana/dashboards";
@@ -734,7 +740,7 @@ pub fn grafana_deployment(t: &ValidatedTator, conf: &ConfigMap) -> Deployment {
     c.env = Some(vec![
         EnvVar {
             name: "GF_PATHS_CONFIG".into(),
-            value: Some("/etc/grafana/grafana.ini".into()),
+            value: Some(format!("{GRAFANA_INI_DIR}/grafana.ini")),
             ..Default::default()
         },
         EnvVar {
@@ -776,7 +782,9 @@ pub fn grafana_deployment(t: &ValidatedTator, conf: &ConfigMap) -> Deployment {
         ..Default::default()
     };
     c.volume_mounts = Some(vec![
-        mount("ini", "/etc/grafana", true),
+        // Not under /etc/grafana: a mount point inside a read-only ConfigMap volume cannot be
+        // created.
+        mount("ini", GRAFANA_INI_DIR, true),
         mount("provisioning", "/etc/grafana/provisioning", true),
         mount("dashboards", DASHBOARDS_DIR, true),
         mount("data", "/var/lib/grafana", false),
@@ -809,13 +817,7 @@ pub fn grafana_deployment(t: &ValidatedTator, conf: &ConfigMap) -> Deployment {
         ..Default::default()
     };
     let hash = serde_json::to_vec(&conf.data).unwrap_or_default();
-    let mut annotations =
-        BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), short_hash(&hash, 16))]);
-    annotations.extend(
-        t.secrets_hash
-            .iter()
-            .map(|h| (SECRETS_HASH_ANNOTATION.to_string(), h.clone())),
-    );
+    let annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), short_hash(&hash, 16))]);
     simple_deployment(t, GRAFANA, spec, annotations, &s.pod, false)
 }
 
@@ -932,6 +934,46 @@ mod tests {
             .find(|e| e.name == "GF_SECURITY_ADMIN_PASSWORD")
             .unwrap();
         assert!(pw.value.is_none() && pw.value_from.is_some());
+    }
+
+    #[test]
+    fn no_mount_point_inside_a_read_only_volume() {
+        // The runtime cannot create a mount point inside a read-only ConfigMap or Secret volume.
+        let mut td = minimal("1.5.0");
+        td.spec.monitoring.enabled = true;
+        td.spec.logging.enabled = true;
+        let t = validate(&td).unwrap();
+        let mut d = build(&t);
+        d.extend(super::super::logging::build(&t));
+        let pods: Vec<PodSpec> = d
+            .deployments
+            .into_iter()
+            .filter_map(|d| d.spec.template.spec)
+            .chain(
+                d.daemon_sets
+                    .into_iter()
+                    .filter_map(|d| d.spec.template.spec),
+            )
+            .collect();
+        assert!(pods.len() >= 5);
+        for pod in pods {
+            for c in &pod.containers {
+                let mounts = c.volume_mounts.clone().unwrap_or_default();
+                for outer in mounts.iter().filter(|m| m.read_only == Some(true)) {
+                    for inner in &mounts {
+                        assert!(
+                            !inner
+                                .mount_path
+                                .starts_with(&format!("{}/", outer.mount_path)),
+                            "{}: {} inside read-only {}",
+                            c.name,
+                            inner.mount_path,
+                            outer.mount_path
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the local test bed's binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm, and the kstatus test helper) from Go modules pinned in
+# kubectl, etcd, kwok, helm, promtool and the kstatus test helper) from Go modules pinned in
 # tests/tools/*/go.mod, into a cache folder outside the clone keyed by the pinned versions.
 # A second run with the same pins is a no-op.
 #
@@ -84,6 +84,20 @@ if [[ ! -x "$weed_dir/weed" ]]; then
   log "built weed in $((SECONDS - start)) s"
 fi
 ln -sfn "$weed_dir/weed" "$bin/weed"
+
+# promtool (Prometheus' configuration checker, for the observability tests) is cached under its
+# own module version, like weed; the bin folder gets a link to it.
+prom_version=$(pin prometheus github.com/prometheus/prometheus)
+prom_dir="$cache_root/prometheus-${prom_version}"
+if [[ ! -x "$prom_dir/promtool" ]]; then
+  mkdir -p "$prom_dir"
+  log "building promtool from github.com/prometheus/prometheus/cmd/promtool (about 4 minutes the first time)"
+  start=$SECONDS
+  (cd "$here/prometheus" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$prom_dir/promtool.tmp" github.com/prometheus/prometheus/cmd/promtool)
+  mv "$prom_dir/promtool.tmp" "$prom_dir/promtool"
+  log "built promtool in $((SECONDS - start)) s"
+fi
+ln -sfn "$prom_dir/promtool" "$bin/promtool"
 
 # The kstatus helper (tests/tools/kstatus: Flux's readiness library behind a stdin/stdout CLI) is
 # cached under a hash of its sources, so editing it rebuilds only it; the bin folder gets a link.

@@ -73,19 +73,45 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
   resources: [tatordeployments/finalizers]
   verbs: [update]
 # apply.rs: server-side apply of the workloads (create, patch); controller.rs owns them (list,
-# watch); prune deletes the ones no longer desired (delete).
+# watch); prune deletes the ones no longer desired (delete). DaemonSets: Filebeat (logging).
 - apiGroups: [apps]
-  resources: [deployments, statefulsets]
+  resources: [deployments, statefulsets, daemonsets]
   verbs: [list, watch, create, patch, delete]
+# apply.rs: the ServiceAccounts of Filebeat and the operator's own Prometheus are applied, owned
+# (list, watch) and pruned like workloads.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [list, watch, create, patch, delete]
+# apply.rs: the Roles and RoleBindings of Filebeat and the operator's own Prometheus (read pods of
+# the namespace) are applied, owned (list, watch) and pruned like workloads.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [list, watch, create, patch, delete]
+# The Roles above let Filebeat and Prometheus read pods (metadata, discovery); RBAC lets the
+# operator grant only what it holds itself. The operator itself never reads pods.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+# controller.rs reads the PodSecurity label of the TatorDeployment's namespace before Filebeat is
+# created (get; without it, namespace-scoped installs skip the check).
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get]
+# apply.rs: prometheus-operator ServiceMonitors and PodMonitors (monitoring) are applied (create,
+# patch) and pruned (list, delete); controller.rs lists them to see whether the CRDs exist.
+- apiGroups: [monitoring.coreos.com]
+  resources: [servicemonitors, podmonitors]
+  verbs: [list, create, patch, delete]
 # apply.rs: Services and ConfigMaps (nginx.conf) are applied, owned and pruned like workloads.
 - apiGroups: [""]
   resources: [services, configmaps]
   verbs: [list, watch, create, patch, delete]
 # apply.rs: the shared claim is applied; controller.rs watches claims (list, watch). Claims hold
-# data: they are never deleted by the operator.
+# data: the only one the operator deletes is the claim of its own Prometheus (metrics), when
+# monitoring no longer needs it.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [list, watch, create, patch]
+  verbs: [list, watch, create, patch, delete]
 # apply.rs: migration and bucket Jobs are applied, read back by name (get_job), owned and pruned.
 - apiGroups: [batch]
   resources: [jobs]

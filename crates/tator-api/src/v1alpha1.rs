@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 mod object_storage;
 pub use object_storage::*;
+mod observability;
+pub use observability::*;
 
 // Maintainer note: field docs below are user-facing (`kubectl explain`). Defaults are serde
 // defaults so that a stored object that omits a field reads back with the documented value.
@@ -112,6 +114,16 @@ pub struct TatorDeploymentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "buckets_schema")]
     pub buckets: Vec<TatorBucket>,
+
+    /// Logs of every Tator pod in Elasticsearch through Filebeat, kept retentionDays days and
+    /// shown by Kibana at /logs. Off by default.
+    #[serde(default)]
+    pub logging: Logging,
+
+    /// Metrics of the REST API and NGINX in Prometheus (prometheus-operator's, or one of the
+    /// operator's own) and Grafana at /grafana. Off by default.
+    #[serde(default)]
+    pub monitoring: Monitoring,
 
     /// How the operator reaches Tator's REST API; needed for buckets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -992,7 +1004,9 @@ pub struct TatorDeploymentStatus {
     pub url: Option<String>,
 
     /// Ready, Reconciling, Stalled, Migrations and one condition per component (Api, Workers,
-    /// Ui, Nginx, Storage), each with a reason and a message.
+    /// Ui, Nginx, Storage, DatabaseReady, CacheReady, SearchReady, ObjectStorageReady, and
+    /// LoggingReady and MonitoringReady when those stacks are enabled), each with a reason and a
+    /// message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -1055,6 +1069,12 @@ mod tests {
         assert_eq!(spec.storage.shared.size, "100Gi");
         assert_eq!(spec.progress_deadline_seconds, 600);
         assert!(spec.tls.is_none());
+        assert!(!spec.logging.enabled && !spec.monitoring.enabled);
+        assert_eq!(spec.logging.retention_days, 7);
+        assert!(spec.logging.filebeat.enabled && spec.logging.kibana.enabled);
+        assert!(spec.monitoring.grafana.enabled);
+        assert_eq!(spec.monitoring.grafana.staff_role, GrafanaRole::Viewer);
+        assert_eq!(spec.monitoring.prometheus.storage.size, "10Gi");
     }
 
     #[test]

@@ -6,22 +6,23 @@ use std::{collections::BTreeSet, fmt::Debug};
 use k8s_openapi::{
     NamespaceResourceScope,
     api::{
-        apps::v1::{Deployment, StatefulSet},
+        apps::v1::{DaemonSet, Deployment, StatefulSet},
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
-        core::v1::{ConfigMap, Secret, Service},
+        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount},
         policy::v1::PodDisruptionBudget,
+        rbac::v1::{Role, RoleBinding},
     },
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::info;
 
 use crate::{
-    build::{Children, common::instance_selector, data, storage, tls},
+    build::{Children, common::instance_selector, data, monitoring, storage, tls},
     cache::{self, Cached, Caches},
     error::Error,
     validate::ValidatedTator,
@@ -37,6 +38,8 @@ pub struct Applied {
     pub live: Children,
     /// cert-manager's Certificate CRD is not installed (a Certificate was wanted).
     pub cert_manager_missing: bool,
+    /// prometheus-operator's CRDs went missing while a ServiceMonitor or PodMonitor was applied.
+    pub prometheus_operator_missing: bool,
 }
 
 impl Applied {
@@ -44,6 +47,7 @@ impl Applied {
     pub fn extend(&mut self, other: Applied) {
         self.live.extend(other.live);
         self.cert_manager_missing |= other.cert_manager_missing;
+        self.prometheus_operator_missing |= other.prometheus_operator_missing;
     }
 }
 
@@ -136,33 +140,46 @@ pub fn held_back(
     caches: Option<&Caches>,
 ) -> (Applied, Vec<String>) {
     let Children {
+        service_accounts,
+        roles,
+        role_bindings,
         claims,
         config_maps,
         certificates: _,
         services,
         jobs,
         stateful_sets,
+        daemon_sets,
         deployments,
         autoscalers,
         disruption_budgets,
+        service_monitors: _,
+        pod_monitors: _,
     } = desired;
     let ns = t.namespace.as_str();
     let mut pending = Vec::new();
     let live = Children {
+        service_accounts: held(ns, service_accounts, caches, &mut pending),
+        roles: held(ns, roles, caches, &mut pending),
+        role_bindings: held(ns, role_bindings, caches, &mut pending),
         claims: held(ns, claims, caches, &mut pending),
         config_maps: held(ns, config_maps, caches, &mut pending),
         certificates: Vec::new(),
         services: held(ns, services, caches, &mut pending),
         jobs: held(ns, jobs, caches, &mut pending),
         stateful_sets: held(ns, stateful_sets, caches, &mut pending),
+        daemon_sets: held(ns, daemon_sets, caches, &mut pending),
         deployments: held(ns, deployments, caches, &mut pending),
         autoscalers: held(ns, autoscalers, caches, &mut pending),
         disruption_budgets: held(ns, disruption_budgets, caches, &mut pending),
+        service_monitors: Vec::new(),
+        pod_monitors: Vec::new(),
     };
     (
         Applied {
             live,
             cert_manager_missing: false,
+            prometheus_operator_missing: false,
         },
         pending,
     )
@@ -177,62 +194,139 @@ pub async fn apply(
     caches: Option<&Caches>,
 ) -> Result<Applied, Error> {
     let Children {
+        service_accounts,
+        roles,
+        role_bindings,
         claims,
         config_maps,
         certificates,
         services,
         jobs,
         stateful_sets,
+        daemon_sets,
         deployments,
         autoscalers,
         disruption_budgets,
+        service_monitors,
+        pod_monitors,
     } = desired;
     let ns = t.namespace.as_str();
+    let service_accounts = apply_all(client, ns, service_accounts, caches).await?;
+    let roles = apply_all(client, ns, roles, caches).await?;
+    let role_bindings = apply_all(client, ns, role_bindings, caches).await?;
     let claims = apply_all(client, ns, claims, caches).await?;
     let config_maps = apply_all(client, ns, config_maps, caches).await?;
-    let (certificates, cert_manager_missing) = apply_certificates(client, ns, certificates).await?;
+    let (certificates, cert_manager_missing) = apply_dynamic(
+        client,
+        ns,
+        &tls::certificate_resource(),
+        "Certificate",
+        certificates,
+    )
+    .await?;
+    let services = apply_all(client, ns, services, caches).await?;
+    let jobs = apply_all(client, ns, jobs, caches).await?;
+    let stateful_sets = apply_all(client, ns, stateful_sets, caches).await?;
+    let daemon_sets = apply_all(client, ns, daemon_sets, caches).await?;
+    let deployments = apply_all(client, ns, deployments, caches).await?;
+    let autoscalers = apply_all(client, ns, autoscalers, caches).await?;
+    let disruption_budgets = apply_all(client, ns, disruption_budgets, caches).await?;
+    let (service_monitors, sm_missing) = apply_dynamic(
+        client,
+        ns,
+        &monitoring::service_monitor_resource(),
+        "ServiceMonitor",
+        service_monitors,
+    )
+    .await?;
+    let (pod_monitors, pm_missing) = apply_dynamic(
+        client,
+        ns,
+        &monitoring::pod_monitor_resource(),
+        "PodMonitor",
+        pod_monitors,
+    )
+    .await?;
     let live = Children {
+        service_accounts,
+        roles,
+        role_bindings,
         claims,
         config_maps,
         certificates,
-        services: apply_all(client, ns, services, caches).await?,
-        jobs: apply_all(client, ns, jobs, caches).await?,
-        stateful_sets: apply_all(client, ns, stateful_sets, caches).await?,
-        deployments: apply_all(client, ns, deployments, caches).await?,
-        autoscalers: apply_all(client, ns, autoscalers, caches).await?,
-        disruption_budgets: apply_all(client, ns, disruption_budgets, caches).await?,
+        services,
+        jobs,
+        stateful_sets,
+        daemon_sets,
+        deployments,
+        autoscalers,
+        disruption_budgets,
+        service_monitors,
+        pod_monitors,
     };
     Ok(Applied {
         live,
         cert_manager_missing,
+        prometheus_operator_missing: sm_missing || pm_missing,
     })
 }
 
-/// Applies cert-manager Certificates; a missing CRD is reported, not an error.
-async fn apply_certificates(
+/// Applies objects of a third-party CRD (cert-manager's Certificate, prometheus-operator's
+/// monitors); a missing CRD is reported (`true`), not an error.
+async fn apply_dynamic(
     client: &Client,
     ns: &str,
-    certs: Vec<DynamicObject>,
+    resource: &ApiResource,
+    kind: &'static str,
+    objs: Vec<DynamicObject>,
 ) -> Result<(Vec<DynamicObject>, bool), Error> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &tls::certificate_resource());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, resource);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut out = Vec::new();
-    for cert in certs {
-        let name = cert.name_any();
-        match api.patch(&name, &params, &Patch::Apply(&cert)).await {
+    for obj in objs {
+        let name = obj.name_any();
+        match api.patch(&name, &params, &Patch::Apply(&obj)).await {
             Ok(live) => out.push(live),
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok((out, true)),
-            Err(source) => {
-                return Err(Error::Apply {
-                    kind: "Certificate",
-                    name,
-                    source,
-                });
-            }
+            Err(source) => return Err(Error::Apply { kind, name, source }),
         }
     }
     Ok((out, false))
+}
+
+/// Whether objects of a third-party CRD can be listed in the namespace (its CRD is installed).
+pub async fn crd_installed(
+    client: &Client,
+    ns: &str,
+    resource: &ApiResource,
+) -> Result<bool, Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, resource);
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(source) => Err(Error::Fetch {
+            what: format!("{} (is its CRD installed?)", resource.plural),
+            source,
+        }),
+    }
+}
+
+/// The `pod-security.kubernetes.io/enforce` level of a namespace; None when it has none or the
+/// operator may not read namespaces (a namespace-scoped installation).
+pub async fn pod_security_level(client: &Client, ns: &str) -> Result<Option<String>, Error> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    match api.get_metadata_opt(ns).await {
+        Ok(meta) => Ok(meta.and_then(|m| {
+            m.metadata
+                .labels
+                .and_then(|l| l.get("pod-security.kubernetes.io/enforce").cloned())
+        })),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(None),
+        Err(source) => Err(Error::Fetch {
+            what: format!("namespace {ns}"),
+            source,
+        }),
+    }
 }
 
 /// Whether an object's controller is this TatorDeployment.
@@ -252,6 +346,17 @@ async fn prune_kind<K: Child + Cached>(
     t: &ValidatedTator,
     keep: BTreeSet<String>,
     caches: Option<&Caches>,
+) -> Result<u32, Error> {
+    prune_kind_where::<K>(client, t, keep, caches, |_| true).await
+}
+
+/// Like [`prune_kind`], limited to the children `prunable` accepts.
+async fn prune_kind_where<K: Child + Cached>(
+    client: &Client,
+    t: &ValidatedTator,
+    keep: BTreeSet<String>,
+    caches: Option<&Caches>,
+    prunable: impl Fn(&kube::api::ObjectMeta) -> bool,
 ) -> Result<u32, Error> {
     let api: Api<K> = Api::namespaced(client.clone(), &t.namespace);
     // From the watched copies when there are any (the watch covers every managed child), else
@@ -281,7 +386,7 @@ async fn prune_kind<K: Child + Cached>(
     let mut deleted = 0;
     for metadata in metas {
         let name = metadata.name.clone().unwrap_or_default();
-        let ours = controlled_by(&metadata, t);
+        let ours = controlled_by(&metadata, t) && prunable(&metadata);
         if keep.contains(&name) || !ours || metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -301,14 +406,15 @@ async fn prune_kind<K: Child + Cached>(
     Ok(deleted)
 }
 
-/// Certificates are pruned like the other children, when cert-manager's CRD exists.
-async fn prune_certificates(
+/// Objects of third-party CRDs are pruned like the other children, when the CRD exists.
+async fn prune_dynamic(
     client: &Client,
     t: &ValidatedTator,
+    resource: &ApiResource,
+    kind: &'static str,
     keep: BTreeSet<String>,
 ) -> Result<u32, Error> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &t.namespace, &tls::certificate_resource());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &t.namespace, resource);
     let list = match api
         .list_metadata(&ListParams::default().labels(&instance_selector(&t.name)))
         .await
@@ -317,7 +423,7 @@ async fn prune_certificates(
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(0),
         Err(source) => {
             return Err(Error::Fetch {
-                what: "Certificate children".into(),
+                what: format!("{kind} children"),
                 source,
             });
         }
@@ -333,11 +439,7 @@ async fn prune_certificates(
             Ok(_) => deleted += 1,
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(source) => {
-                return Err(Error::Prune {
-                    kind: "Certificate",
-                    name,
-                    source,
-                });
+                return Err(Error::Prune { kind, name, source });
             }
         }
     }
@@ -345,7 +447,8 @@ async fn prune_certificates(
 }
 
 /// Deletes children that carry this TatorDeployment's labels and controller reference but were
-/// not applied this round. Claims and Secrets hold data and are never pruned.
+/// not applied this round. Claims and Secrets hold data and are never pruned, except the claim
+/// of the operator's own Prometheus (metrics only), which goes when that Prometheus does.
 pub async fn prune(
     client: &Client,
     t: &ValidatedTator,
@@ -353,17 +456,34 @@ pub async fn prune(
     caches: Option<&Caches>,
 ) -> Result<u32, Error> {
     let Children {
-        claims: _,
+        service_accounts,
+        roles,
+        role_bindings,
+        claims,
         config_maps,
         certificates,
         services,
         jobs,
         stateful_sets,
+        daemon_sets,
         deployments,
         autoscalers,
         disruption_budgets,
+        service_monitors,
+        pod_monitors,
     } = &applied.live;
     let mut n = 0;
+    n += prune_kind::<DaemonSet>(client, t, names(daemon_sets), caches).await?;
+    n += prune_kind::<ServiceAccount>(client, t, names(service_accounts), caches).await?;
+    n += prune_kind::<Role>(client, t, names(roles), caches).await?;
+    n += prune_kind::<RoleBinding>(client, t, names(role_bindings), caches).await?;
+    n += prune_kind_where::<PersistentVolumeClaim>(client, t, names(claims), caches, |m| {
+        m.labels
+            .as_ref()
+            .and_then(|l| l.get(tator_api::labels::COMPONENT))
+            .is_some_and(|c| c == monitoring::PROMETHEUS)
+    })
+    .await?;
     n += prune_kind::<ConfigMap>(client, t, names(config_maps), caches).await?;
     n += prune_kind::<Service>(client, t, names(services), caches).await?;
     n += prune_kind::<Job>(client, t, names(jobs), caches).await?;
@@ -371,7 +491,30 @@ pub async fn prune(
     n += prune_kind::<Deployment>(client, t, names(deployments), caches).await?;
     n += prune_kind::<HorizontalPodAutoscaler>(client, t, names(autoscalers), caches).await?;
     n += prune_kind::<PodDisruptionBudget>(client, t, names(disruption_budgets), caches).await?;
-    n += prune_certificates(client, t, names(certificates)).await?;
+    n += prune_dynamic(
+        client,
+        t,
+        &tls::certificate_resource(),
+        "Certificate",
+        names(certificates),
+    )
+    .await?;
+    n += prune_dynamic(
+        client,
+        t,
+        &monitoring::service_monitor_resource(),
+        "ServiceMonitor",
+        names(service_monitors),
+    )
+    .await?;
+    n += prune_dynamic(
+        client,
+        t,
+        &monitoring::pod_monitor_resource(),
+        "PodMonitor",
+        names(pod_monitors),
+    )
+    .await?;
     Ok(n)
 }
 

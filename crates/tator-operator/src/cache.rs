@@ -3,11 +3,12 @@
 //! a child whose live copy already has what the operator would send, and prune lists from here.
 
 use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
+    apps::v1::{DaemonSet, Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::Job,
-    core::v1::{ConfigMap, PersistentVolumeClaim, Service},
+    core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount},
     policy::v1::PodDisruptionBudget,
+    rbac::v1::{Role, RoleBinding},
 };
 use kube::{
     Resource,
@@ -25,6 +26,10 @@ pub const APPLIED_HASH_ANNOTATION: &str = "tator.io/applied-hash";
 #[derive(Clone)]
 pub struct Caches {
     pub deployments: Store<Deployment>,
+    pub daemon_sets: Store<DaemonSet>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub roles: Store<Role>,
+    pub role_bindings: Store<RoleBinding>,
     pub stateful_sets: Store<StatefulSet>,
     pub services: Store<Service>,
     pub config_maps: Store<ConfigMap>,
@@ -37,6 +42,10 @@ pub struct Caches {
 /// Writers of the child caches, handed to the watches.
 pub struct CacheWriters {
     pub deployments: Writer<Deployment>,
+    pub daemon_sets: Writer<DaemonSet>,
+    pub service_accounts: Writer<ServiceAccount>,
+    pub roles: Writer<Role>,
+    pub role_bindings: Writer<RoleBinding>,
     pub stateful_sets: Writer<StatefulSet>,
     pub services: Writer<Service>,
     pub config_maps: Writer<ConfigMap>,
@@ -50,6 +59,10 @@ impl Caches {
     /// Empty caches and their writers.
     pub fn new() -> (Self, CacheWriters) {
         let (deployments, wd) = reflector::store();
+        let (daemon_sets, wds) = reflector::store();
+        let (service_accounts, wsa) = reflector::store();
+        let (roles, wr) = reflector::store();
+        let (role_bindings, wrb) = reflector::store();
         let (stateful_sets, ws) = reflector::store();
         let (services, wsv) = reflector::store();
         let (config_maps, wc) = reflector::store();
@@ -60,6 +73,10 @@ impl Caches {
         (
             Self {
                 deployments,
+                daemon_sets,
+                service_accounts,
+                roles,
+                role_bindings,
                 stateful_sets,
                 services,
                 config_maps,
@@ -70,6 +87,10 @@ impl Caches {
             },
             CacheWriters {
                 deployments: wd,
+                daemon_sets: wds,
+                service_accounts: wsa,
+                roles: wr,
+                role_bindings: wrb,
                 stateful_sets: ws,
                 services: wsv,
                 config_maps: wc,
@@ -82,20 +103,32 @@ impl Caches {
     }
 }
 
-/// The cache of one kind.
+/// The cache of one kind (None for kinds the controller does not watch: those are applied and
+/// listed without one).
 pub trait Cached: Resource<DynamicType = ()> + Clone + Sized + 'static {
-    fn store(c: &Caches) -> &Store<Self>;
+    fn store(c: &Caches) -> Option<&Store<Self>>;
 }
 
 macro_rules! cached {
     ($kind:ty, $field:ident) => {
         impl Cached for $kind {
-            fn store(c: &Caches) -> &Store<Self> {
-                &c.$field
+            fn store(c: &Caches) -> Option<&Store<Self>> {
+                Some(&c.$field)
+            }
+        }
+    };
+    ($kind:ty) => {
+        impl Cached for $kind {
+            fn store(_: &Caches) -> Option<&Store<Self>> {
+                None
             }
         }
     };
 }
+cached!(ServiceAccount, service_accounts);
+cached!(Role, roles);
+cached!(RoleBinding, role_bindings);
+cached!(DaemonSet, daemon_sets);
 cached!(Deployment, deployments);
 cached!(StatefulSet, stateful_sets);
 cached!(Service, services);
@@ -108,7 +141,7 @@ cached!(PersistentVolumeClaim, claims);
 /// The cache of one kind, once its watch has listed everything (None before).
 pub fn synced<K: Cached>(caches: Option<&Caches>) -> Option<&Store<K>> {
     use futures::FutureExt;
-    let store = K::store(caches?);
+    let store = K::store(caches?)?;
     store
         .wait_until_ready()
         .now_or_never()
@@ -118,7 +151,7 @@ pub fn synced<K: Cached>(caches: Option<&Caches>) -> Option<&Store<K>> {
 
 /// The cached live copy of a child, if the watch has seen it.
 pub fn live<K: Cached>(caches: Option<&Caches>, ns: &str, name: &str) -> Option<K> {
-    let store = K::store(caches?);
+    let store = K::store(caches?)?;
     store
         .get(&ObjectRef::new(name).within(ns))
         .map(|o| (*o).clone())

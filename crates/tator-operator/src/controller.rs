@@ -12,11 +12,12 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
+    apps::v1::{DaemonSet, Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::Job,
-    core::v1::{ConfigMap, PersistentVolumeClaim, Service},
+    core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount},
     policy::v1::PodDisruptionBudget,
+    rbac::v1::{Role, RoleBinding},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -255,6 +256,24 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     // spec.paused: build and compare, but write nothing but status.
     let paused = t.spec.paused;
     let mut pending: Vec<String> = Vec::new();
+    // What the observability builders need to know about the cluster.
+    if build::logging::filebeat_wanted(&t) {
+        t.cluster.pod_security = apply::pod_security_level(&ctx.client, &t.namespace).await?;
+    }
+    if build::monitoring::enabled(&t) {
+        t.cluster.prometheus_operator = apply::crd_installed(
+            &ctx.client,
+            &t.namespace,
+            &build::monitoring::service_monitor_resource(),
+        )
+        .await?
+            && apply::crd_installed(
+                &ctx.client,
+                &t.namespace,
+                &build::monitoring::pod_monitor_resource(),
+            )
+            .await?;
+    }
     let caches = Some(&ctx.caches);
     // data tier first: the web tier waits for it
     if !paused {
@@ -509,6 +528,13 @@ pub async fn run(ctx: Arc<Context>) {
         .trigger_backoff(NoJointBackoff)
         .owns_stream(cached(api_for::<Deployment>(&client, ns), w.deployments))
         .owns_stream(cached(api_for::<StatefulSet>(&client, ns), w.stateful_sets))
+        .owns_stream(cached(api_for::<DaemonSet>(&client, ns), w.daemon_sets))
+        .owns_stream(cached(
+            api_for::<ServiceAccount>(&client, ns),
+            w.service_accounts,
+        ))
+        .owns_stream(cached(api_for::<Role>(&client, ns), w.roles))
+        .owns_stream(cached(api_for::<RoleBinding>(&client, ns), w.role_bindings))
         .owns_stream(cached(api_for::<Service>(&client, ns), w.services))
         .owns_stream(cached(api_for::<ConfigMap>(&client, ns), w.config_maps))
         .owns_stream(cached(api_for::<Job>(&client, ns), w.jobs))

@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Service},
+    api::{
+        apps::v1::{DaemonSet, Deployment},
+        core::v1::Service,
+    },
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
@@ -17,7 +20,9 @@ use tator_api::{ComponentStatus, TatorDeploymentStatus, labels};
 use crate::{
     apply::Applied,
     build::{
-        migrations::{JobState, Rollout},
+        logging::{self, FILEBEAT, KIBANA, KIBANA_SETUP},
+        migrations::{self, JobState, Rollout},
+        monitoring::{self, GRAFANA, PROMETHEUS, STATSD_EXPORTER},
         nginx::NGINX,
         tls,
         web::{API, DB_WORKER, IMAGE_WORKER, UI},
@@ -140,6 +145,123 @@ fn deployment_cond(type_: &str, deps: &[&Deployment], waiting_for_migration: boo
     }
 }
 
+fn deployments_of<'a>(applied: &'a Applied, component: &str) -> Vec<&'a Deployment> {
+    applied
+        .deployments
+        .iter()
+        .filter(|d| component_of(d) == component)
+        .collect()
+}
+
+/// Whether a DaemonSet has an up-to-date, available pod on every node it should run on.
+fn daemon_set_state(ds: &DaemonSet) -> (bool, String) {
+    let st = ds.status.clone().unwrap_or_default();
+    let observed = st.observed_generation.unwrap_or(0) >= ds.metadata.generation.unwrap_or(0);
+    let desired = st.desired_number_scheduled;
+    let ready = st.number_ready;
+    let updated = st.updated_number_scheduled.unwrap_or(0);
+    let ok = observed && desired > 0 && ready >= desired && updated >= desired;
+    (ok, format!("{}: {ready}/{desired} ready", ds.name_any()))
+}
+
+/// `LoggingReady`, when logging is enabled: Filebeat is allowed and on every node, Kibana is
+/// available and its data view has been created.
+fn logging_cond(t: &ValidatedTator, applied: &Applied) -> Cond {
+    let by_component = |c: &str| deployments_of(applied, c);
+    const TYPE: &str = "LoggingReady";
+    if logging::filebeat_wanted(t)
+        && let Err(why) = logging::filebeat_allowed(t)
+    {
+        return Cond::new(TYPE, false, "FilebeatForbidden", why);
+    }
+    let mut msgs = Vec::new();
+    if logging::filebeat_wanted(t) {
+        match applied
+            .daemon_sets
+            .iter()
+            .find(|d| d.name_any() == t.child_name(FILEBEAT))
+        {
+            Some(ds) => {
+                let (ok, msg) = daemon_set_state(ds);
+                if !ok {
+                    return Cond::new(TYPE, false, "RollingOut", msg);
+                }
+                msgs.push(msg);
+            }
+            None => return Cond::new(TYPE, false, "NotApplied", "Filebeat not created yet"),
+        }
+    }
+    if logging::kibana_wanted(t) {
+        let kibana = deployment_cond(TYPE, &by_component(KIBANA), false);
+        if !kibana.ok {
+            return kibana;
+        }
+        msgs.push(kibana.message);
+        let job = applied
+            .jobs
+            .iter()
+            .find(|j| j.labels().get(labels::COMPONENT).map(String::as_str) == Some(KIBANA_SETUP));
+        match migrations::job_state(job) {
+            JobState::Succeeded => {
+                msgs.push(format!("data view {} created", logging::DATA_VIEW_TITLE))
+            }
+            JobState::Failed(why) => {
+                return Cond::new(
+                    TYPE,
+                    false,
+                    "DataViewJobFailed",
+                    format!("the Job creating Kibana's data view failed: {why}"),
+                );
+            }
+            _ => {
+                return Cond::new(
+                    TYPE,
+                    false,
+                    "CreatingDataView",
+                    "waiting for the Job creating Kibana's data view",
+                );
+            }
+        }
+    }
+    if msgs.is_empty() {
+        msgs.push("every logging part is switched off".into());
+    }
+    Cond::new(TYPE, true, "Available", msgs.join("; "))
+}
+
+/// `MonitoringReady`, when monitoring is enabled: the statsd exporter, Prometheus (the
+/// operator's own, or the ServiceMonitor and PodMonitor for prometheus-operator's) and Grafana.
+fn monitoring_cond(t: &ValidatedTator, applied: &Applied) -> Cond {
+    let by_component = |c: &str| deployments_of(applied, c);
+    const TYPE: &str = "MonitoringReady";
+    if applied.prometheus_operator_missing {
+        return Cond::new(
+            TYPE,
+            false,
+            "PrometheusOperatorNotInstalled",
+            "prometheus-operator's CRDs went away while its monitors were applied; the next reconcile runs a Prometheus of the operator's own",
+        );
+    }
+    let mut components = vec![STATSD_EXPORTER];
+    if monitoring::own_prometheus(t) {
+        components.push(PROMETHEUS);
+    }
+    if monitoring::grafana_wanted(t) {
+        components.push(GRAFANA);
+    }
+    let deployments: Vec<&Deployment> = components.iter().flat_map(|c| by_component(c)).collect();
+    let mut cond = deployment_cond(TYPE, &deployments, false);
+    if cond.ok {
+        let path = if monitoring::own_prometheus(t) {
+            "the operator's own Prometheus"
+        } else {
+            "ServiceMonitor and PodMonitor for prometheus-operator"
+        };
+        cond.message = format!("{path}; {}", cond.message);
+    }
+    cond
+}
+
 fn ingress_address(svc: &Service) -> Option<String> {
     let ingress = svc
         .status
@@ -243,6 +365,12 @@ pub fn compute(
         },
     };
     conds.push(storage);
+    if logging::enabled(t) {
+        conds.push(logging_cond(t, applied));
+    }
+    if monitoring::enabled(t) {
+        conds.push(monitoring_cond(t, applied));
+    }
     for (type_, d) in [
         ("DatabaseReady", &deps.database),
         ("CacheReady", &deps.cache),
@@ -577,7 +705,7 @@ mod tests {
         let d = build(&t, &r);
         let applied = Applied {
             live: d,
-            cert_manager_missing: false,
+            ..Default::default()
         };
         let (status, conds) = compute(
             &t,

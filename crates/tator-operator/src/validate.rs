@@ -31,6 +31,18 @@ pub struct ValidatedTator {
     /// Hash of the resourceVersions of the user's Secrets that Tator's pods read (managed-service
     /// credentials), filled in by the fetch stage: a rotated password rolls those pods.
     pub secrets_hash: Option<String>,
+    /// Facts about the cluster the observability builders depend on, filled in by the fetch
+    /// stage (defaults in `render`: no prometheus-operator, PodSecurity unknown).
+    pub cluster: ClusterFacts,
+}
+
+/// What the fetch stage learnt about the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// prometheus-operator's ServiceMonitor and PodMonitor CRDs are installed.
+    pub prometheus_operator: bool,
+    /// The `pod-security.kubernetes.io/enforce` level of the namespace, when it could be read.
+    pub pod_security: Option<String>,
 }
 
 /// Where the installation stands between the serving and the requested release.
@@ -120,6 +132,14 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
     check_overrides("ui", &spec.ui.pod)?;
     check_overrides("nginx", &spec.nginx.pod)?;
     check_overrides("migrations", &spec.migrations.pod)?;
+    check_overrides("logging.filebeat", &spec.logging.filebeat.pod)?;
+    check_overrides("logging.kibana", &spec.logging.kibana.pod)?;
+    check_overrides("monitoring.prometheus", &spec.monitoring.prometheus.pod)?;
+    check_overrides(
+        "monitoring.statsdExporter",
+        &spec.monitoring.statsd_exporter,
+    )?;
+    check_overrides("monitoring.grafana", &spec.monitoring.grafana.pod)?;
     Ok(ValidatedTator {
         name,
         namespace,
@@ -129,6 +149,7 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
         serving_version,
         owner,
         secrets_hash: None,
+        cluster: ClusterFacts::default(),
     })
 }
 

@@ -31,8 +31,37 @@ fn config(tls: bool, maintenance: bool, ssl_dir: &str) -> String {
         upstream: "tator-kibana:5601".into(),
         guard: Guard::Staff,
         object_store: false,
+        headers: vec![],
     });
     render_conf(&c)
+}
+
+/// nginx.conf as the operator generates it with logging and monitoring on (the operator's own
+/// Prometheus: no prometheus-operator), so /logs/, /grafana/ and /prometheus/ and the
+/// stub_status server come from the builders themselves.
+fn observability_config(tls: bool, ssl_dir: &str) -> String {
+    let td: tator_api::TatorDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+        "metadata": {"name": "tator", "namespace": "ns", "uid": "u"},
+        "spec": {"version": "1.5.0", "domain": "tator.example.com",
+                 "tls": if tls { serde_json::json!({"secretName": "tls"}) } else { serde_json::Value::Null },
+                 "logging": {"enabled": true}, "monitoring": {"enabled": true}}
+    }))
+    .unwrap();
+    let t = validate(&td).unwrap();
+    let mut c = NginxConfig::from_spec(&t);
+    c.ssl_dir = ssl_dir.into();
+    render_conf(&c)
+}
+
+/// The body of `location ^~ <path> {` up to its closing brace.
+fn location<'a>(conf: &'a str, path: &str) -> &'a str {
+    conf.split(&format!("location ^~ {path} {{"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no location {path} in\n{conf}"))
+        .split('}')
+        .next()
+        .unwrap()
 }
 
 fn nginx_t(conf: &str, dir: &std::path::Path) -> (bool, String) {
@@ -41,7 +70,7 @@ fn nginx_t(conf: &str, dir: &std::path::Path) -> (bool, String) {
     let hosts = dir.join("hosts");
     std::fs::write(
         &hosts,
-        "127.0.0.1 localhost tator-api tator-ui tator-kibana tator-seaweedfs\n",
+        "127.0.0.1 localhost tator-api tator-ui tator-kibana tator-seaweedfs tator-grafana tator-prometheus\n",
     )
     .unwrap();
     // Names missing from hosts must not reach a real DNS server: point the resolver at loopback.
@@ -95,4 +124,36 @@ fn nginx_t_really_checks_the_config() {
     );
     let (ok, err) = nginx_t(&unknown, dir.path());
     assert!(!ok && err.contains("host not found"), "{err}");
+}
+
+#[test]
+fn observability_routes_pass_nginx_t_and_are_staff_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["tator.example.com".into()]).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), key.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key.signing_key.serialize_pem()).unwrap();
+    let ssl = dir.path().display().to_string();
+    for tls in [false, true] {
+        let conf = observability_config(tls, &ssl);
+        for path in ["/logs/", "/grafana/", "/prometheus/"] {
+            let body = location(&conf, path);
+            assert!(
+                body.contains("auth_request /auth-admin;"),
+                "{path} must be staff-only:\n{body}"
+            );
+        }
+        assert!(location(&conf, "/logs/").contains("proxy_pass http://tator-kibana:5601;"));
+        assert!(
+            location(&conf, "/prometheus/").contains("proxy_pass http://tator-prometheus:9090/;")
+        );
+        // Grafana's auth proxy gets its user only from NGINX, after the staff check.
+        assert!(
+            location(&conf, "/grafana/")
+                .contains("proxy_set_header X-WEBAUTH-USER \"tator-staff\";")
+        );
+        // stub_status answers on loopback only.
+        assert!(conf.contains("listen 127.0.0.1:8081;") && conf.contains("stub_status;"));
+        let (ok, err) = nginx_t(&conf, dir.path());
+        assert!(ok, "nginx -t failed (tls={tls}):\n{err}\n{conf}");
+    }
 }

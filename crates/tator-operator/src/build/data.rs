@@ -276,6 +276,7 @@ pub fn generated_secrets(t: &ValidatedTator) -> Vec<GeneratedSecret> {
         });
     }
     out.extend(super::objects::generated_secret(t));
+    out.extend(super::monitoring::generated_secret(t));
     if t.spec.redis.in_cluster.as_ref().is_some_and(|r| r.auth) {
         out.push(GeneratedSecret {
             name: t.child_name(REDIS),

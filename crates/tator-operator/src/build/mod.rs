@@ -2,7 +2,9 @@
 
 pub mod common;
 pub mod data;
+pub mod logging;
 pub mod migrations;
+pub mod monitoring;
 pub mod nginx;
 pub mod objects;
 pub mod storage;
@@ -10,11 +12,12 @@ pub mod tls;
 pub mod web;
 
 use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
+    apps::v1::{DaemonSet, Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::Job,
-    core::v1::{ConfigMap, PersistentVolumeClaim, Service},
+    core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount},
     policy::v1::PodDisruptionBudget,
+    rbac::v1::{Role, RoleBinding},
 };
 use kube::api::DynamicObject;
 
@@ -25,40 +28,59 @@ use migrations::Rollout;
 /// destructures it exhaustively and nothing built can be left unapplied.
 #[derive(Clone, Debug, Default)]
 pub struct Children {
+    pub service_accounts: Vec<ServiceAccount>,
+    pub roles: Vec<Role>,
+    pub role_bindings: Vec<RoleBinding>,
     pub claims: Vec<PersistentVolumeClaim>,
     pub config_maps: Vec<ConfigMap>,
     pub certificates: Vec<DynamicObject>,
     pub services: Vec<Service>,
     pub jobs: Vec<Job>,
     pub stateful_sets: Vec<StatefulSet>,
+    pub daemon_sets: Vec<DaemonSet>,
     pub deployments: Vec<Deployment>,
     pub autoscalers: Vec<HorizontalPodAutoscaler>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
+    /// prometheus-operator ServiceMonitors and PodMonitors (applied when its CRDs exist).
+    pub service_monitors: Vec<DynamicObject>,
+    pub pod_monitors: Vec<DynamicObject>,
 }
 
 impl Children {
     /// Adds another set of children (applied after these).
     pub fn extend(&mut self, other: Children) {
         let Children {
+            service_accounts,
+            roles,
+            role_bindings,
             claims,
             config_maps,
             certificates,
             services,
             jobs,
             stateful_sets,
+            daemon_sets,
             deployments,
             autoscalers,
             disruption_budgets,
+            service_monitors,
+            pod_monitors,
         } = other;
+        self.service_accounts.extend(service_accounts);
+        self.roles.extend(roles);
+        self.role_bindings.extend(role_bindings);
         self.claims.extend(claims);
         self.config_maps.extend(config_maps);
         self.certificates.extend(certificates);
         self.services.extend(services);
         self.jobs.extend(jobs);
         self.stateful_sets.extend(stateful_sets);
+        self.daemon_sets.extend(daemon_sets);
         self.deployments.extend(deployments);
         self.autoscalers.extend(autoscalers);
         self.disruption_budgets.extend(disruption_budgets);
+        self.service_monitors.extend(service_monitors);
+        self.pod_monitors.extend(pod_monitors);
     }
 }
 
@@ -76,25 +98,37 @@ impl Children {
             }
         }
         let Children {
+            service_accounts,
+            roles,
+            role_bindings,
             claims,
             config_maps,
             certificates,
             services,
             jobs,
             stateful_sets,
+            daemon_sets,
             deployments,
             autoscalers,
             disruption_budgets,
+            service_monitors,
+            pod_monitors,
         } = self;
+        stamp(service_accounts);
+        stamp(roles);
+        stamp(role_bindings);
         stamp(claims);
         stamp(config_maps);
         stamp(certificates);
         stamp(services);
         stamp(jobs);
         stamp(stateful_sets);
+        stamp(daemon_sets);
         stamp(deployments);
         stamp(autoscalers);
         stamp(disruption_budgets);
+        stamp(service_monitors);
+        stamp(pod_monitors);
     }
 
     /// Every object as JSON, in apply order.
@@ -109,26 +143,38 @@ impl Children {
             Ok(())
         }
         let Children {
+            service_accounts,
+            roles,
+            role_bindings,
             claims,
             config_maps,
             certificates,
             services,
             jobs,
             stateful_sets,
+            daemon_sets,
             deployments,
             autoscalers,
             disruption_budgets,
+            service_monitors,
+            pod_monitors,
         } = self;
         let mut out = Vec::new();
+        push(&mut out, service_accounts)?;
+        push(&mut out, roles)?;
+        push(&mut out, role_bindings)?;
         push(&mut out, claims)?;
         push(&mut out, config_maps)?;
         push(&mut out, certificates)?;
         push(&mut out, services)?;
         push(&mut out, jobs)?;
         push(&mut out, stateful_sets)?;
+        push(&mut out, daemon_sets)?;
         push(&mut out, deployments)?;
         push(&mut out, autoscalers)?;
         push(&mut out, disruption_budgets)?;
+        push(&mut out, service_monitors)?;
+        push(&mut out, pod_monitors)?;
         Ok(out)
     }
 }
@@ -207,6 +253,9 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     d.autoscalers.extend(web::api_hpa(t));
     d.disruption_budgets.push(web::pdb(t, web::API));
     d.disruption_budgets.push(web::pdb(t, nginx::NGINX));
+    // The administration stacks, each behind its switch.
+    d.extend(logging::build(t));
+    d.extend(monitoring::build(t));
     stop_if_stopped(t, &mut d);
     d.stamp_applied_hashes();
     d

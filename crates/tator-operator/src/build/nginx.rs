@@ -23,6 +23,8 @@ use crate::validate::ValidatedTator;
 pub const NGINX: &str = "nginx";
 pub const HTTP_PORT: i32 = 8080;
 pub const HTTPS_PORT: i32 = 8443;
+/// Loopback-only port of NGINX's `stub_status`, read by the exporter sidecar.
+pub const STUB_STATUS_PORT: i32 = 8081;
 /// Default NGINX image: the unprivileged build runs as uid 101 on unprivileged ports, which
 /// PodSecurity `restricted` and a read-only root filesystem allow.
 pub const DEFAULT_IMAGE: &str = "nginxinc/nginx-unprivileged:1.27-alpine";
@@ -48,6 +50,9 @@ pub struct ProxyRoute {
     /// An S3 store: the Host header stays the upstream's (presigned URLs are signed for it) and
     /// bodies stream through unbuffered.
     pub object_store: bool,
+    /// Request headers NGINX sets (replacing any the client sent), for example Grafana's
+    /// auth-proxy user after the staff check.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Everything the NGINX configuration depends on.
@@ -62,6 +67,8 @@ pub struct NginxConfig {
     /// Folder the TLS certificate and key are mounted in.
     pub ssl_dir: String,
     pub extra_routes: Vec<ProxyRoute>,
+    /// Serve `stub_status` on 127.0.0.1:[`STUB_STATUS_PORT`] for the metrics exporter sidecar.
+    pub stub_status: bool,
 }
 
 impl NginxConfig {
@@ -76,7 +83,12 @@ impl NginxConfig {
             redirect_http: t.spec.tls.as_ref().is_some_and(|t| t.redirect_http),
             maintenance: t.spec.nginx.maintenance,
             ssl_dir: "/ssl".into(),
-            extra_routes: super::objects::objects_route(t).into_iter().collect(),
+            extra_routes: super::objects::objects_route(t)
+                .into_iter()
+                .chain(super::logging::routes(t))
+                .chain(super::monitoring::routes(t))
+                .collect(),
+            stub_status: super::monitoring::enabled(t),
         }
     }
 }
@@ -143,6 +155,10 @@ fn locations(c: &NginxConfig) -> String {
         } else {
             proxy(&r.upstream)
         };
+        let mut body = body;
+        for (name, value) in &r.headers {
+            let _ = writeln!(body, "      proxy_set_header {name} \"{value}\";");
+        }
         let _ = write!(
             s,
             "    location ^~ {} {{\n{}    }}\n",
@@ -285,6 +301,23 @@ http {
             dir = c.ssl_dir
         );
     }
+    if c.stub_status {
+        let _ = write!(
+            s,
+            "
+  server {{
+    listen 127.0.0.1:{STUB_STATUS_PORT};
+    access_log off;
+    location = /stub_status {{
+      stub_status;
+    }}
+    location / {{
+      return 404;
+    }}
+  }}
+"
+        );
+    }
     s.push_str("}\n");
     s
 }
@@ -385,8 +418,10 @@ pub fn deployment(t: &ValidatedTator, conf: &str) -> Deployment {
     c.readiness_probe = Some(probe(2));
     c.liveness_probe = Some(probe(10));
     c.resources = Some(resources_or(&s.pod, requirements("250m", "256Mi", "1Gi")));
+    let mut containers = vec![c];
+    containers.extend(super::monitoring::nginx_exporter(t));
     let spec = PodSpec {
-        containers: vec![c],
+        containers,
         volumes: Some(volumes),
         security_context: Some(pod_security(NGINX_UID)),
         topology_spread_constraints: Some(spread(t, NGINX)),
@@ -471,6 +506,7 @@ mod tests {
             upstream: "kibana:5601".into(),
             guard: Guard::Staff,
             object_store: false,
+            headers: vec![],
         });
         render_conf(&c)
     }

@@ -751,6 +751,7 @@ pub fn objects_route(t: &ValidatedTator) -> Option<super::nginx::ProxyRoute> {
         upstream: format!("{}/", store_upstream(t)),
         guard: super::nginx::Guard::Open,
         object_store: true,
+        headers: vec![],
     })
 }
 

@@ -75,6 +75,10 @@ pub fn api_deployment(t: &ValidatedTator, version: &str) -> Deployment {
         format!(":{API_PORT}"),
         "tator_online.wsgi".into(),
     ]);
+    if let (Some(host), Some(args)) = (super::monitoring::statsd_host(t), c.args.as_mut()) {
+        // gunicorn reports request counts, durations and workers to the statsd exporter.
+        args.insert(args.len() - 1, format!("--statsd-host={host}"));
+    }
     c.working_dir = Some("/tator_online".into());
     c.ports = Some(vec![ContainerPort {
         name: Some("http".into()),

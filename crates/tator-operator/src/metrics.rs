@@ -47,6 +47,8 @@ pub struct RequestLabels {
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// The serving version last seen per TatorDeployment (for the migrations counter).
+    seen_versions: Mutex<std::collections::HashMap<(String, String), Option<String>>>,
     pub reconciles: Counter,
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Family<CategoryLabels, Counter>,
@@ -129,6 +131,7 @@ impl Metrics {
         }
         Self {
             registry: Mutex::new(registry),
+            seen_versions: Mutex::default(),
             reconciles,
             reconcile_duration,
             reconcile_errors,
@@ -180,18 +183,30 @@ impl Metrics {
                     .map(|c| c.reason.clone())
             })
         };
+        // A migration succeeded when the serving version moves (the Migrations condition may go
+        // from Running to UpToDate between two status writes); it failed when the condition
+        // turns Failed.
+        let old_version = old.and_then(|s| s.version.clone());
+        // Counted once per object and version, however stale the status a reconcile started from.
+        let first_time = self.seen_versions.lock().is_ok_and(|mut seen| {
+            let key = (namespace.to_string(), name.to_string());
+            let was = seen.insert(key, new.version.clone());
+            was.flatten().or(old_version) != new.version
+        });
+        if new.version.is_some() && first_time {
+            self.migrations
+                .get_or_create(&ResultLabels {
+                    result: "succeeded".into(),
+                })
+                .inc();
+        }
         let (before, after) = (migration(old), migration(Some(new)));
-        if before != after {
-            let result = match after.as_deref() {
-                Some("Succeeded") => Some("succeeded"),
-                Some("Failed") => Some("failed"),
-                _ => None,
-            };
-            if let Some(r) = result {
-                self.migrations
-                    .get_or_create(&ResultLabels { result: r.into() })
-                    .inc();
-            }
+        if before != after && after.as_deref() == Some("Failed") {
+            self.migrations
+                .get_or_create(&ResultLabels {
+                    result: "failed".into(),
+                })
+                .inc();
         }
     }
 
@@ -272,6 +287,7 @@ mod tests {
             ..Default::default()
         };
         let mut new = TatorDeploymentStatus {
+            version: Some("1.5.0".into()),
             conditions: vec![
                 cond("Ready", "True", "AllComponentsAvailable"),
                 cond("Migrations", "True", "Succeeded"),
@@ -285,6 +301,8 @@ mod tests {
                 desired: 2,
             },
         );
+        m.observe_status("ns", "tator", Some(&old), &new);
+        // A reconcile that started from a stale status does not count the migration again.
         m.observe_status("ns", "tator", Some(&old), &new);
         m.reconciles.inc();
         let text = m.encode();

@@ -137,8 +137,8 @@ if [[ -z $oldest ]]; then
   exit 0
 fi
 
-# The oldest supported release: its own API server, controller-manager and scheduler; etcd,
-# kwok, kubectl, helm, weed, kstatus and the kwok stages are shared with the newest.
+# The oldest supported release: its own API server, controller-manager and scheduler; every other
+# tool (etcd, kwok, kubectl, helm, weed, kstatus, promtool) and the kwok stages are shared.
 new_bin=$bin
 bin=$old_bin
 mkdir -p "$bin"
@@ -149,8 +149,9 @@ old_stamp+=" -X k8s.io/component-base/version.gitTreeState=clean"
 build kubernetes-oldest kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$old_stamp"
 build kubernetes-oldest kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$old_stamp"
 build kubernetes-oldest kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$old_stamp"
-for tool in etcd kwok kubectl helm weed kstatus; do
-  ln -sfn "$(readlink -f "$new_bin/$tool")" "$bin/$tool"
+for tool in "$new_bin"/*; do
+  case "$(basename "$tool")" in kube-apiserver | kube-controller-manager | kube-scheduler) continue ;; esac
+  ln -sfn "$(readlink -f "$tool")" "$bin/$(basename "$tool")"
 done
 ln -sfn "$stages" "$cache_root/$old_key/kwok-stages.yaml"
 echo "$bin"

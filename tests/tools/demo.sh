@@ -15,9 +15,23 @@ say "Starting the local control plane (etcd, kube-apiserver, controllers, schedu
 exports=$("$TATOR_TESTBED_BIN" up --dir "$cluster_dir")
 eval "$exports"
 
+# `kubectl wait --for=condition=...` fails at once while an object has no status.conditions yet;
+# poll the condition instead.
+wait_true() { # wait_true <resource> <condition type> <seconds>
+  local i
+  for ((i = 0; i < $3 * 2; i++)); do
+    if [[ $(kubectl get "$1" -o jsonpath="{.status.conditions[?(@.type==\"$2\")].status}" 2>/dev/null) == True ]]; then
+      echo "$1 condition $2 met"
+      return 0
+    fi
+    sleep 0.5
+  done
+  return 1
+}
+
 say "Installing the TatorDeployment CRD"
 kubectl apply --server-side --force-conflicts -f "$root/crds/"
-kubectl wait --for condition=Established crd/tatordeployments.tator.io --timeout=30s
+wait_true crd/tatordeployments.tator.io Established 30
 
 say "Running the operator in the background (log: $demo_dir/operator.log)"
 if [[ -f $demo_dir/operator.pid ]] && kill -0 "$(cat "$demo_dir/operator.pid")" 2>/dev/null; then
@@ -31,7 +45,7 @@ fi
 say "Applying deploy/examples/minimal.yaml"
 kubectl apply -f "$root/deploy/examples/minimal.yaml"
 echo "waiting for Ready (the kwok nodes run the pods without containers)..."
-if ! kubectl wait --for=condition=Ready tatordeployment/tator --timeout=120s; then
+if ! wait_true tatordeployment/tator Ready 120; then
   kubectl get tator tator -o yaml
   echo "operator log:" && tail -20 "$demo_dir/operator.log"
   exit 1

@@ -228,10 +228,23 @@ pub const TATOR_SHARED: &[(&str, &str)] = &[
     ("migrations", "/tator_online/main/migrations"),
 ];
 
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
+/// A plain environment variable.
+pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// An environment variable read from a Secret key.
+pub fn env_secret(name: &str, sel: &SecretKeySelector) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(sel.clone()),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

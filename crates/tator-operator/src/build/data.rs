@@ -160,25 +160,6 @@ pub fn endpoints(t: &ValidatedTator) -> Endpoints {
     }
 }
 
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
-fn env_secret(name: &str, sel: &SecretKeySelector) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(sel.clone()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// The environment wiring Tator's processes to the data services.
 pub fn data_env(e: &Endpoints) -> Vec<EnvVar> {
     let mut v = vec![

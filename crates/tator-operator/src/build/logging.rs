@@ -16,8 +16,7 @@ use k8s_openapi::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource,
             EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath,
             ObjectFieldSelector, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-            SecretKeySelector, SecretVolumeSource, SecurityContext, ServiceAccount, Toleration,
-            Volume, VolumeMount,
+            SecretVolumeSource, SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
@@ -261,25 +260,6 @@ fn es_ca_volume(t: &ValidatedTator) -> Option<(Volume, VolumeMount)> {
             ..Default::default()
         },
     ))
-}
-
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
-fn env_secret(name: &str, sel: &SecretKeySelector) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(sel.clone()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 /// `ELASTICSEARCH_URL` and, for a managed Elasticsearch with credentials, the user name and

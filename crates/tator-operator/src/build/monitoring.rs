@@ -738,16 +738,8 @@ pub fn grafana_deployment(t: &ValidatedTator, conf: &ConfigMap) -> Deployment {
         true,
     );
     c.env = Some(vec![
-        EnvVar {
-            name: "GF_PATHS_CONFIG".into(),
-            value: Some(format!("{GRAFANA_INI_DIR}/grafana.ini")),
-            ..Default::default()
-        },
-        EnvVar {
-            name: "GF_PATHS_PROVISIONING".into(),
-            value: Some("/etc/grafana/provisioning".into()),
-            ..Default::default()
-        },
+        env("GF_PATHS_CONFIG", format!("{GRAFANA_INI_DIR}/grafana.ini")),
+        env("GF_PATHS_PROVISIONING", "/etc/grafana/provisioning"),
         EnvVar {
             name: "GF_SECURITY_ADMIN_PASSWORD".into(),
             value_from: Some(EnvVarSource {

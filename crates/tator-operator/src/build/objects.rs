@@ -218,17 +218,13 @@ pub fn bucket_env(t: &ValidatedTator) -> Vec<EnvVar> {
     let secret = buckets_secret_name(t);
     bucket_env_names(t)
         .into_iter()
-        .map(|name| EnvVar {
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.clone(),
-                    key: name.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            name,
-            ..Default::default()
+        .map(|name| {
+            let sel = SecretKeySelector {
+                name: secret.clone(),
+                key: name.clone(),
+                optional: Some(false),
+            };
+            env_secret(&name, &sel)
         })
         .collect()
 }

@@ -8,11 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{
@@ -30,19 +26,14 @@ use tator_operator::{
 };
 use tator_testbed::{
     services::{Postgres, Redis},
-    support::{install_crds, namespace, shared_client, wait_for, workspace_root},
+    support::{
+        base64, captured_logs, install_crds, namespace, shared_client, unused_port, wait_for,
+        workspace_root,
+    },
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CANARY: &str = "canary-Pw-7f3a9c1e";
-
-fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn pg_target(pg: &Postgres, password: &str, ssl: SslMode, extensions: &[&str]) -> PostgresTarget {
     PostgresTarget {
@@ -216,35 +207,6 @@ async fn elasticsearch_checks_against_a_stand_in() {
     assert_eq!(gone.reason, "Unreachable");
 }
 
-/// Every log line of this test binary, at trace level for the operator.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let make = move || SharedWriter(writer.clone());
-        tracing_subscriber::fmt()
-            .with_env_filter("trace")
-            .with_writer(make)
-            .with_ansi(false)
-            .init();
-        buf
-    })
-    .clone()
-}
-
-struct SharedWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_services_gate_migrations_and_never_leak_the_password() {
     let logs = captured_logs();
@@ -393,7 +355,7 @@ async fn managed_services_gate_migrations_and_never_leak_the_password() {
     .unwrap();
 
     // The canary appears nowhere: status, Events, logs (raw or base64).
-    let b64 = base64_encode(CANARY);
+    let b64 = base64(CANARY);
     let status = serde_json::to_string(&tds.get("tator").await.unwrap().status).unwrap();
     assert!(
         !status.contains(CANARY) && !status.contains("not-the-password"),
@@ -410,23 +372,4 @@ async fn managed_services_gate_migrations_and_never_leak_the_password() {
         "the operator log leaked the password"
     );
     task.abort();
-}
-
-fn base64_encode(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

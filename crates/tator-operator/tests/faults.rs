@@ -47,7 +47,7 @@ use tator_operator::{
 use tator_testbed::{
     services::Seaweed,
     support::{
-        TestCluster, install_crds, namespace, shared_client, shared_kubeconfig, wait_for,
+        TestCluster, base64, install_crds, namespace, shared_client, shared_kubeconfig, wait_for,
         workspace_root,
     },
 };
@@ -215,25 +215,6 @@ async fn converged(client: &Client, ns: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn base64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

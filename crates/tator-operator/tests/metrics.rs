@@ -19,7 +19,8 @@ use kube::{
 use serde_json::json;
 use tator_api::TatorDeployment;
 use tator_testbed::support::{
-    install_crds, namespace, shared_client, shared_kubeconfig, wait_for, workspace_root,
+    install_crds, namespace, shared_client, shared_kubeconfig, unused_port, wait_for,
+    workspace_root,
 };
 
 struct Operator(Child);
@@ -29,14 +30,6 @@ impl Drop for Operator {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A plain HTTP/1.1 GET on loopback: (status code, body).
@@ -78,7 +71,7 @@ async fn metrics_endpoint_serves_the_documented_series() {
     .unwrap();
     secrets.create(&PostParams::default(), &s).await.unwrap();
 
-    let port = free_port();
+    let port = unused_port();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("operator.log");
     let out = std::fs::File::create(&log).unwrap();
@@ -115,7 +108,7 @@ async fn metrics_endpoint_serves_the_documented_series() {
         "metadata": {"name": "tator"},
         "spec": {"version": "1.5.0", "domain": "tator.example.com",
                  "objectStorage": {"backup": {"external": {"storeType": "MINIO", "bucketName": "backup",
-                     "endpoint": format!("http://127.0.0.1:{}", free_port()), "credentialsSecret": "aws"}}}}
+                     "endpoint": format!("http://127.0.0.1:{}", unused_port()), "credentialsSecret": "aws"}}}}
     }))
     .unwrap();
     tds.create(&PostParams::default(), &td).await.unwrap();

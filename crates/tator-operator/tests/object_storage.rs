@@ -15,8 +15,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -38,7 +37,10 @@ use tator_operator::{
 };
 use tator_testbed::{
     services::Seaweed,
-    support::{install_crds, namespace, shared_client, wait_for, workspace_root},
+    support::{
+        captured_logs, install_crds, namespace, shared_client, unused_port, wait_for,
+        workspace_root,
+    },
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -63,14 +65,6 @@ async fn seaweed(buckets: &'static [&'static str]) -> Seaweed {
         .await
         .unwrap()
         .expect("weed must be built: run `make tools`")
-}
-
-fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn target(endpoint: &str, bucket: &str, key: &str, secret: &str) -> S3Target {
@@ -350,35 +344,6 @@ impl TatorStandIn {
             .filter(|s| s.method != "GET")
             .map(|s| (s.method, s.path))
             .collect()
-    }
-}
-
-/// Every log line of this test binary, at trace level for the operator.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let make = move || SharedWriter(writer.clone());
-        tracing_subscriber::fmt()
-            .with_env_filter("trace")
-            .with_writer(make)
-            .with_ansi(false)
-            .init();
-        buf
-    })
-    .clone()
-}
-
-struct SharedWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

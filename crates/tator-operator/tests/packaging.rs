@@ -35,7 +35,7 @@ use tator_testbed::{
     Binaries,
     support::{
         TestCluster, install_crds, namespace, shared_client, shared_dir, shared_kubeconfig,
-        wait_for, workspace_root,
+        unused_port, wait_for, workspace_root,
     },
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -140,14 +140,6 @@ fn yaml_docs(text: &str) -> Vec<Value> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The operator as a separate process, with a ServiceAccount's token
 
@@ -207,7 +199,7 @@ struct Operator {
 
 impl Operator {
     fn start(name: &str, kubeconfig: &Path, dir: &Path, args: &[&str]) -> Self {
-        let port = free_port();
+        let port = unused_port();
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(operator_bin())

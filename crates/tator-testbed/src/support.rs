@@ -379,3 +379,50 @@ where
         }
     }
 }
+
+/// A loopback port nothing listens on (bound once, then released): for "unreachable" cases.
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(1)
+}
+
+/// Standard base64 of a string, to look for an encoded secret in logs.
+pub fn base64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Every log line of this test binary (the operator's at trace level), captured in memory. The
+/// first call installs the global subscriber.
+pub fn captured_logs() -> std::sync::Arc<Mutex<Vec<u8>>> {
+    use std::sync::Arc;
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let make = move || SharedWriter(writer.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .with_writer(make)
+            .with_ansi(false)
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct SharedWriter(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

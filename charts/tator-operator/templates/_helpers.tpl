@@ -63,6 +63,11 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [tator.io]
   resources: [tatordeployments]
   verbs: [list, watch]
+# controller.rs adds and removes its job-cluster finalizer (tator.io/job-clusters) with a
+# server-side apply of metadata.finalizers (patch), when spec.jobClusters is set.
+- apiGroups: [tator.io]
+  resources: [tatordeployments]
+  verbs: [patch]
 # controller.rs writes the status with server-side apply (patch_status).
 - apiGroups: [tator.io]
   resources: [tatordeployments/status]
@@ -127,10 +132,26 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 # Secrets by name only: apply.rs creates generated Secrets and fixes their metadata (create,
 # patch), objstore.rs applies the composed bucket Secrets (patch) and reads credentials Secrets
 # (get), checks.rs reads managed-service passwords (get), dependencies.rs hashes referenced
-# Secrets' resourceVersions (get). No list, no watch.
+# Secrets' resourceVersions (get). job_clusters.rs reads kubeconfig Secrets and the Secrets it
+# copies to job clusters (get), and writes the remote transcode Secret (patch), deleted when no
+# job cluster runs transcodes (delete). No list, no watch.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
+# apply.rs: Argo WorkflowTemplates (transcode, archive import) are applied (create, patch) and
+# pruned (list, delete); controller.rs lists them to see whether Argo's CRDs exist.
+- apiGroups: [argoproj.io]
+  resources: [workflowtemplates]
+  verbs: [list, create, patch, delete]
+# build/workflows.rs: the Roles of workflow pods (workflowtaskresults: create, patch) and of
+# Tator's REST API (workflows: create, get, list, delete) grant these; RBAC lets the operator
+# grant only what it holds. The operator itself never creates or reads workflows.
+- apiGroups: [argoproj.io]
+  resources: [workflows]
+  verbs: [create, get, list, delete]
+- apiGroups: [argoproj.io]
+  resources: [workflowtaskresults]
+  verbs: [create, patch]
 # apply.rs: cert-manager Certificates for tls.issuerRef are applied (create, patch) and pruned
 # (list, delete).
 - apiGroups: [cert-manager.io]

@@ -14,6 +14,8 @@ mod object_storage;
 pub use object_storage::*;
 mod observability;
 pub use observability::*;
+mod workflows;
+pub use workflows::*;
 
 // Maintainer note: field docs below are user-facing (`kubectl explain`). Defaults are serde
 // defaults so that a stored object that omits a field reads back with the documented value.
@@ -39,6 +41,9 @@ pub use observability::*;
     validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters: child object names are derived from it")
 )]
 #[x_kube(validation = Rule::new("!has(self.buckets) || size(self.buckets) == 0 || has(self.apiAccess)").message("buckets need apiAccess: the operator registers them through Tator's REST API"))]
+#[x_kube(validation = Rule::new("!has(self.jobClusters) || self.jobClusters.filter(c, c.runs.exists(r, r == 'transcode')).size() <= 1").message("at most one job cluster runs transcode: Tator's backend has one remote transcode cluster"))]
+#[x_kube(validation = Rule::new("!has(self.algorithms) || !self.algorithms.requireRemoteCluster || (has(self.jobClusters) && self.jobClusters.exists(c, c.runs.exists(r, r == 'algorithms')) && self.jobClusters.exists(c, c.runs.exists(r, r == 'transcode')))").message("algorithms.requireRemoteCluster forbids workflows in this cluster: add job clusters that run algorithms and transcode"))]
+#[x_kube(validation = Rule::new("!has(self.jobClusters) || !self.jobClusters.exists(c, c.runs.exists(r, r == 'algorithms')) || has(self.apiAccess)").message("a job cluster that runs algorithms needs apiAccess: the operator registers it through Tator's REST API"))]
 #[serde(rename_all = "camelCase")]
 pub struct TatorDeploymentSpec {
     /// Tator release to run, for example "1.5.0". It selects the image tag of every Tator image.
@@ -125,7 +130,23 @@ pub struct TatorDeploymentSpec {
     #[serde(default)]
     pub monitoring: Monitoring,
 
-    /// How the operator reaches Tator's REST API; needed for buckets.
+    /// Argo WorkflowTemplates for transcodes and archive imports, and the roles their pods and
+    /// the REST API need.
+    #[serde(default)]
+    pub workflows: Workflows,
+
+    /// Clusters where transcodes or algorithms run, each reached through a kubeconfig Secret.
+    /// The operator creates a namespace, roles, a token for Tator and the WorkflowTemplates
+    /// there, and removes them when the entry or the TatorDeployment goes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "job_clusters_schema")]
+    pub job_clusters: Vec<JobCluster>,
+
+    /// Where algorithm workflows may run.
+    #[serde(default)]
+    pub algorithms: Algorithms,
+
+    /// How the operator reaches Tator's REST API; needed for buckets and algorithm job clusters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_access: Option<ApiAccess>,
 
@@ -1018,6 +1039,10 @@ pub struct TatorDeploymentStatus {
     /// Buckets registered in Tator from spec.buckets, with Tator's ids.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buckets: Vec<RegisteredBucket>,
+
+    /// Job clusters: their conditions, Tator's registration id and the objects created there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub job_clusters: Vec<JobClusterStatus>,
 }
 
 /// Ready and desired replicas of one component.

@@ -22,7 +22,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::info;
 
 use crate::{
-    build::{Children, common::instance_selector, data, monitoring, storage, tls},
+    build::{Children, common::instance_selector, data, monitoring, storage, tls, workflows},
     cache::{self, Cached, Caches},
     error::Error,
     validate::ValidatedTator,
@@ -40,6 +40,8 @@ pub struct Applied {
     pub cert_manager_missing: bool,
     /// prometheus-operator's CRDs went missing while a ServiceMonitor or PodMonitor was applied.
     pub prometheus_operator_missing: bool,
+    /// Argo's WorkflowTemplate CRD went missing while templates were applied.
+    pub argo_missing: bool,
 }
 
 impl Applied {
@@ -48,6 +50,7 @@ impl Applied {
         self.live.extend(other.live);
         self.cert_manager_missing |= other.cert_manager_missing;
         self.prometheus_operator_missing |= other.prometheus_operator_missing;
+        self.argo_missing |= other.argo_missing;
     }
 }
 
@@ -155,6 +158,7 @@ pub fn held_back(
         disruption_budgets,
         service_monitors: _,
         pod_monitors: _,
+        workflow_templates: _,
     } = desired;
     let ns = t.namespace.as_str();
     let mut pending = Vec::new();
@@ -174,12 +178,14 @@ pub fn held_back(
         disruption_budgets: held(ns, disruption_budgets, caches, &mut pending),
         service_monitors: Vec::new(),
         pod_monitors: Vec::new(),
+        workflow_templates: Vec::new(),
     };
     (
         Applied {
             live,
             cert_manager_missing: false,
             prometheus_operator_missing: false,
+            argo_missing: false,
         },
         pending,
     )
@@ -209,6 +215,7 @@ pub async fn apply(
         disruption_budgets,
         service_monitors,
         pod_monitors,
+        workflow_templates,
     } = desired;
     let ns = t.namespace.as_str();
     let service_accounts = apply_all(client, ns, service_accounts, caches).await?;
@@ -247,6 +254,14 @@ pub async fn apply(
         pod_monitors,
     )
     .await?;
+    let (workflow_templates, argo_missing) = apply_dynamic(
+        client,
+        ns,
+        &workflows::workflow_template_resource(),
+        "WorkflowTemplate",
+        workflow_templates,
+    )
+    .await?;
     let live = Children {
         service_accounts,
         roles,
@@ -263,11 +278,13 @@ pub async fn apply(
         disruption_budgets,
         service_monitors,
         pod_monitors,
+        workflow_templates,
     };
     Ok(Applied {
         live,
         cert_manager_missing,
         prometheus_operator_missing: sm_missing || pm_missing,
+        argo_missing,
     })
 }
 
@@ -471,6 +488,7 @@ pub async fn prune(
         disruption_budgets,
         service_monitors,
         pod_monitors,
+        workflow_templates,
     } = &applied.live;
     let mut n = 0;
     n += prune_kind::<DaemonSet>(client, t, names(daemon_sets), caches).await?;
@@ -513,6 +531,14 @@ pub async fn prune(
         &monitoring::pod_monitor_resource(),
         "PodMonitor",
         names(pod_monitors),
+    )
+    .await?;
+    n += prune_dynamic(
+        client,
+        t,
+        &workflows::workflow_template_resource(),
+        "WorkflowTemplate",
+        names(workflow_templates),
     )
     .await?;
     Ok(n)

@@ -83,6 +83,12 @@ pub struct Context {
     /// What `/metrics` exports.
     pub metrics: Arc<Metrics>,
     cache_writers: Mutex<Option<CacheWriters>>,
+    /// The job-cluster workers.
+    pub job_clusters: Arc<crate::job_clusters::JobClusters>,
+    /// Reconcile requests from the job-cluster workers (taken by `run`).
+    job_cluster_triggers: Mutex<
+        Option<futures::channel::mpsc::UnboundedReceiver<reflector::ObjectRef<TatorDeployment>>>,
+    >,
 }
 
 impl Context {
@@ -97,7 +103,12 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         let (caches, writers) = Caches::new();
+        let job_clusters = Arc::new(crate::job_clusters::JobClusters::new(client.clone()));
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        job_clusters.set_trigger(tx);
         Self {
+            job_clusters,
+            job_cluster_triggers: Mutex::new(Some(rx)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
@@ -231,12 +242,16 @@ pub async fn reconcile(td: Arc<TatorDeployment>, ctx: Arc<Context>) -> Result<Ac
 /// fetch → validate → build → apply → status.
 async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> {
     if td.meta().deletion_timestamp.is_some() {
+        if has_finalizer(td) {
+            // Objects in job clusters have no owner references: remove them first.
+            return finalize(td, ctx).await;
+        }
         ctx.metrics.forget(
             &td.namespace().unwrap_or_default(),
             &td.name_any(),
             td.status.as_ref(),
         );
-        // Children go with their owner references; nothing to clean up outside the cluster.
+        // Children go with their owner references.
         return Ok(Action::await_change());
     }
     // validate
@@ -253,6 +268,13 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         }
     };
     t.secrets_hash = dependencies::secrets_hash(&ctx.client, &t).await?;
+    let had_clusters = td
+        .status
+        .as_ref()
+        .is_some_and(|s| !s.job_clusters.is_empty());
+    if (had_clusters || !t.spec.job_clusters.is_empty()) && !has_finalizer(td) {
+        set_finalizer(ctx, td, true).await?;
+    }
     // spec.paused: build and compare, but write nothing but status.
     let paused = t.spec.paused;
     let mut pending: Vec<String> = Vec::new();
@@ -273,6 +295,15 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
                 &build::monitoring::pod_monitor_resource(),
             )
             .await?;
+    }
+    let local_workflows = build::workflows::LocalWorkflows::of(&t);
+    if local_workflows.any() {
+        t.cluster.argo = apply::crd_installed(
+            &ctx.client,
+            &t.namespace,
+            &build::workflows::workflow_template_resource(),
+        )
+        .await?;
     }
     let caches = Some(&ctx.caches);
     // data tier first: the web tier waits for it
@@ -311,6 +342,12 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     {
         obs.tls_secret_missing = Some(secret);
     }
+    // job clusters: hand the workers what they keep (never waits on another cluster)
+    let synced = if paused || (!had_clusters && t.spec.job_clusters.is_empty()) {
+        None
+    } else {
+        Some(crate::job_clusters::sync(&ctx.client, &ctx.job_clusters, &mut t, had_clusters).await?)
+    };
     // build and apply the web tier, then prune what neither tier wants
     let desired = build::build(&t, &rollout);
     if paused {
@@ -327,15 +364,26 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     // object storage and bucket registration
     obs.object_storage =
         Some(objstore::observe(&t, &storage_secrets, &applied, storage_problem.as_ref()).await);
+    let algorithm_clusters = t
+        .spec
+        .job_clusters
+        .iter()
+        .any(|c| c.runs.contains(&tator_api::JobKind::Algorithms))
+        || td
+            .status
+            .as_ref()
+            .is_some_and(|s| s.job_clusters.iter().any(|c| c.registered_id.is_some()));
     let token = match &t.spec.api_access {
-        Some(a) if !t.spec.buckets.is_empty() || has_registrations(td) => checks::secret_value(
-            &ctx.client,
-            &t.namespace,
-            &a.token_secret.name,
-            &a.token_secret.key,
-        )
-        .await
-        .ok(),
+        Some(a) if !t.spec.buckets.is_empty() || has_registrations(td) || algorithm_clusters => {
+            checks::secret_value(
+                &ctx.client,
+                &t.namespace,
+                &a.token_secret.name,
+                &a.token_secret.key,
+            )
+            .await
+            .ok()
+        }
         _ => None,
     };
     let previous = td
@@ -358,6 +406,38 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         )
         .await
     };
+    // workflows and job clusters: described, never gating Ready
+    obs.informational
+        .push(status::workflows_ready(&t, &rollout, &applied));
+    let previous_clusters = td
+        .status
+        .as_ref()
+        .map(|s| s.job_clusters.clone())
+        .unwrap_or_default();
+    match &synced {
+        Some(synced) => {
+            let (conds, statuses) = crate::job_clusters::finish(
+                &ctx.job_clusters,
+                &t,
+                synced,
+                crate::job_clusters::Finish {
+                    api_ready: status::api_available(&applied),
+                    api_token: token.as_deref(),
+                    previous: &previous_clusters,
+                    paused,
+                },
+            )
+            .await;
+            obs.informational.extend(conds);
+            obs.job_clusters = statuses;
+        }
+        None => {
+            // Paused (or no clusters): what was recorded stays.
+            obs.informational
+                .extend(status::previous_job_cluster_conditions(td.status.as_ref()));
+            obs.job_clusters = previous_clusters;
+        }
+    }
     // status
     let (mut st, mut conds) = status::compute(&t, &rollout, &applied, &obs, &deps);
     status::pause_and_stop(&t, &pending, &mut st, &mut conds);
@@ -431,6 +511,9 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     } else if ready && dependencies::has_managed_services(&t) {
         // Managed services are re-checked every minute: one that goes away flips its condition.
         Action::requeue(ctx.settings.resync.min(Duration::from_secs(60)))
+    } else if ready && local_workflows.any() && !t.cluster.argo {
+        // Argo may be installed later: look again every minute.
+        Action::requeue(ctx.settings.resync.min(Duration::from_secs(60)))
     } else if ready {
         Action::requeue(ctx.settings.resync)
     } else if !deps.all_ready() {
@@ -439,6 +522,183 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     } else {
         Action::requeue(Duration::from_secs(10))
     })
+}
+
+fn has_finalizer(td: &TatorDeployment) -> bool {
+    td.finalizers()
+        .iter()
+        .any(|f| f == crate::job_clusters::FINALIZER)
+}
+
+/// Adds or removes the job-cluster finalizer (server-side apply of that list entry only).
+async fn set_finalizer(ctx: &Context, td: &TatorDeployment, on: bool) -> Result<(), Error> {
+    let api: Api<TatorDeployment> =
+        Api::namespaced(ctx.client.clone(), &td.namespace().unwrap_or_default());
+    let finalizers: Vec<&str> = if on {
+        vec![crate::job_clusters::FINALIZER]
+    } else {
+        Vec::new()
+    };
+    let body = json!({
+        "apiVersion": TatorDeployment::api_version(&()),
+        "kind": TatorDeployment::kind(&()),
+        "metadata": {"name": td.name_any(), "finalizers": finalizers},
+    });
+    let params = PatchParams::apply(&format!("{FIELD_MANAGER}-finalizer")).force();
+    match api
+        .patch(&td.name_any(), &params, &Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 && !on => Ok(()),
+        Err(source) => Err(Error::Apply {
+            kind: "TatorDeployment",
+            name: td.name_any(),
+            source,
+        }),
+    }
+}
+
+/// Deletion: removes what this TatorDeployment made in job clusters, then lets go. A cluster
+/// that cannot be cleaned up holds deletion for its cleanupTimeoutSeconds (the condition says
+/// what is left), or until the force-delete annotation is set.
+async fn finalize(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> {
+    use crate::job_clusters::{FORCE_DELETE_ANNOTATION, Placement, cleanup};
+    let uid = td.uid().unwrap_or_default();
+    let ns = td.namespace().unwrap_or_default();
+    ctx.job_clusters.stop(&uid);
+    let previous = td
+        .status
+        .as_ref()
+        .map(|s| s.job_clusters.clone())
+        .unwrap_or_default();
+    let mut places: Vec<(Placement, i32, Vec<String>)> = Vec::new();
+    for p in &previous {
+        let timeout = td
+            .spec
+            .job_clusters
+            .iter()
+            .find(|c| c.name == p.name)
+            .map_or(300, |c| c.cleanup_timeout_seconds);
+        places.push((
+            Placement {
+                namespace: ns.clone(),
+                owner_name: None,
+                cluster: p.name.clone(),
+                kubeconfig_secret: p.kubeconfig_secret.clone(),
+                kubeconfig_key: if p.kubeconfig_key.is_empty() {
+                    "kubeconfig".into()
+                } else {
+                    p.kubeconfig_key.clone()
+                },
+                remote_namespace: p.namespace.clone(),
+                uid: uid.clone(),
+            },
+            timeout,
+            p.objects.clone(),
+        ));
+    }
+    for c in &td.spec.job_clusters {
+        if places.iter().any(|(p, _, _)| p.cluster == c.name) {
+            continue;
+        }
+        places.push((
+            Placement {
+                namespace: ns.clone(),
+                owner_name: None,
+                cluster: c.name.clone(),
+                kubeconfig_secret: c.kubeconfig_secret.name.clone(),
+                kubeconfig_key: c.kubeconfig_secret.key.clone(),
+                remote_namespace: c.namespace.clone(),
+                uid: uid.clone(),
+            },
+            c.cleanup_timeout_seconds,
+            Vec::new(),
+        ));
+    }
+    let results =
+        futures::future::join_all(places.iter().map(|(p, _, _)| cleanup(&ctx.client, p))).await;
+    let failed: Vec<(&Placement, i32, &Vec<String>, String)> = places
+        .iter()
+        .zip(results)
+        .filter_map(|((p, timeout, objects), r)| r.err().map(|e| (p, *timeout, objects, e)))
+        .collect();
+    if failed.is_empty() {
+        info!(tator = %key(td), "job clusters cleaned up");
+        set_finalizer(ctx, td, false).await?;
+        return Ok(Action::await_change());
+    }
+    let force = td
+        .annotations()
+        .get(FORCE_DELETE_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let waited = td
+        .meta()
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            now.duration_since(t.0).try_into().ok()
+        })
+        .unwrap_or(Duration::ZERO);
+    let limit = failed.iter().map(|f| f.1).min().unwrap_or(0);
+    let left: Vec<String> = failed
+        .iter()
+        .map(|(p, _, objects, e)| {
+            let what = if objects.is_empty() {
+                format!("objects in namespace {}", p.remote_namespace)
+            } else {
+                format!("{} in namespace {}", objects.join(", "), p.remote_namespace)
+            };
+            format!("job cluster {}: {what} ({e})", p.cluster)
+        })
+        .collect();
+    if force || waited >= Duration::from_secs(u64::try_from(limit).unwrap_or(0)) {
+        let why = if force {
+            format!("{FORCE_DELETE_ANNOTATION} is set")
+        } else {
+            format!("gave up after {limit} s")
+        };
+        warn!(tator = %key(td), left = ?left, "deleting without cleaning up job clusters");
+        publish(
+            ctx,
+            td,
+            EventType::Warning,
+            "LeftBehind",
+            format!("{why}; left behind: {}", left.join("; ")),
+        )
+        .await;
+        set_finalizer(ctx, td, false).await?;
+        return Ok(Action::await_change());
+    }
+    let mut st = td.status.clone().unwrap_or_default();
+    let remaining = u64::try_from(limit)
+        .unwrap_or(0)
+        .saturating_sub(waited.as_secs());
+    for (p, _, _, _) in &failed {
+        let msg = format!(
+            "deletion waits for this cluster: could not remove {}; deletion goes ahead without it in {remaining} s, or at once with the annotation {FORCE_DELETE_ANNOTATION}=\"true\"",
+            left.iter()
+                .find(|l| l.starts_with(&format!("job cluster {}:", p.cluster)))
+                .cloned()
+                .unwrap_or_default()
+        );
+        let type_ = format!("JobCluster/{}", p.cluster);
+        st.conditions.retain(|c| c.type_ != type_);
+        st.conditions
+            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_,
+                status: "False".into(),
+                reason: "CleanupPending".into(),
+                message: msg,
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ),
+                observed_generation: td.meta().generation,
+            });
+    }
+    write_status(ctx, td, &st).await?;
+    Ok(Action::requeue(Duration::from_secs(5)))
 }
 
 /// Permanent errors wait for a spec change; transient ones back off exponentially.
@@ -491,6 +751,17 @@ pub async fn run(ctx: Arc<Context>) {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
+    // Job-cluster workers ask for reconciles when what they see changes.
+    let extra = ctx
+        .job_cluster_triggers
+        .lock()
+        .ok()
+        .and_then(|mut r| r.take());
+    let store = reader.clone();
+    let extra = futures::stream::iter(extra)
+        .flatten()
+        .filter_map(move |r| futures::future::ready(store.get(&r).map(|td| Ok((*td).clone()))));
+    let trigger = futures::stream::select(trigger, extra);
     let writers = ctx.cache_writers.lock().ok().and_then(|mut w| w.take());
     let Some(w) = writers else {
         warn!("this context already ran a controller; create a new one");

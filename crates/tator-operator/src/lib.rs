@@ -14,6 +14,7 @@ pub mod crd_install;
 pub mod dependencies;
 pub mod error;
 pub mod health;
+pub mod job_clusters;
 pub mod metrics;
 pub mod objstore;
 pub mod registration;

@@ -362,6 +362,128 @@ pub async fn register(t: &ValidatedTator, inputs: Inputs<'_>) -> Option<Registra
     })
 }
 
+fn http_client() -> Result<reqwest::Client, String> {
+    crate::checks::tls_config(None, true)
+        .map_err(|e| e.message)
+        .and_then(|tls| {
+            reqwest::Client::builder()
+                .timeout(CHECK_TIMEOUT)
+                .no_proxy()
+                .tls_backend_preconfigured(tls)
+                .build()
+                .map_err(|e| e.to_string())
+        })
+}
+
+/// A job cluster as Tator's /rest/JobClusters endpoints take it.
+pub struct JobClusterBody<'a> {
+    pub name: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    /// The bearer token Tator submits workflows with.
+    pub token: &'a str,
+    /// PEM CA of the cluster's API server.
+    pub cert: &'a str,
+}
+
+/// Registers a job cluster for an organization: PATCH when Tator has one of that name, else
+/// POST. Nothing is sent when `previous` (id, digest) matches. Returns Tator's id and the
+/// digest of what it has; errors are (reason, message) without credentials.
+pub async fn register_job_cluster(
+    t: &ValidatedTator,
+    api_token: &str,
+    organization: i64,
+    c: &JobClusterBody<'_>,
+    previous: Option<(i64, &str)>,
+) -> Result<(i64, String), (String, String)> {
+    let body = json!({
+        "name": c.name, "host": c.host, "port": c.port, "token": c.token, "cert": c.cert,
+    });
+    let d = digest(&body);
+    if let Some((id, prev)) = previous
+        && prev == d
+    {
+        return Ok((id, d));
+    }
+    let http = http_client().map_err(|e| ("ApiError".to_string(), e))?;
+    let api = Api {
+        http,
+        base: api_url(t),
+        token: api_token,
+        secrets: vec![api_token.to_string(), c.token.to_string()],
+    };
+    let fail = |e: CallError| (e.reason.to_string(), e.message);
+    let list = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/rest/JobClusters/{organization}"),
+            None,
+        )
+        .await
+        .map_err(fail)?;
+    let found = list.as_array().and_then(|l| {
+        l.iter()
+            .find(|x| x["name"].as_str() == Some(c.name))
+            .and_then(|x| x["id"].as_i64())
+    });
+    let id = match found {
+        Some(id) => {
+            api.call(
+                reqwest::Method::PATCH,
+                &format!("/rest/JobCluster/{id}"),
+                Some(&body),
+            )
+            .await
+            .map_err(fail)?;
+            id
+        }
+        None => {
+            let created = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/rest/JobClusters/{organization}"),
+                    Some(&body),
+                )
+                .await
+                .map_err(fail)?;
+            created["id"].as_i64().ok_or_else(|| {
+                (
+                    "ApiError".to_string(),
+                    format!("POST /rest/JobClusters/{organization} answered without an id"),
+                )
+            })?
+        }
+    };
+    Ok((id, d))
+}
+
+/// Deletes a job cluster's registration (gone already counts as done).
+pub async fn unregister_job_cluster(
+    t: &ValidatedTator,
+    api_token: &str,
+    id: i64,
+) -> Result<(), (String, String)> {
+    let http = http_client().map_err(|e| ("ApiError".to_string(), e))?;
+    let api = Api {
+        http,
+        base: api_url(t),
+        token: api_token,
+        secrets: vec![api_token.to_string()],
+    };
+    match api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/rest/JobCluster/{id}"),
+            None,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "NotFound" => Ok(()),
+        Err(e) => Err((e.reason.to_string(), e.message)),
+    }
+}
+
 fn collect_strings(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::String(s) => out.push(s.clone()),

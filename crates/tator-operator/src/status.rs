@@ -60,6 +60,11 @@ pub struct Observations {
     pub object_storage: Option<crate::dependencies::DepState>,
     /// `BucketsRegistered` and the registrations (None: no buckets to register).
     pub registration: Option<crate::registration::Registration>,
+    /// Conditions that describe but do not gate `Ready`: `WorkflowsReady` and one
+    /// `JobCluster/<name>` per job cluster (Tator serves without them).
+    pub informational: Vec<Cond>,
+    /// status.jobClusters.
+    pub job_clusters: Vec<tator_api::JobClusterStatus>,
 }
 
 /// Whether the REST API Deployment applied this round is available.
@@ -480,6 +485,7 @@ pub fn compute(
     };
     let mut all = vec![ready, reconciling, stalled_cond];
     all.extend(conds);
+    all.extend(obs.informational.iter().cloned());
 
     let phase = if all_ok {
         "Ready"
@@ -523,8 +529,77 @@ pub fn compute(
             .as_ref()
             .map(|r| r.buckets.clone())
             .unwrap_or_default(),
+        job_clusters: obs.job_clusters.clone(),
     };
     (status, all)
+}
+
+/// `WorkflowsReady`: whether workflows can run in this cluster (it does not gate `Ready`).
+pub fn workflows_ready(t: &ValidatedTator, rollout: &Rollout, applied: &Applied) -> Cond {
+    use crate::build::workflows::{self, LocalWorkflows};
+    const T: &str = "WorkflowsReady";
+    let local = LocalWorkflows::of(t);
+    if !local.any() {
+        return Cond::new(
+            T,
+            true,
+            "AllRemote",
+            "every workflow runs on a job cluster: nothing runs here",
+        );
+    }
+    if !t.cluster.argo || applied.argo_missing {
+        return Cond::new(
+            T,
+            false,
+            "ArgoNotInstalled",
+            "Argo Workflows' CRDs (workflowtemplates.argoproj.io) are not installed in this cluster: install Argo Workflows to run transcodes and algorithms here",
+        );
+    }
+    if !local.transcode {
+        return Cond::new(
+            T,
+            true,
+            "RolesApplied",
+            "algorithm workflows may be submitted here; transcodes run on a job cluster",
+        );
+    }
+    let Some(v) = rollout.app_version.as_deref() else {
+        return Cond::new(
+            T,
+            false,
+            "WaitingForMigrations",
+            "WorkflowTemplates are applied once a release is migrated",
+        );
+    };
+    match workflows::templates(t, v, &workflows::Target::local(t)) {
+        Err(e) => Cond::new(T, false, "InvalidTemplate", e),
+        Ok(_) => Cond::new(
+            T,
+            true,
+            "TemplatesApplied",
+            format!(
+                "{} WorkflowTemplate(s) and the workflow roles applied",
+                applied.workflow_templates.len()
+            ),
+        ),
+    }
+}
+
+/// The `JobCluster/<name>` conditions of the previous status, unchanged.
+pub fn previous_job_cluster_conditions(old: Option<&TatorDeploymentStatus>) -> Vec<Cond> {
+    old.map(|s| {
+        s.conditions
+            .iter()
+            .filter(|c| c.type_.starts_with("JobCluster/"))
+            .map(|c| Cond {
+                type_: c.type_.clone(),
+                ok: c.status == "True",
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            })
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// The registrations and `BucketsRegistered` of the previous status, unchanged (while paused).

@@ -34,6 +34,9 @@ pub struct ValidatedTator {
     /// Facts about the cluster the observability builders depend on, filled in by the fetch
     /// stage (defaults in `render`: no prometheus-operator, PodSecurity unknown).
     pub cluster: ClusterFacts,
+    /// Digest of the remote transcode cluster's address and credentials, once known: Tator's
+    /// pods roll when it changes.
+    pub remote_transcode: Option<String>,
 }
 
 /// What the fetch stage learnt about the cluster.
@@ -43,6 +46,8 @@ pub struct ClusterFacts {
     pub prometheus_operator: bool,
     /// The `pod-security.kubernetes.io/enforce` level of the namespace, when it could be read.
     pub pod_security: Option<String>,
+    /// Argo's WorkflowTemplate CRD is installed.
+    pub argo: bool,
 }
 
 /// Where the installation stands between the serving and the requested release.
@@ -150,6 +155,7 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
         owner,
         secrets_hash: None,
         cluster: ClusterFacts::default(),
+        remote_transcode: None,
     })
 }
 

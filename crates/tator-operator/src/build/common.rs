@@ -38,6 +38,70 @@ pub fn secrets_annotation(t: &ValidatedTator) -> BTreeMap<String, String> {
         BUCKETS_HASH_ANNOTATION.to_string(),
         super::objects::settings_hash(t),
     );
+    if let Some(h) = &t.remote_transcode {
+        out.insert(REMOTE_TRANSCODE_ANNOTATION.to_string(), h.clone());
+    }
+    out
+}
+
+/// Annotation on pod templates carrying a digest of the remote transcode cluster's address and
+/// credentials.
+pub const REMOTE_TRANSCODE_ANNOTATION: &str = "tator.io/remote-transcode-hash";
+/// Where the remote transcode cluster's CA is mounted (Tator's REMOTE_TRANSCODE_CERT).
+pub const REMOTE_TRANSCODE_CERT: &str = "/remote_transcodes/ca.crt";
+
+/// Whether a job cluster runs transcodes.
+pub fn remote_transcode(t: &ValidatedTator) -> bool {
+    t.spec
+        .job_clusters
+        .iter()
+        .any(|c| c.runs.contains(&tator_api::JobKind::Transcode))
+}
+
+/// Tator's transcode settings, and the remote transcode cluster from the operator's Secret
+/// (optional references: the Secret appears once the cluster has answered).
+fn workflow_env(t: &ValidatedTator) -> Vec<EnvVar> {
+    let ts = &t.spec.workflows.transcode;
+    let limit = |k: &str, default: &str| {
+        ts.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get(k))
+            .map_or_else(|| default.to_string(), |q| q.0.clone())
+    };
+    let mut out = vec![
+        env("TRANSCODER_MAX_RAM_DISK_SIZE", ts.max_ram_disk_size.clone()),
+        env("TRANSCODER_CPU_LIMIT", limit("cpu", "4")),
+        env("TRANSCODER_MEMORY_LIMIT", limit("memory", "8Gi")),
+        env("TRANSCODER_CODEC_NODE_SELECTORS", "FALSE"),
+        env("POD_GC_STRATEGY", t.spec.workflows.pod_gc_strategy.as_str()),
+    ];
+    if let Some(sc) = &ts.scratch_storage_class {
+        out.push(env("SCRATCH_STORAGE_CLASS", sc.clone()));
+        out.push(env("WORKFLOW_STORAGE_CLASSES", sc.clone()));
+    }
+    if remote_transcode(t) {
+        let secret = super::remote::remote_transcode_secret_name(t);
+        for key in [
+            "REMOTE_TRANSCODE_HOST",
+            "REMOTE_TRANSCODE_PORT",
+            "REMOTE_TRANSCODE_TOKEN",
+        ] {
+            out.push(EnvVar {
+                name: key.into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.clone(),
+                        key: key.into(),
+                        optional: Some(true),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        out.push(env("REMOTE_TRANSCODE_CERT", REMOTE_TRANSCODE_CERT));
+    }
     out
 }
 
@@ -291,6 +355,7 @@ pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
     ];
     env_vars.extend(super::data::data_env(&super::data::endpoints(t)));
     env_vars.extend(super::objects::bucket_env(t));
+    env_vars.extend(workflow_env(t));
     env_vars
 }
 
@@ -302,6 +367,28 @@ pub fn tator_volumes(t: &ValidatedTator) -> (Vec<Volume>, Vec<VolumeMount>) {
     if let Some((v, m)) = super::data::pg_ca_volume(&super::data::endpoints(t)) {
         volumes.push(v);
         mounts.push(m);
+    }
+    if remote_transcode(t) {
+        volumes.push(Volume {
+            name: "remote-transcode".into(),
+            secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+                secret_name: Some(super::remote::remote_transcode_secret_name(t)),
+                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                    key: super::remote::CA_KEY.into(),
+                    path: "ca.crt".into(),
+                    ..Default::default()
+                }]),
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "remote-transcode".into(),
+            mount_path: "/remote_transcodes".into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
     }
     (volumes, mounts)
 }

@@ -7,9 +7,11 @@ pub mod migrations;
 pub mod monitoring;
 pub mod nginx;
 pub mod objects;
+pub mod remote;
 pub mod storage;
 pub mod tls;
 pub mod web;
+pub mod workflows;
 
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
@@ -44,6 +46,8 @@ pub struct Children {
     /// prometheus-operator ServiceMonitors and PodMonitors (applied when its CRDs exist).
     pub service_monitors: Vec<DynamicObject>,
     pub pod_monitors: Vec<DynamicObject>,
+    /// Argo WorkflowTemplates (applied when Argo's CRDs exist).
+    pub workflow_templates: Vec<DynamicObject>,
 }
 
 impl Children {
@@ -65,6 +69,7 @@ impl Children {
             disruption_budgets,
             service_monitors,
             pod_monitors,
+            workflow_templates,
         } = other;
         self.service_accounts.extend(service_accounts);
         self.roles.extend(roles);
@@ -81,6 +86,7 @@ impl Children {
         self.disruption_budgets.extend(disruption_budgets);
         self.service_monitors.extend(service_monitors);
         self.pod_monitors.extend(pod_monitors);
+        self.workflow_templates.extend(workflow_templates);
     }
 }
 
@@ -113,6 +119,7 @@ impl Children {
             disruption_budgets,
             service_monitors,
             pod_monitors,
+            workflow_templates,
         } = self;
         stamp(service_accounts);
         stamp(roles);
@@ -129,6 +136,7 @@ impl Children {
         stamp(disruption_budgets);
         stamp(service_monitors);
         stamp(pod_monitors);
+        stamp(workflow_templates);
     }
 
     /// Every object as JSON, in apply order.
@@ -158,6 +166,7 @@ impl Children {
             disruption_budgets,
             service_monitors,
             pod_monitors,
+            workflow_templates,
         } = self;
         let mut out = Vec::new();
         push(&mut out, service_accounts)?;
@@ -175,6 +184,7 @@ impl Children {
         push(&mut out, disruption_budgets)?;
         push(&mut out, service_monitors)?;
         push(&mut out, pod_monitors)?;
+        push(&mut out, workflow_templates)?;
         Ok(out)
     }
 }
@@ -239,6 +249,19 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     d.services.push(nginx::service(t));
 
     d.jobs.extend(rollout.migration_job.clone());
+
+    // Workflow identities and roles; the templates once Argo is there and a release serves.
+    let (sas, roles, bindings) = workflows::local_rbac(t);
+    d.service_accounts.extend(sas);
+    d.roles.extend(roles);
+    d.role_bindings.extend(bindings);
+    if let Some(v) = rollout.app_version.as_deref()
+        && t.cluster.argo
+        && workflows::LocalWorkflows::of(t).transcode
+        && let Ok(templates) = workflows::templates(t, v, &workflows::Target::local(t))
+    {
+        d.workflow_templates.extend(templates);
+    }
 
     // Tator's own processes run only once a release is migrated.
     if let Some(v) = rollout.app_version.as_deref() {

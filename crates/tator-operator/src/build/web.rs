@@ -97,6 +97,9 @@ pub fn api_deployment(t: &ValidatedTator, version: &str) -> Deployment {
         security_context: Some(pod_security(TATOR_UID)),
         termination_grace_period_seconds: Some(60),
         topology_spread_constraints: Some(spread(t, API)),
+        service_account_name: Some(t.child_name(super::workflows::API_IDENTITY)),
+        // The token submits workflows here; without local workflows there is nothing to mount.
+        automount_service_account_token: Some(super::workflows::LocalWorkflows::of(t).any()),
         ..Default::default()
     };
     Deployment {
@@ -141,6 +144,8 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> 
         volumes: Some(volumes),
         security_context: Some(pod_security(TATOR_UID)),
         termination_grace_period_seconds: Some(60),
+        service_account_name: Some(t.child_name(super::workflows::API_IDENTITY)),
+        automount_service_account_token: Some(super::workflows::LocalWorkflows::of(t).any()),
         ..Default::default()
     };
     Deployment {

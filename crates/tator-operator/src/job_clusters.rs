@@ -1,0 +1,1279 @@
+//! Job clusters: one background worker per cluster keeps its objects applied with a client of
+//! its own, checks that the cluster answers, and reports what it saw.
+//!
+//! Reconciles never wait on another cluster: they hand the worker what is desired and read the
+//! worker's last report. A worker checks every [`CHECK_INTERVAL`] while the cluster is healthy
+//! and backs off (2 s doubling to [`MAX_BACKOFF`]) while it is not; every check re-reads the
+//! kubeconfig Secret, so a rotated credential is used at the next check. When a report changes
+//! the worker asks for a reconcile of its TatorDeployment.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Secret, ServiceAccount},
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::reflector::ObjectRef,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tator_api::{JobCluster, TatorDeployment};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::{
+    apply::FIELD_MANAGER,
+    build::{
+        common::short_hash,
+        remote::{self, CA_KEY, RemoteObjects, TOKEN_KEY},
+        workflows::workflow_template_resource,
+    },
+};
+
+/// Checks of a healthy cluster.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(15);
+/// Longest wait between attempts on a failing cluster.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest a single check (connect, apply, prune) may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One condition of a job cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Check {
+    fn new(ok: bool, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            ok,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+    fn pending() -> Self {
+        Self::new(false, "Pending", "not checked yet")
+    }
+}
+
+/// Tator's credentials for a cluster. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub token: String,
+    pub ca: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(***)")
+    }
+}
+
+/// What a worker last saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub reachable: Check,
+    pub templates: Check,
+    /// The API server URL from the kubeconfig.
+    pub server: Option<String>,
+    /// Tator's token and the cluster CA, once the token controller filled the Secret.
+    pub credentials: Option<Credentials>,
+    /// Objects the worker keeps in the cluster (Kind/name).
+    pub objects: Vec<String>,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Self {
+            reachable: Check::pending(),
+            templates: Check::pending(),
+            server: None,
+            credentials: None,
+            objects: Vec::new(),
+        }
+    }
+}
+
+/// What a worker is asked to keep in its cluster (no Debug: it holds Secret copies).
+#[derive(Clone, PartialEq)]
+pub struct Desired {
+    /// Namespace of the TatorDeployment (and of the kubeconfig Secret).
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub cluster: JobCluster,
+    pub objects: RemoteObjects,
+    /// Copies of the Secrets `objects.copied_secrets` names (read from this cluster).
+    pub copies: Vec<Secret>,
+}
+
+struct Worker {
+    desired: watch::Sender<Desired>,
+    report: Arc<Mutex<Report>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Every job-cluster worker of this operator.
+pub struct JobClusters {
+    main: Client,
+    workers: Mutex<HashMap<(String, String), Worker>>,
+    removals: Mutex<HashMap<(String, String), Arc<Mutex<Removal>>>>,
+    trigger: Mutex<Option<UnboundedSender<ObjectRef<TatorDeployment>>>>,
+}
+
+impl JobClusters {
+    pub fn new(main: Client) -> Self {
+        Self {
+            main,
+            workers: Mutex::new(HashMap::new()),
+            removals: Mutex::new(HashMap::new()),
+            trigger: Mutex::new(None),
+        }
+    }
+
+    /// Where workers ask for reconciles.
+    pub fn set_trigger(&self, tx: UnboundedSender<ObjectRef<TatorDeployment>>) {
+        if let Ok(mut t) = self.trigger.lock() {
+            *t = Some(tx);
+        }
+    }
+
+    /// Hands each cluster's worker what is desired (starting workers as needed, stopping those
+    /// of clusters no longer listed) and returns their last reports, in spec order.
+    pub fn sync(&self, desired: Vec<Desired>, uid: &str) -> Vec<Report> {
+        let Ok(mut workers) = self.workers.lock() else {
+            return Vec::new();
+        };
+        let keep: BTreeSet<String> = desired.iter().map(|d| d.cluster.name.clone()).collect();
+        workers.retain(|(u, name), _| u != uid || keep.contains(name));
+        let mut out = Vec::new();
+        for d in desired {
+            let key = (uid.to_string(), d.cluster.name.clone());
+            if let Some(w) = workers.get(&key) {
+                w.desired.send_if_modified(|cur| {
+                    if *cur == d {
+                        false
+                    } else {
+                        *cur = d.clone();
+                        true
+                    }
+                });
+                out.push(w.report.lock().map(|r| r.clone()).unwrap_or_default());
+                continue;
+            }
+            let (tx, rx) = watch::channel(d.clone());
+            let report = Arc::new(Mutex::new(Report::default()));
+            let trigger = self.trigger.lock().ok().and_then(|t| t.clone());
+            let task = tokio::spawn(run_worker(self.main.clone(), rx, report.clone(), trigger));
+            out.push(Report::default());
+            workers.insert(
+                key,
+                Worker {
+                    desired: tx,
+                    report,
+                    task,
+                },
+            );
+        }
+        out
+    }
+
+    /// Stops every worker of one TatorDeployment (it is being deleted).
+    pub fn stop(&self, uid: &str) {
+        if let Ok(mut workers) = self.workers.lock() {
+            workers.retain(|(u, _), _| u != uid);
+        }
+    }
+}
+
+async fn run_worker(
+    main: Client,
+    mut rx: watch::Receiver<Desired>,
+    report: Arc<Mutex<Report>>,
+    trigger: Option<UnboundedSender<ObjectRef<TatorDeployment>>>,
+) {
+    let mut session: Option<Session> = None;
+    let mut failures: u32 = 0;
+    loop {
+        let d = rx.borrow_and_update().clone();
+        let r =
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, sync_once(&main, &d, &mut session)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    session = None;
+                    Report {
+                        reachable: Check::new(
+                            false,
+                            "Unreachable",
+                            format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()),
+                        ),
+                        ..Report::default()
+                    }
+                }
+            };
+        let healthy = r.reachable.ok && r.templates.ok;
+        failures = if healthy {
+            0
+        } else {
+            failures.saturating_add(1)
+        };
+        let changed = report
+            .lock()
+            .map(|mut cur| {
+                let changed = *cur != r;
+                *cur = r.clone();
+                changed
+            })
+            .unwrap_or(false);
+        if changed {
+            info!(tator = %d.name, cluster = %d.cluster.name, reachable = %r.reachable.reason, templates = %r.templates.reason, "job cluster state changed");
+            if let Some(tx) = &trigger {
+                let _ = tx.unbounded_send(ObjectRef::new(&d.name).within(&d.namespace));
+            }
+        }
+        let wait = if healthy {
+            CHECK_INTERVAL
+        } else {
+            backoff(failures)
+        };
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// 2 s, 4 s, 8 s, … capped at [`MAX_BACKOFF`].
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 1u64 << failures.clamp(1, 5);
+    Duration::from_secs(secs).min(MAX_BACKOFF)
+}
+
+/// A client for one kubeconfig (rebuilt when the kubeconfig changes).
+struct Session {
+    kubeconfig_hash: String,
+    client: Client,
+    server: String,
+}
+
+/// Why a kubeconfig cannot be used.
+fn refuse(kc: &Kubeconfig) -> Option<String> {
+    for a in &kc.auth_infos {
+        let Some(info) = &a.auth_info else { continue };
+        if info.exec.is_some() {
+            return Some(format!(
+                "user {:?} uses an exec plugin, which the operator does not run",
+                a.name
+            ));
+        }
+        if info.auth_provider.is_some() {
+            return Some(format!("user {:?} uses an auth provider", a.name));
+        }
+        if info.token_file.is_some()
+            || info.client_certificate.is_some()
+            || info.client_key.is_some()
+        {
+            return Some(format!(
+                "user {:?} refers to files: put the credentials inline (token, client-certificate-data, client-key-data)",
+                a.name
+            ));
+        }
+    }
+    for c in &kc.clusters {
+        if c.cluster
+            .as_ref()
+            .is_some_and(|c| c.certificate_authority.is_some())
+        {
+            return Some(format!(
+                "cluster {:?} refers to a CA file: use certificate-authority-data",
+                c.name
+            ));
+        }
+    }
+    None
+}
+
+/// Reads the kubeconfig Secret and returns a client for it (the cached one if unchanged).
+async fn session<'a>(
+    main: &Client,
+    d: &Desired,
+    cached: &'a mut Option<Session>,
+) -> Result<&'a Session, Check> {
+    let secret_ref = &d.cluster.kubeconfig_secret;
+    let secrets: Api<Secret> = Api::namespaced(main.clone(), &d.namespace);
+    let secret = secrets
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(|e| {
+            Check::new(
+                false,
+                "SecretUnreadable",
+                format!("Secret {}: {e}", secret_ref.name),
+            )
+        })?
+        .ok_or_else(|| {
+            Check::new(
+                false,
+                "SecretNotFound",
+                format!("kubeconfig Secret {} does not exist", secret_ref.name),
+            )
+        })?;
+    let bytes = secret
+        .data
+        .and_then(|mut m| m.remove(&secret_ref.key))
+        .ok_or_else(|| {
+            Check::new(
+                false,
+                "SecretNotFound",
+                format!("Secret {} has no key {}", secret_ref.name, secret_ref.key),
+            )
+        })?;
+    let hash = short_hash(&bytes.0, 32);
+    if cached.as_ref().is_some_and(|s| s.kubeconfig_hash == hash) {
+        return cached.as_ref().ok_or_else(Check::pending);
+    }
+    let text = String::from_utf8(bytes.0)
+        .map_err(|_| Check::new(false, "InvalidKubeconfig", "the kubeconfig is not text"))?;
+    // Parse errors can quote the input: report only where it failed.
+    let kc = Kubeconfig::from_yaml(&text).map_err(|_| {
+        Check::new(
+            false,
+            "InvalidKubeconfig",
+            format!(
+                "key {} of Secret {} is not a kubeconfig",
+                secret_ref.key, secret_ref.name
+            ),
+        )
+    })?;
+    if let Some(why) = refuse(&kc) {
+        return Err(Check::new(false, "UnsupportedKubeconfig", why));
+    }
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Check::new(false, "InvalidKubeconfig", scrub_kube(&e.to_string())))?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(15));
+    config.write_timeout = Some(Duration::from_secs(15));
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config)
+        .map_err(|e| Check::new(false, "InvalidKubeconfig", scrub_kube(&e.to_string())))?;
+    if cached.is_some() {
+        info!(tator = %d.name, cluster = %d.cluster.name, "kubeconfig changed: new client");
+    }
+    *cached = Some(Session {
+        kubeconfig_hash: hash,
+        client,
+        server,
+    });
+    cached.as_ref().ok_or_else(Check::pending)
+}
+
+/// Error texts keep only their first line, without anything that looks like a credential.
+fn scrub_kube(m: &str) -> String {
+    m.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
+}
+
+fn reach_error(e: &kube::Error) -> Check {
+    match e {
+        kube::Error::Api(s) if s.code == 401 => Check::new(
+            false,
+            "Unauthorized",
+            "the API server refused the kubeconfig's credentials (401)",
+        ),
+        kube::Error::Api(s) if s.code == 403 => Check::new(
+            false,
+            "Forbidden",
+            format!("the kubeconfig's user may not do this: {}", s.message),
+        ),
+        other => Check::new(
+            false,
+            "Unreachable",
+            scrub_kube(
+                &std::error::Error::source(other)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| other.to_string()),
+            ),
+        ),
+    }
+}
+
+async fn sync_once(main: &Client, d: &Desired, cached: &mut Option<Session>) -> Report {
+    let s = match session(main, d, cached).await {
+        Ok(s) => s,
+        Err(check) => {
+            return Report {
+                reachable: check,
+                templates: Check::new(false, "Unreachable", "the cluster could not be reached"),
+                ..Report::default()
+            };
+        }
+    };
+    let client = s.client.clone();
+    let server = Some(s.server.clone());
+    if let Err(e) = client.apiserver_version().await {
+        *cached = None;
+        return Report {
+            reachable: reach_error(&e),
+            templates: Check::new(false, "Unreachable", "the cluster could not be reached"),
+            server,
+            ..Report::default()
+        };
+    }
+    let reachable = Check::new(true, "Connected", format!("{} answers", s.server));
+    match apply_remote(&client, d).await {
+        Ok((objects, argo, credentials)) => {
+            let templates = match (&d.objects.templates, argo, &credentials) {
+                (Err(e), _, _) => Check::new(false, "InvalidTemplate", e.clone()),
+                (Ok(t), false, _) if !t.is_empty() => Check::new(
+                    false,
+                    "ArgoNotInstalled",
+                    "Argo Workflows' CRDs (workflowtemplates.argoproj.io) are not installed in the job cluster",
+                ),
+                (_, _, None) => Check::new(
+                    false,
+                    "TokenPending",
+                    "waiting for the token controller to fill Tator's token Secret",
+                ),
+                (Ok(t), _, Some(_)) => Check::new(
+                    true,
+                    "Applied",
+                    format!(
+                        "namespace {}, roles, token and {} WorkflowTemplate(s) applied",
+                        d.cluster.namespace,
+                        t.len()
+                    ),
+                ),
+            };
+            Report {
+                reachable,
+                templates,
+                server,
+                credentials,
+                objects,
+            }
+        }
+        Err(e) => {
+            let failed = reach_error(&e.source);
+            // A connection that broke mid-way is unreachability; anything else is an apply error.
+            if failed.reason == "Unreachable" {
+                *cached = None;
+                return Report {
+                    reachable: failed,
+                    templates: Check::new(false, "Unreachable", "the cluster could not be reached"),
+                    server,
+                    ..Report::default()
+                };
+            }
+            Report {
+                reachable,
+                templates: Check::new(
+                    false,
+                    "ApplyFailed",
+                    format!("{}: {}", e.what, failed.message),
+                ),
+                server,
+                ..Report::default()
+            }
+        }
+    }
+}
+
+struct RemoteError {
+    what: String,
+    source: kube::Error,
+}
+
+fn err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> RemoteError {
+    let what = what.into();
+    move |source| RemoteError { what, source }
+}
+
+async fn ssa<K>(client: &Client, ns: &str, obj: &K) -> Result<K, RemoteError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.name_any();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(err(format!("{} {name}", K::kind(&()))))
+}
+
+/// Applies the desired objects, prunes the ones no longer desired, and reads the token back.
+async fn apply_remote(
+    client: &Client,
+    d: &Desired,
+) -> Result<(Vec<String>, bool, Option<Credentials>), RemoteError> {
+    let o = &d.objects;
+    let ns = d.cluster.namespace.as_str();
+    // The namespace: created when missing, never taken over when it exists.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces
+        .get_metadata_opt(ns)
+        .await
+        .map_err(err(format!("Namespace {ns}")))?
+        .is_none()
+    {
+        match namespaces
+            .create(&PostParams::default(), &o.namespace)
+            .await
+        {
+            Ok(_) => info!(cluster = %d.cluster.name, namespace = ns, "created the job namespace"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(err(format!("Namespace {ns}"))(e)),
+        }
+    }
+    let mut objects = Vec::new();
+    for sa in &o.service_accounts {
+        ssa(client, ns, sa).await?;
+        objects.push(format!("ServiceAccount/{}", sa.name_any()));
+    }
+    for r in &o.roles {
+        ssa(client, ns, r).await?;
+        objects.push(format!("Role/{}", r.name_any()));
+    }
+    for b in &o.role_bindings {
+        ssa(client, ns, b).await?;
+        objects.push(format!("RoleBinding/{}", b.name_any()));
+    }
+    let token = ssa(client, ns, &o.token_secret).await?;
+    objects.push(format!("Secret/{}", o.token_secret.name_any()));
+    for c in &d.copies {
+        ssa(client, ns, c).await?;
+        objects.push(format!("Secret/{}", c.name_any()));
+    }
+    let wt = workflow_template_resource();
+    let argo = crd_present(client, ns, &wt).await?;
+    if argo && let Ok(templates) = &o.templates {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &wt);
+        for t in templates {
+            let name = t.name_any();
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(t),
+            )
+            .await
+            .map_err(err(format!("WorkflowTemplate {name}")))?;
+            objects.push(format!("WorkflowTemplate/{name}"));
+        }
+    }
+    prune(client, ns, &d.uid, &objects, argo).await?;
+    let credentials = token.data.as_ref().and_then(|data| {
+        let token = String::from_utf8(data.get(TOKEN_KEY)?.0.clone()).ok()?;
+        let ca = String::from_utf8(data.get(CA_KEY)?.0.clone()).ok()?;
+        (!token.is_empty()).then_some(Credentials { token, ca })
+    });
+    objects.sort();
+    Ok((objects, argo, credentials))
+}
+
+async fn crd_present(client: &Client, ns: &str, r: &ApiResource) -> Result<bool, RemoteError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, r);
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(err(format!("{} (is its CRD installed?)", r.plural))(e)),
+    }
+}
+
+async fn prune_kind<K>(
+    client: &Client,
+    ns: &str,
+    uid: &str,
+    kind: &str,
+    keep: &BTreeSet<String>,
+) -> Result<Vec<String>, RemoteError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let list = api
+        .list_metadata(&ListParams::default().labels(&remote::owner_selector(uid)))
+        .await
+        .map_err(err(format!("{kind} list")))?;
+    let mut deleted = Vec::new();
+    for m in list.items {
+        let id = format!("{kind}/{}", m.name_any());
+        if keep.contains(&id) || m.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        match api.delete(&m.name_any(), &DeleteParams::background()).await {
+            Ok(_) => deleted.push(id),
+            Err(kube::Error::Api(s)) if s.code == 404 => deleted.push(id),
+            Err(e) => return Err(err(format!("deleting {id}"))(e)),
+        }
+    }
+    Ok(deleted)
+}
+
+async fn prune(
+    client: &Client,
+    ns: &str,
+    uid: &str,
+    keep: &[String],
+    argo: bool,
+) -> Result<Vec<String>, RemoteError> {
+    let keep: BTreeSet<String> = keep.iter().cloned().collect();
+    let mut deleted = Vec::new();
+    deleted.extend(prune_kind::<RoleBinding>(client, ns, uid, "RoleBinding", &keep).await?);
+    deleted.extend(prune_kind::<Role>(client, ns, uid, "Role", &keep).await?);
+    deleted.extend(prune_kind::<ServiceAccount>(client, ns, uid, "ServiceAccount", &keep).await?);
+    deleted.extend(prune_kind::<Secret>(client, ns, uid, "Secret", &keep).await?);
+    if argo {
+        let wt = workflow_template_resource();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &wt);
+        let list = api
+            .list_metadata(&ListParams::default().labels(&remote::owner_selector(uid)))
+            .await
+            .map_err(err("WorkflowTemplate list"))?;
+        for m in list.items {
+            let id = format!("WorkflowTemplate/{}", m.name_any());
+            if keep.contains(&id) {
+                continue;
+            }
+            match api.delete(&m.name_any(), &DeleteParams::background()).await {
+                Ok(_) => deleted.push(id),
+                Err(kube::Error::Api(s)) if s.code == 404 => deleted.push(id),
+                Err(e) => return Err(err(format!("deleting {id}"))(e)),
+            }
+        }
+    }
+    if !deleted.is_empty() {
+        info!(namespace = ns, ?deleted, "pruned job cluster objects");
+    }
+    Ok(deleted)
+}
+
+/// Where a TatorDeployment's objects in one job cluster are.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub namespace: String,
+    /// The TatorDeployment (asked to reconcile after a removal attempt).
+    pub owner_name: Option<String>,
+    pub cluster: String,
+    pub kubeconfig_secret: String,
+    pub kubeconfig_key: String,
+    pub remote_namespace: String,
+    pub uid: String,
+}
+
+/// Removes every object one TatorDeployment made in a job cluster (and the namespace, when the
+/// operator created it). Err lists what is left and why.
+pub async fn cleanup(main: &Client, p: &Placement) -> Result<(), String> {
+    let d = Desired {
+        namespace: p.namespace.clone(),
+        name: String::new(),
+        uid: p.uid.clone(),
+        cluster: JobCluster {
+            name: p.cluster.clone(),
+            kubeconfig_secret: tator_api::KubeconfigSecret {
+                name: p.kubeconfig_secret.clone(),
+                key: p.kubeconfig_key.clone(),
+            },
+            namespace: p.remote_namespace.clone(),
+            runs: Vec::new(),
+            organization: None,
+            api_server: None,
+            cleanup_timeout_seconds: 0,
+        },
+        objects: RemoteObjects {
+            namespace: Namespace::default(),
+            service_accounts: Vec::new(),
+            roles: Vec::new(),
+            role_bindings: Vec::new(),
+            token_secret: Secret::default(),
+            copied_secrets: Vec::new(),
+            templates: Ok(Vec::new()),
+        },
+        copies: Vec::new(),
+    };
+    let work = async {
+        let mut cached = None;
+        let s = session(main, &d, &mut cached)
+            .await
+            .map_err(|c| format!("{}: {}", c.reason, c.message))?;
+        let client = s.client.clone();
+        let ns = p.remote_namespace.as_str();
+        let argo = crd_present(&client, ns, &workflow_template_resource())
+            .await
+            .map_err(|e| format!("{}: {}", e.what, reach_error(&e.source).message))?;
+        let deleted = prune(&client, ns, &p.uid, &[], argo)
+            .await
+            .map_err(|e| format!("{}: {}", e.what, reach_error(&e.source).message))?;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        if let Some(m) = namespaces
+            .get_metadata_opt(ns)
+            .await
+            .map_err(|e| format!("Namespace {ns}: {}", reach_error(&e).message))?
+        {
+            let ours = m.labels().get(crate::build::workflows::OWNER_UID_LABEL) == Some(&p.uid);
+            if ours && m.metadata.deletion_timestamp.is_none() {
+                namespaces
+                    .delete(ns, &DeleteParams::background())
+                    .await
+                    .map_err(|e| format!("Namespace {ns}: {}", reach_error(&e).message))?;
+            }
+        }
+        debug!(cluster = %p.cluster, ?deleted, "job cluster cleaned up");
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())),
+    }
+}
+
+/// Reads the Secrets a job cluster gets copies of (missing ones are skipped: a pull Secret that
+/// does not exist here would not work there either).
+pub async fn read_copies(
+    main: &Client,
+    ns: &str,
+    names: &[String],
+) -> Result<Vec<Secret>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(main.clone(), ns);
+    let mut out = Vec::new();
+    for n in names {
+        if let Some(s) = api.get_opt(n).await? {
+            out.push(s);
+        } else {
+            warn!(secret = %n, "a Secret to copy to job clusters does not exist");
+        }
+    }
+    Ok(out)
+}
+
+/// Digest of what a report means for Tator's backend (rolls pods when it changes).
+pub fn credentials_digest(host: &str, port: u16, c: &Credentials) -> String {
+    short_hash(
+        format!("{host}\n{port}\n{}\n{}", c.token, c.ca).as_bytes(),
+        16,
+    )
+}
+
+/// Conditions of a cluster as status shows them.
+pub fn conditions(r: &Report, registered: Option<&Check>) -> BTreeMap<&'static str, Check> {
+    let mut m = BTreeMap::from([
+        ("Reachable", r.reachable.clone()),
+        ("TemplatesReady", r.templates.clone()),
+    ]);
+    if let Some(reg) = registered {
+        m.insert("Registered", reg.clone());
+    }
+    m
+}
+
+// ---- the reconcile stages ---------------------------------------------------------------------
+
+/// The finalizer that holds deletion until job clusters are cleaned up.
+pub const FINALIZER: &str = "tator.io/job-clusters";
+/// Annotation that lets deletion go ahead without waiting for unreachable job clusters.
+pub const FORCE_DELETE_ANNOTATION: &str = "tator.io/force-delete";
+
+/// What the first stage learnt: each cluster's last report, in spec order.
+pub struct Synced {
+    pub reports: Vec<(JobCluster, Report)>,
+}
+
+/// Hands every job cluster's worker its desired objects, and keeps the owned Secret that wires
+/// the transcode cluster into Tator's backend current. Never waits on another cluster.
+pub async fn sync(
+    main: &Client,
+    jc: &JobClusters,
+    t: &mut crate::validate::ValidatedTator,
+    had_clusters: bool,
+) -> Result<Synced, crate::error::Error> {
+    use crate::error::Error;
+    let version = t
+        .serving_version
+        .as_ref()
+        .unwrap_or(&t.target_version)
+        .to_string();
+    let mut desired = Vec::new();
+    for c in &t.spec.job_clusters {
+        let objects = remote::objects(t, c, &version);
+        let copies = read_copies(main, &t.namespace, &objects.copied_secrets)
+            .await
+            .map_err(|source| Error::Fetch {
+                what: "Secrets copied to job clusters".into(),
+                source,
+            })?
+            .iter()
+            .map(|s| remote::copied_secret(t, c, s))
+            .collect();
+        desired.push(Desired {
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            uid: t.owner.uid.clone(),
+            cluster: c.clone(),
+            objects,
+            copies,
+        });
+    }
+    let reports = jc.sync(desired, &t.owner.uid);
+    let reports: Vec<(JobCluster, Report)> =
+        t.spec.job_clusters.iter().cloned().zip(reports).collect();
+    let secrets: Api<Secret> = Api::namespaced(main.clone(), &t.namespace);
+    let name = remote::remote_transcode_secret_name(t);
+    let transcode = reports
+        .iter()
+        .find(|(c, _)| c.runs.contains(&tator_api::JobKind::Transcode));
+    match transcode {
+        Some((c, r)) => {
+            let addr = c.api_server.clone().or_else(|| r.server.clone());
+            if let (Some(creds), Some((host, port))) =
+                (&r.credentials, addr.as_deref().and_then(remote::host_port))
+            {
+                let want = remote::remote_transcode_secret(t, &host, port, &creds.token, &creds.ca);
+                let live = secrets
+                    .get_opt(&name)
+                    .await
+                    .map_err(|source| Error::Fetch {
+                        what: format!("Secret {name}"),
+                        source,
+                    })?;
+                if live.and_then(|l| l.data) != want.data {
+                    secrets
+                        .patch(
+                            &name,
+                            &PatchParams::apply(FIELD_MANAGER).force(),
+                            &Patch::Apply(&want),
+                        )
+                        .await
+                        .map_err(|source| Error::Apply {
+                            kind: "Secret",
+                            name: name.clone(),
+                            source,
+                        })?;
+                    info!(secret = %name, "wrote the remote transcode settings");
+                }
+                t.remote_transcode = Some(credentials_digest(&host, port, creds));
+            } else if let Some(m) = secrets.get_opt(&name).await.ok().flatten() {
+                // Until the cluster answers again, pods keep the settings they have.
+                let d = m.data.unwrap_or_default();
+                let text = |k: &str| {
+                    d.get(k)
+                        .map(|b| String::from_utf8_lossy(&b.0).to_string())
+                        .unwrap_or_default()
+                };
+                t.remote_transcode = Some(short_hash(
+                    format!(
+                        "{}\n{}\n{}\n{}",
+                        text("REMOTE_TRANSCODE_HOST"),
+                        text("REMOTE_TRANSCODE_PORT"),
+                        text("REMOTE_TRANSCODE_TOKEN").trim_start_matches("Bearer "),
+                        text(CA_KEY)
+                    )
+                    .as_bytes(),
+                    16,
+                ));
+            }
+        }
+        None if had_clusters || !t.spec.job_clusters.is_empty() => {
+            if secrets
+                .get_metadata_opt(&name)
+                .await
+                .map_err(|source| Error::Fetch {
+                    what: format!("Secret {name}"),
+                    source,
+                })?
+                .is_some()
+            {
+                secrets
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                    .map_err(|source| Error::Prune {
+                        kind: "Secret",
+                        name: name.clone(),
+                        source,
+                    })?;
+            }
+        }
+        None => {}
+    }
+    Ok(Synced { reports })
+}
+
+fn condition(
+    type_: &str,
+    c: &Check,
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    generation: i64,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+    let s = if c.ok { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|p| p.type_ == type_ && p.status == s)
+        .map(|p| p.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: type_.into(),
+        status: s.into(),
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+        last_transition_time: since,
+        observed_generation: Some(generation),
+    }
+}
+
+/// Inputs of the second stage.
+pub struct Finish<'a> {
+    pub api_ready: bool,
+    /// Tator's API token (apiAccess), when readable.
+    pub api_token: Option<&'a str>,
+    pub previous: &'a [tator_api::JobClusterStatus],
+    /// spec.paused: nothing is registered or removed.
+    pub paused: bool,
+}
+
+/// Registers algorithm clusters with Tator, removes what clusters dropped from the spec left
+/// behind, and returns the `JobCluster/<name>` conditions and status.jobClusters.
+pub async fn finish(
+    jc: &JobClusters,
+    t: &crate::validate::ValidatedTator,
+    synced: &Synced,
+    f: Finish<'_>,
+) -> (Vec<crate::status::Cond>, Vec<tator_api::JobClusterStatus>) {
+    use crate::status::Cond;
+    use tator_api::{JobClusterStatus, JobKind};
+    let mut conds = Vec::new();
+    let mut statuses = Vec::new();
+    for (c, r) in &synced.reports {
+        let prev = f.previous.iter().find(|p| p.name == c.name);
+        let mut entry = JobClusterStatus {
+            name: c.name.clone(),
+            kubeconfig_secret: c.kubeconfig_secret.name.clone(),
+            kubeconfig_key: c.kubeconfig_secret.key.clone(),
+            namespace: c.namespace.clone(),
+            server: r.server.clone(),
+            registered_id: prev.and_then(|p| p.registered_id),
+            registered_digest: prev.and_then(|p| p.registered_digest.clone()),
+            conditions: Vec::new(),
+            objects: if r.objects.is_empty() {
+                prev.map(|p| p.objects.clone()).unwrap_or_default()
+            } else {
+                r.objects.clone()
+            },
+        };
+        // A cluster moved to another namespace or Secret leaves its old objects: record the new
+        // place only once the old one is clean (the previous entry is kept until then).
+        let registered = if c.runs.contains(&JobKind::Algorithms) {
+            Some(
+                register(
+                    t,
+                    c,
+                    r,
+                    &f,
+                    prev.and_then(|p| p.registered_id.zip(p.registered_digest.clone())),
+                )
+                .await
+                .map(|(id, d)| {
+                    entry.registered_id = Some(id);
+                    entry.registered_digest = Some(d);
+                    Check::new(
+                        true,
+                        "Registered",
+                        format!(
+                            "registered in Tator as JobCluster {id} of organization {}",
+                            c.organization.unwrap_or_default()
+                        ),
+                    )
+                })
+                .unwrap_or_else(|e| e),
+            )
+        } else {
+            None
+        };
+        let all = conditions(r, registered.as_ref());
+        let prev_conds = prev.map(|p| p.conditions.as_slice()).unwrap_or_default();
+        entry.conditions = all
+            .iter()
+            .map(|(k, v)| condition(k, v, prev_conds, t.generation))
+            .collect();
+        let failing: Vec<String> = all
+            .iter()
+            .filter(|(_, v)| !v.ok)
+            .map(|(k, v)| format!("{k}: {} ({})", v.reason, v.message))
+            .collect();
+        let first_reason = all
+            .iter()
+            .find(|(_, v)| !v.ok)
+            .map(|(_, v)| v.reason.clone());
+        conds.push(match first_reason {
+            None => Cond::new(
+                &format!("JobCluster/{}", c.name),
+                true,
+                "Ready",
+                format!(
+                    "reachable at {}; objects applied in namespace {}",
+                    r.server.clone().unwrap_or_default(),
+                    c.namespace
+                ),
+            ),
+            Some(reason) => Cond::new(
+                &format!("JobCluster/{}", c.name),
+                false,
+                &reason,
+                failing.join("; "),
+            ),
+        });
+        statuses.push(entry);
+    }
+    // Entries dropped from the spec: remove their objects, then the registration.
+    for p in f.previous {
+        if t.spec.job_clusters.iter().any(|c| c.name == p.name) {
+            continue;
+        }
+        let type_ = format!("JobCluster/{}", p.name);
+        if f.paused {
+            statuses.push(p.clone());
+            continue;
+        }
+        let placement = Placement {
+            namespace: t.namespace.clone(),
+            cluster: p.name.clone(),
+            kubeconfig_secret: p.kubeconfig_secret.clone(),
+            kubeconfig_key: if p.kubeconfig_key.is_empty() {
+                "kubeconfig".into()
+            } else {
+                p.kubeconfig_key.clone()
+            },
+            remote_namespace: p.namespace.clone(),
+            uid: t.owner.uid.clone(),
+            owner_name: Some(t.name.clone()),
+        };
+        match jc.remove(placement) {
+            Some(Ok(())) => {
+                if let (Some(id), Some(token)) = (p.registered_id, f.api_token)
+                    && let Err((reason, message)) =
+                        crate::registration::unregister_job_cluster(t, token, id).await
+                {
+                    let mut keep = p.clone();
+                    keep.objects.clear();
+                    statuses.push(keep);
+                    conds.push(Cond::new(&type_, false, &reason, message));
+                    continue;
+                }
+                jc.forget_removal(&t.owner.uid, &p.name);
+                info!(cluster = %p.name, "job cluster removed");
+            }
+            Some(Err(e)) => {
+                statuses.push(p.clone());
+                conds.push(Cond::new(
+                    &type_,
+                    false,
+                    "CleanupFailed",
+                    format!("removed from the spec; its objects could not be deleted yet (retrying): {e}"),
+                ));
+            }
+            None => {
+                statuses.push(p.clone());
+                conds.push(Cond::new(
+                    &type_,
+                    false,
+                    "Removing",
+                    "removed from the spec; deleting its objects",
+                ));
+            }
+        }
+    }
+    (conds, statuses)
+}
+
+async fn register(
+    t: &crate::validate::ValidatedTator,
+    c: &JobCluster,
+    r: &Report,
+    f: &Finish<'_>,
+    previous: Option<(i64, String)>,
+) -> Result<(i64, String), Check> {
+    if f.paused {
+        return previous
+            .ok_or_else(|| Check::new(false, "Paused", "spec.paused holds registration back"));
+    }
+    if !f.api_ready {
+        return Err(Check::new(
+            false,
+            "WaitingForApi",
+            "registered once Tator's REST API is available",
+        ));
+    }
+    let Some(api_token) = f.api_token else {
+        return Err(Check::new(
+            false,
+            "TokenNotFound",
+            "the apiAccess token Secret could not be read",
+        ));
+    };
+    let (Some(creds), Some((host, port))) = (
+        &r.credentials,
+        c.api_server
+            .clone()
+            .or_else(|| r.server.clone())
+            .as_deref()
+            .and_then(remote::host_port),
+    ) else {
+        return Err(Check::new(
+            false,
+            "WaitingForCluster",
+            "registered once the cluster answers and Tator's token exists",
+        ));
+    };
+    let body = crate::registration::JobClusterBody {
+        name: &c.name,
+        host: &host,
+        port,
+        token: &creds.token,
+        cert: &creds.ca,
+    };
+    crate::registration::register_job_cluster(
+        t,
+        api_token,
+        c.organization.unwrap_or_default(),
+        &body,
+        previous.as_ref().map(|(id, d)| (*id, d.as_str())),
+    )
+    .await
+    .map_err(|(reason, message)| Check::new(false, &reason, message))
+}
+
+#[derive(Default)]
+struct Removal {
+    result: Option<Result<(), String>>,
+}
+
+impl JobClusters {
+    /// Starts (once) the removal of one cluster's objects; returns its outcome when known. A
+    /// failed attempt is retried with backoff; each attempt asks for a reconcile.
+    pub fn remove(&self, p: Placement) -> Option<Result<(), String>> {
+        let key = (p.uid.clone(), p.cluster.clone());
+        let Ok(mut map) = self.removals.lock() else {
+            return None;
+        };
+        if let Some(r) = map.get(&key) {
+            return r.lock().ok().and_then(|r| r.result.clone());
+        }
+        let slot = Arc::new(Mutex::new(Removal::default()));
+        map.insert(key, slot.clone());
+        let main = self.main.clone();
+        let trigger = self.trigger.lock().ok().and_then(|t| t.clone());
+        tokio::spawn(async move {
+            let mut failures = 0;
+            loop {
+                let r = cleanup(&main, &p).await;
+                let done = r.is_ok();
+                if let Ok(mut s) = slot.lock() {
+                    s.result = Some(r);
+                }
+                if let Some(tx) = &trigger
+                    && let Some(name) = p.owner_name.clone()
+                {
+                    let _ = tx.unbounded_send(ObjectRef::new(&name).within(&p.namespace));
+                }
+                if done {
+                    return;
+                }
+                failures += 1;
+                tokio::time::sleep(backoff(failures)).await;
+                if Arc::strong_count(&slot) == 1 {
+                    // Forgotten (the TatorDeployment is gone).
+                    return;
+                }
+            }
+        });
+        None
+    }
+
+    /// Drops a finished removal.
+    pub fn forget_removal(&self, uid: &str, cluster: &str) {
+        if let Ok(mut map) = self.removals.lock() {
+            map.remove(&(uid.to_string(), cluster.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(4), Duration::from_secs(16));
+        assert_eq!(backoff(9), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn kubeconfigs_that_run_commands_or_read_files_are_refused() {
+        let exec = r#"
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh}}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"#;
+        let kc = Kubeconfig::from_yaml(exec).unwrap();
+        assert!(refuse(&kc).unwrap().contains("exec plugin"));
+        let file = exec.replace(
+            "{exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh}}",
+            "{tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token}",
+        );
+        let kc = Kubeconfig::from_yaml(&file).unwrap();
+        assert!(refuse(&kc).unwrap().contains("refers to files"));
+        let ok = exec.replace(
+            "{exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh}}",
+            "{token: abc}",
+        );
+        assert!(refuse(&Kubeconfig::from_yaml(&ok).unwrap()).is_none());
+    }
+
+    #[test]
+    fn credentials_never_print() {
+        let c = Credentials {
+            token: "secret-token".into(),
+            ca: "ca".into(),
+        };
+        assert!(!format!("{c:?}").contains("secret-token"));
+        let r = Report {
+            credentials: Some(c),
+            ..Report::default()
+        };
+        assert!(!format!("{r:?}").contains("secret-token"));
+    }
+}

@@ -38,11 +38,10 @@ use tator_operator::{
 use tator_testbed::{
     services::Seaweed,
     support::{
-        captured_logs, install_crds, namespace, shared_client, unused_port, wait_for,
-        workspace_root,
+        JsonRequest, captured_logs, install_crds, namespace, serve_json, shared_client,
+        unused_port, wait_for, workspace_root,
     },
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CANARY_KEY: &str = "CANARYACCESSKEY7F3A";
 const CANARY_SECRET: &str = "canary-Secret-9c1e-5b7d";
@@ -190,73 +189,27 @@ struct TatorStandIn {
 
 impl TatorStandIn {
     async fn start(&self) -> u16 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
         let me = self.clone();
-        tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                let me = me.clone();
-                tokio::spawn(async move { me.serve(sock).await });
-            }
-        });
-        port
-    }
-
-    async fn serve(&self, mut sock: tokio::net::TcpStream) {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        let (head, body) = loop {
-            let n = sock.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                return;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).to_string();
-            if let Some(i) = text.find("\r\n\r\n") {
-                let head = text[..i].to_string();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= i + 4 + len {
-                    break (head, buf[i + 4..i + 4 + len].to_vec());
-                }
-            }
-        };
-        let mut first = head.lines().next().unwrap_or("").split_whitespace();
-        let method = first.next().unwrap_or("").to_string();
-        let path = first.next().unwrap_or("").to_string();
-        let authorized = head.lines().any(|l| {
-            l.split_once(':').is_some_and(|(k, v)| {
-                k.eq_ignore_ascii_case("authorization") && v.trim() == format!("Token {TOKEN}")
-            })
-        });
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        self.seen.lock().unwrap().push(Seen {
-            method: method.clone(),
-            path: path.clone(),
-            body: body.clone(),
-        });
-        let (status, answer) = if *self.down.lock().unwrap() {
-            ("503 Service Unavailable", json!({"message": "down"}))
-        } else if !authorized {
-            (
-                "403 Forbidden",
-                json!({"message": "Authentication credentials were not provided."}),
-            )
-        } else {
-            self.route(&method, &path, body)
-        };
-        let text = answer.to_string();
-        let resp = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-            text.len()
-        );
-        let _ = sock.write_all(resp.as_bytes()).await;
+        serve_json(move |req: JsonRequest| {
+            let authorized = req.authorization.as_deref() == Some(&format!("Token {TOKEN}"));
+            me.seen.lock().unwrap().push(Seen {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                body: req.body.clone(),
+            });
+            let (status, answer) = if *me.down.lock().unwrap() {
+                ("503 Service Unavailable", json!({"message": "down"}))
+            } else if !authorized {
+                (
+                    "403 Forbidden",
+                    json!({"message": "Authentication credentials were not provided."}),
+                )
+            } else {
+                me.route(&req.method, &req.path, req.body)
+            };
+            (status.to_string(), answer)
+        })
+        .await
     }
 
     fn route(&self, method: &str, path: &str, body: Value) -> (&'static str, Value) {

@@ -227,6 +227,8 @@ pub struct Cluster {
     pub server: String,
     pub binaries: Binaries,
     processes: Vec<ManagedProcess>,
+    /// Processes stopped by [`Cluster::halt`], with their place in the start order.
+    halted: Vec<(usize, &'static str, Vec<String>)>,
     lb: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -371,6 +373,7 @@ impl Cluster {
             server: server.clone(),
             binaries,
             processes: Vec::new(),
+            halted: Vec::new(),
             lb: None,
         };
         let p = |name: &str| dir.join(name).display().to_string();
@@ -543,6 +546,32 @@ impl Cluster {
         for (i, name, args) in stopped {
             self.spawn(name, &args)?;
             // Back to its place in the start order, so that stop() still stops in reverse.
+            if let Some(p) = self.processes.pop() {
+                self.processes.insert(i.min(self.processes.len()), p);
+            }
+        }
+        self.wait_apiserver(Duration::from_secs(60)).await?;
+        Ok(())
+    }
+
+    /// Stops the named processes and keeps them stopped until [`Cluster::resume`]: an outage
+    /// (for example of a job cluster's API server).
+    pub fn halt(&mut self, names: &[&str]) {
+        for i in (0..self.processes.len()).rev() {
+            if names.contains(&self.processes[i].name) {
+                let mut p = self.processes.remove(i);
+                p.stop(Duration::from_secs(3));
+                self.halted.push((i, p.name, p.args));
+            }
+        }
+    }
+
+    /// Starts the processes [`Cluster::halt`] stopped and waits for the API server.
+    pub async fn resume(&mut self) -> Result<(), Error> {
+        let mut halted = std::mem::take(&mut self.halted);
+        halted.reverse();
+        for (i, name, args) in halted {
+            self.spawn(name, &args)?;
             if let Some(p) = self.processes.pop() {
                 self.processes.insert(i.min(self.processes.len()), p);
             }

@@ -105,8 +105,9 @@ fn serve(dir: &Path, watch_stdin: bool, remove_dir: bool) -> anyhow::Result<()> 
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         // With --watch-stdin, standard input carries commands, one per line: `restart <process>...`
-        // restarts control-plane processes (fault tests) and writes the number of restarts done
-        // to the file `restarts`; anything else, or end of input, stops the cluster.
+        // restarts control-plane processes (fault tests), `halt <process>...` stops them until
+        // `resume`; each writes the number of commands done to the file `restarts`. Anything
+        // else, or end of input, stops the cluster.
         let (tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
         if watch_stdin {
             std::thread::spawn(move || {
@@ -137,6 +138,20 @@ fn serve(dir: &Path, watch_stdin: bool, remove_dir: bool) -> anyhow::Result<()> 
                         let names: Vec<&str> = c.split_whitespace().skip(1).collect();
                         if let Err(e) = cluster.restart(&names).await {
                             tracing::error!(error = %e, "restart failed: stopping");
+                            break;
+                        }
+                        restarts += 1;
+                        std::fs::write(dir.join("restarts"), restarts.to_string())?;
+                    }
+                    Some(c) if c.starts_with("halt ") => {
+                        let names: Vec<&str> = c.split_whitespace().skip(1).collect();
+                        cluster.halt(&names);
+                        restarts += 1;
+                        std::fs::write(dir.join("restarts"), restarts.to_string())?;
+                    }
+                    Some(c) if c == "resume" => {
+                        if let Err(e) = cluster.resume().await {
+                            tracing::error!(error = %e, "resume failed: stopping");
                             break;
                         }
                         restarts += 1;

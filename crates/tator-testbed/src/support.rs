@@ -141,6 +141,21 @@ impl TestCluster {
     /// Restarts control-plane processes (for example `["etcd", "kube-apiserver"]`) with their
     /// ports and data, and waits until the API server is ready again.
     pub fn restart(&mut self, processes: &[&str]) -> Result<(), Error> {
+        self.command(&format!("restart {}", processes.join(" ")))
+    }
+
+    /// Stops control-plane processes (for example `["kube-apiserver"]`) until [`Self::resume`].
+    pub fn halt(&mut self, processes: &[&str]) -> Result<(), Error> {
+        self.command(&format!("halt {}", processes.join(" ")))
+    }
+
+    /// Starts what [`Self::halt`] stopped and waits until the API server is ready again.
+    pub fn resume(&mut self) -> Result<(), Error> {
+        self.command("resume")
+    }
+
+    /// Sends one command to the supervisor and waits until it is done.
+    fn command(&mut self, command: &str) -> Result<(), Error> {
         let done = |dir: &Path| -> u32 {
             std::fs::read_to_string(dir.join("restarts"))
                 .ok()
@@ -152,7 +167,7 @@ impl TestCluster {
             .stdin
             .as_mut()
             .ok_or_else(|| Error::Binaries("the supervisor's input is closed".into()))?;
-        writeln!(stdin, "restart {}", processes.join(" ")).map_err(io_err(&self.dir))?;
+        writeln!(stdin, "{command}").map_err(io_err(&self.dir))?;
         stdin.flush().map_err(io_err(&self.dir))?;
         let deadline = Instant::now() + Duration::from_secs(120);
         while done(&self.dir) <= before {
@@ -166,7 +181,7 @@ impl TestCluster {
             }
             if Instant::now() > deadline {
                 return Err(Error::Timeout {
-                    what: format!("restarting {}", processes.join(", ")),
+                    what: format!("the supervisor command {command:?}"),
                     seconds: 120,
                     last: String::new(),
                 });
@@ -309,9 +324,17 @@ pub fn read_crds(path: &Path) -> Result<Vec<CustomResourceDefinition>, Error> {
 
 /// Installs CRDs with server-side apply and waits until each is Established.
 pub async fn install_crds(client: &Client, path: &Path) -> Result<Vec<String>, Error> {
+    install_crd_objects(client, read_crds(path)?).await
+}
+
+/// Installs CRD objects with server-side apply and waits until each is Established.
+pub async fn install_crd_objects(
+    client: &Client,
+    crds: Vec<CustomResourceDefinition>,
+) -> Result<Vec<String>, Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
-    for mut crd in read_crds(path)? {
+    for mut crd in crds {
         let name = crd.metadata.name.clone().unwrap_or_default();
         crd.metadata.managed_fields = None;
         crd.metadata.resource_version = None;
@@ -425,4 +448,83 @@ impl Write for SharedWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// One request a [`serve_json`] stand-in received.
+#[derive(Clone, Debug)]
+pub struct JsonRequest {
+    pub method: String,
+    pub path: String,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+    /// The body as JSON (Null when empty or not JSON).
+    pub body: serde_json::Value,
+}
+
+/// Serves HTTP/1.1 JSON on a loopback port (returned) with `handler` answering each request
+/// with a status line (`"200 OK"`) and a JSON body: the plumbing of the stand-ins for Tator's
+/// REST API in the tests.
+pub async fn serve_json<F>(handler: F) -> u16
+where
+    F: Fn(JsonRequest) -> (String, serde_json::Value) + Send + Sync + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+        return 0;
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let handler = std::sync::Arc::new(handler);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let (head, body) = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(i) = text.find("\r\n\r\n") {
+                        let head = text[..i].to_string();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= i + 4 + len {
+                            break (head, buf[i + 4..i + 4 + len].to_vec());
+                        }
+                    }
+                };
+                let mut first = head.lines().next().unwrap_or("").split_whitespace();
+                let method = first.next().unwrap_or("").to_string();
+                let path = first.next().unwrap_or("").to_string();
+                let authorization = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("authorization")
+                        .then(|| v.trim().to_string())
+                });
+                let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                let (status, answer) = handler(JsonRequest {
+                    method,
+                    path,
+                    authorization,
+                    body,
+                });
+                let text = answer.to_string();
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    port
 }

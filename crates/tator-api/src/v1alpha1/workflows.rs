@@ -99,6 +99,7 @@ pub struct TranscodeSettings {
     /// volumeClaimTemplate.
     #[serde(default = "default_ram_disk")]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+(Ki|Mi|Gi|Ti)$')").message("maxRamDiskSize is a binary quantity such as 8Gi"))]
+    #[schemars(length(max = 16))]
     pub max_ram_disk_size: String,
 
     /// Storage class of scratch volumes above maxRamDiskSize (the cluster default if unset).
@@ -119,6 +120,13 @@ pub struct TranscodeSettings {
     #[schemars(range(min = 0, max = 20))]
     pub retry_limit: i32,
 
+    /// Scratch volume of an archive import (downloaded archive, unpacked files and transcodes),
+    /// claimed per workflow.
+    #[serde(default = "default_archive_scratch")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(Mi|Gi|Ti)$')").message("archiveScratchSize is a binary quantity such as 100Gi"))]
+    #[schemars(length(max = 16))]
+    pub archive_scratch_size: String,
+
     /// Transcodes of one archive import running at once.
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = 1, max = 64))]
@@ -137,6 +145,7 @@ impl Default for TranscodeSettings {
             resources: None,
             gpu: false,
             retry_limit: default_retries(),
+            archive_scratch_size: default_archive_scratch(),
             archive_parallelism: default_parallelism(),
             client_image: None,
         }
@@ -145,6 +154,9 @@ impl Default for TranscodeSettings {
 
 fn default_ram_disk() -> String {
     "8Gi".into()
+}
+fn default_archive_scratch() -> String {
+    "100Gi".into()
 }
 fn default_retries() -> i32 {
     5
@@ -172,6 +184,7 @@ pub enum JobKind {
 pub struct JobCluster {
     /// Name of the cluster (a DNS label), also its name in Tator.
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$')").message("a job cluster name is a DNS label of at most 32 characters"))]
+    #[schemars(length(max = 32))]
     pub name: String,
 
     /// Secret in this namespace holding a kubeconfig for the cluster (key `kubeconfig` unless
@@ -182,10 +195,11 @@ pub struct JobCluster {
 
     /// Namespace in the job cluster for Tator's workflows; created if missing.
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("namespace must be a DNS label"))]
+    #[schemars(length(max = 63))]
     pub namespace: String,
 
     /// What runs there: transcode, algorithms or both.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 2))]
     pub runs: Vec<JobKind>,
 
     /// Tator organization id the cluster is registered for (/rest/JobClusters/<organization>);
@@ -198,6 +212,7 @@ pub struct JobCluster {
     /// kubeconfig's server (for example a private endpoint). Default: the kubeconfig's server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('https://')").message("apiServer must be an https:// URL"))]
+    #[schemars(length(max = 2048))]
     pub api_server: Option<String>,
 
     /// Seconds deletion of the TatorDeployment waits for this cluster's objects to be removed
@@ -217,9 +232,11 @@ fn default_cleanup_timeout() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct KubeconfigSecret {
     /// Name of the Secret (same namespace).
+    #[schemars(length(max = 253))]
     pub name: String,
     /// Key of the kubeconfig.
     #[serde(default = "default_kubeconfig_key")]
+    #[schemars(length(max = 253))]
     pub key: String,
 }
 

@@ -467,13 +467,18 @@ pub fn transcode_template(t: &ValidatedTator, version: &str, target: &Target) ->
     let ram = quantity_bytes(&ts.max_ram_disk_size).unwrap_or(8 << 30);
     // scratch = 2.5 × size < ram  ⇔  size < ram × 2 / 5
     let limit = ram / 5 * 2;
+    // The schema of a claim wants a quantity, not a parameter: the template declares the
+    // claim with maxRamDiskSize and the pod spec patch (a string Argo fills in) sizes it.
     let mut claim = json!({
         "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": wf("scratch_size")}},
+        "resources": {"requests": {"storage": ts.max_ram_disk_size}},
     });
     if let Some(sc) = &ts.scratch_storage_class {
         claim["storageClassName"] = json!(sc);
     }
+    let size_patch = json!({"volumes": [{"name": "scratch", "ephemeral": {"volumeClaimTemplate": {
+        "spec": {"resources": {"requests": {"storage": wf("scratch_size")}}}}}}]})
+    .to_string();
     let container = step_container(
         t,
         transcode_args("/work", &wf("media_id")),
@@ -499,6 +504,7 @@ pub fn transcode_template(t: &ValidatedTator, version: &str, target: &Target) ->
         json!({
             "name": "transcode-on-disk",
             "retryStrategy": retry(t),
+            "podSpecPatch": size_patch,
             "volumes": [{"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": claim}}}],
             "container": container,
         }),
@@ -524,11 +530,12 @@ pub fn archive_import_template(
     target: &Target,
 ) -> DynamicObject {
     let ts = &t.spec.workflows.transcode;
+    // A workflow-wide claim is sized by the spec (its schema takes no parameter).
     let mut claim = json!({
         "metadata": {"name": "transcode-scratch"},
         "spec": {
             "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": wf("scratch_size")}},
+            "resources": {"requests": {"storage": ts.archive_scratch_size}},
         },
     });
     if let Some(sc) = &ts.scratch_storage_class {

@@ -14,6 +14,8 @@ mod object_storage;
 pub use object_storage::*;
 mod observability;
 pub use observability::*;
+mod maintenance;
+pub use maintenance::*;
 
 // Maintainer note: field docs below are user-facing (`kubectl explain`). Defaults are serde
 // defaults so that a stored object that omits a field reads back with the documented value.
@@ -124,6 +126,11 @@ pub struct TatorDeploymentSpec {
     /// operator's own) and Grafana at /grafana. Off by default.
     #[serde(default)]
     pub monitoring: Monitoring,
+
+    /// Tator's maintenance CronJobs (pruning, expiry, archiving, media backup and restoration)
+    /// and the nightly database backup, each with its default schedule.
+    #[serde(default)]
+    pub maintenance: Maintenance,
 
     /// How the operator reaches Tator's REST API; needed for buckets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1075,6 +1082,11 @@ mod tests {
         assert!(spec.monitoring.grafana.enabled);
         assert_eq!(spec.monitoring.grafana.staff_role, GrafanaRole::Viewer);
         assert_eq!(spec.monitoring.prometheus.storage.size, "10Gi");
+        assert!(!spec.maintenance.suspend && spec.maintenance.backup.enabled);
+        assert_eq!(spec.maintenance.expiration_age_days, 30);
+        assert_eq!(spec.maintenance.archive_age_days, 7);
+        assert_eq!(spec.maintenance.successful_jobs_history_limit, 1);
+        assert_eq!(spec.maintenance.failed_jobs_history_limit, 3);
     }
 
     #[test]

@@ -321,14 +321,16 @@ fn cron_job(t: &ValidatedTator, version: &str, job: &MaintenanceJob) -> CronJob 
     spec.termination_grace_period_seconds = Some(10);
     // Same user as the other Tator pods, so the shared folders' files stay theirs.
     spec.security_context = Some(pod_security(TATOR_UID));
-    let mut template = pod_template(
-        t,
-        MAINTENANCE,
-        Some(version),
-        spec,
-        secrets_annotation(t),
-        &m.pod,
-    );
+    // A rotated credential reaches the next run; the dump reads no bucket settings.
+    let annotations = match job.command {
+        Manage(_) => secrets_annotation(t),
+        PgDump => t
+            .secrets_hash
+            .iter()
+            .map(|h| (SECRETS_HASH_ANNOTATION.to_string(), h.clone()))
+            .collect(),
+    };
+    let mut template = pod_template(t, MAINTENANCE, Some(version), spec, annotations, &m.pod);
     if let Some(meta) = template.metadata.as_mut() {
         meta.labels
             .get_or_insert_with(BTreeMap::new)

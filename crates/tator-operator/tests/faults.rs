@@ -172,6 +172,7 @@ async fn uids(client: &Client, ns: &str) -> BTreeMap<(String, String), String> {
     add::<Service>(client, ns, "Service", &mut out).await;
     add::<ConfigMap>(client, ns, "ConfigMap", &mut out).await;
     add::<PodDisruptionBudget>(client, ns, "PodDisruptionBudget", &mut out).await;
+    add::<CronJob>(client, ns, "CronJob", &mut out).await;
     add::<PersistentVolumeClaim>(client, ns, "PersistentVolumeClaim", &mut out).await;
     add::<Secret>(client, ns, "Secret", &mut out).await;
     out

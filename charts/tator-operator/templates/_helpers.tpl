@@ -121,6 +121,10 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
+# apply.rs: the maintenance CronJobs (spec.maintenance) are applied, owned and pruned.
+- apiGroups: [batch]
+  resources: [cronjobs]
+  verbs: [list, watch, create, patch, delete]
 # apply.rs: the API's HorizontalPodAutoscaler (api.autoscaling) is applied, owned and pruned.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]

@@ -16,6 +16,8 @@ mod observability;
 pub use observability::*;
 mod workflows;
 pub use workflows::*;
+mod maintenance;
+pub use maintenance::*;
 
 // Maintainer note: field docs below are user-facing (`kubectl explain`). Defaults are serde
 // defaults so that a stored object that omits a field reads back with the documented value.
@@ -145,6 +147,11 @@ pub struct TatorDeploymentSpec {
     /// Where algorithm workflows may run.
     #[serde(default)]
     pub algorithms: Algorithms,
+
+    /// Tator's maintenance CronJobs (pruning, expiry, archiving, media backup and restoration)
+    /// and the nightly database backup, each with its default schedule.
+    #[serde(default)]
+    pub maintenance: Maintenance,
 
     /// How the operator reaches Tator's REST API; needed for buckets and algorithm job clusters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1100,6 +1107,11 @@ mod tests {
         assert!(spec.monitoring.grafana.enabled);
         assert_eq!(spec.monitoring.grafana.staff_role, GrafanaRole::Viewer);
         assert_eq!(spec.monitoring.prometheus.storage.size, "10Gi");
+        assert!(!spec.maintenance.suspend && spec.maintenance.backup.enabled);
+        assert_eq!(spec.maintenance.expiration_age_days, 30);
+        assert_eq!(spec.maintenance.archive_age_days, 7);
+        assert_eq!(spec.maintenance.successful_jobs_history_limit, 1);
+        assert_eq!(spec.maintenance.failed_jobs_history_limit, 3);
     }
 
     #[test]

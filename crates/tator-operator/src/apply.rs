@@ -8,7 +8,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, StatefulSet},
         autoscaling::v2::HorizontalPodAutoscaler,
-        batch::v1::Job,
+        batch::v1::{CronJob, Job},
         core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount},
         policy::v1::PodDisruptionBudget,
         rbac::v1::{Role, RoleBinding},
@@ -151,6 +151,7 @@ pub fn held_back(
         certificates: _,
         services,
         jobs,
+        cron_jobs,
         stateful_sets,
         daemon_sets,
         deployments,
@@ -171,6 +172,7 @@ pub fn held_back(
         certificates: Vec::new(),
         services: held(ns, services, caches, &mut pending),
         jobs: held(ns, jobs, caches, &mut pending),
+        cron_jobs: held(ns, cron_jobs, caches, &mut pending),
         stateful_sets: held(ns, stateful_sets, caches, &mut pending),
         daemon_sets: held(ns, daemon_sets, caches, &mut pending),
         deployments: held(ns, deployments, caches, &mut pending),
@@ -191,8 +193,8 @@ pub fn held_back(
     )
 }
 
-/// Applies every desired child in dependency order: claims, configuration, Services, Jobs,
-/// workloads, then the objects that refer to workloads.
+/// Applies every desired child in dependency order: claims, configuration, Services, Jobs and
+/// CronJobs, workloads, then the objects that refer to workloads.
 pub async fn apply(
     client: &Client,
     t: &ValidatedTator,
@@ -208,6 +210,7 @@ pub async fn apply(
         certificates,
         services,
         jobs,
+        cron_jobs,
         stateful_sets,
         daemon_sets,
         deployments,
@@ -233,6 +236,7 @@ pub async fn apply(
     .await?;
     let services = apply_all(client, ns, services, caches).await?;
     let jobs = apply_all(client, ns, jobs, caches).await?;
+    let cron_jobs = apply_all(client, ns, cron_jobs, caches).await?;
     let stateful_sets = apply_all(client, ns, stateful_sets, caches).await?;
     let daemon_sets = apply_all(client, ns, daemon_sets, caches).await?;
     let deployments = apply_all(client, ns, deployments, caches).await?;
@@ -271,6 +275,7 @@ pub async fn apply(
         certificates,
         services,
         jobs,
+        cron_jobs,
         stateful_sets,
         daemon_sets,
         deployments,
@@ -481,6 +486,7 @@ pub async fn prune(
         certificates,
         services,
         jobs,
+        cron_jobs,
         stateful_sets,
         daemon_sets,
         deployments,
@@ -505,6 +511,7 @@ pub async fn prune(
     n += prune_kind::<ConfigMap>(client, t, names(config_maps), caches).await?;
     n += prune_kind::<Service>(client, t, names(services), caches).await?;
     n += prune_kind::<Job>(client, t, names(jobs), caches).await?;
+    n += prune_kind::<CronJob>(client, t, names(cron_jobs), caches).await?;
     n += prune_kind::<StatefulSet>(client, t, names(stateful_sets), caches).await?;
     n += prune_kind::<Deployment>(client, t, names(deployments), caches).await?;
     n += prune_kind::<HorizontalPodAutoscaler>(client, t, names(autoscalers), caches).await?;

@@ -5,7 +5,7 @@
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
-    batch::v1::Job,
+    batch::v1::{CronJob, Job},
     core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount},
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
@@ -34,6 +34,7 @@ pub struct Caches {
     pub services: Store<Service>,
     pub config_maps: Store<ConfigMap>,
     pub jobs: Store<Job>,
+    pub cron_jobs: Store<CronJob>,
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub disruption_budgets: Store<PodDisruptionBudget>,
     pub claims: Store<PersistentVolumeClaim>,
@@ -50,6 +51,7 @@ pub struct CacheWriters {
     pub services: Writer<Service>,
     pub config_maps: Writer<ConfigMap>,
     pub jobs: Writer<Job>,
+    pub cron_jobs: Writer<CronJob>,
     pub autoscalers: Writer<HorizontalPodAutoscaler>,
     pub disruption_budgets: Writer<PodDisruptionBudget>,
     pub claims: Writer<PersistentVolumeClaim>,
@@ -67,6 +69,7 @@ impl Caches {
         let (services, wsv) = reflector::store();
         let (config_maps, wc) = reflector::store();
         let (jobs, wj) = reflector::store();
+        let (cron_jobs, wcj) = reflector::store();
         let (autoscalers, wa) = reflector::store();
         let (disruption_budgets, wp) = reflector::store();
         let (claims, wcl) = reflector::store();
@@ -81,6 +84,7 @@ impl Caches {
                 services,
                 config_maps,
                 jobs,
+                cron_jobs,
                 autoscalers,
                 disruption_budgets,
                 claims,
@@ -95,6 +99,7 @@ impl Caches {
                 services: wsv,
                 config_maps: wc,
                 jobs: wj,
+                cron_jobs: wcj,
                 autoscalers: wa,
                 disruption_budgets: wp,
                 claims: wcl,
@@ -134,6 +139,7 @@ cached!(StatefulSet, stateful_sets);
 cached!(Service, services);
 cached!(ConfigMap, config_maps);
 cached!(Job, jobs);
+cached!(CronJob, cron_jobs);
 cached!(HorizontalPodAutoscaler, autoscalers);
 cached!(PodDisruptionBudget, disruption_budgets);
 cached!(PersistentVolumeClaim, claims);

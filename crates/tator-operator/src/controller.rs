@@ -14,7 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
-    batch::v1::Job,
+    batch::v1::{CronJob, Job},
     core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount},
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
@@ -809,6 +809,7 @@ pub async fn run(ctx: Arc<Context>) {
         .owns_stream(cached(api_for::<Service>(&client, ns), w.services))
         .owns_stream(cached(api_for::<ConfigMap>(&client, ns), w.config_maps))
         .owns_stream(cached(api_for::<Job>(&client, ns), w.jobs))
+        .owns_stream(cached(api_for::<CronJob>(&client, ns), w.cron_jobs))
         .owns_stream(cached(
             api_for::<HorizontalPodAutoscaler>(&client, ns),
             w.autoscalers,

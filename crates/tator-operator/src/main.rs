@@ -8,7 +8,7 @@ use futures::future::{BoxFuture, FutureExt};
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
-    batch::v1::Job,
+    batch::v1::{CronJob, Job},
     core::v1::{ConfigMap, PersistentVolumeClaim, Service},
     policy::v1::PodDisruptionBudget,
 };
@@ -368,6 +368,7 @@ async fn mark_synced(client: Client, ns: Option<String>, health: Arc<HealthState
             can_list::<Service>(&client, ns, sel).await,
             can_list::<ConfigMap>(&client, ns, sel).await,
             can_list::<Job>(&client, ns, sel).await,
+            can_list::<CronJob>(&client, ns, sel).await,
             can_list::<HorizontalPodAutoscaler>(&client, ns, sel).await,
             can_list::<PodDisruptionBudget>(&client, ns, sel).await,
             can_list::<PersistentVolumeClaim>(&client, ns, sel).await,

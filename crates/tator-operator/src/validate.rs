@@ -145,6 +145,7 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
         &spec.monitoring.statsd_exporter,
     )?;
     check_overrides("monitoring.grafana", &spec.monitoring.grafana.pod)?;
+    check_overrides("maintenance.pod", &spec.maintenance.pod)?;
     Ok(ValidatedTator {
         name,
         namespace,

@@ -6,7 +6,7 @@
 //!   words ERROR and panicked never show up in its logs, Events or status.
 //! - The API server (and etcd) restarted under a running controller: no controller restart, no
 //!   request storm, no delete, and after the watches re-list no write for unchanged objects.
-//! - 25 invalid manifests, sent raw: each is rejected by the API server with a clear message,
+//! - 27 invalid manifests, sent raw: each is rejected by the API server with a clear message,
 //!   and rejected updates of a running installation delete nothing. Dangling Secret references
 //!   are reported in status conditions, and delete nothing either.
 
@@ -24,7 +24,7 @@ use k8s_openapi::{
     NamespaceResourceScope,
     api::{
         apps::v1::{Deployment, StatefulSet},
-        batch::v1::Job,
+        batch::v1::{CronJob, Job},
         core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
         policy::v1::PodDisruptionBudget,
     },
@@ -132,6 +132,7 @@ async fn children(client: &Client, ns: &str, name: &str) -> BTreeSet<(String, St
     names::<Service>(client, ns, &sel, "Service", &mut out).await;
     names::<ConfigMap>(client, ns, &sel, "ConfigMap", &mut out).await;
     names::<Job>(client, ns, &sel, "Job", &mut out).await;
+    names::<CronJob>(client, ns, &sel, "CronJob", &mut out).await;
     names::<PodDisruptionBudget>(client, ns, &sel, "PodDisruptionBudget", &mut out).await;
     names::<PersistentVolumeClaim>(client, ns, &sel, "PersistentVolumeClaim", &mut out).await;
     out
@@ -171,6 +172,7 @@ async fn uids(client: &Client, ns: &str) -> BTreeMap<(String, String), String> {
     add::<Service>(client, ns, "Service", &mut out).await;
     add::<ConfigMap>(client, ns, "ConfigMap", &mut out).await;
     add::<PodDisruptionBudget>(client, ns, "PodDisruptionBudget", &mut out).await;
+    add::<CronJob>(client, ns, "CronJob", &mut out).await;
     add::<PersistentVolumeClaim>(client, ns, "PersistentVolumeClaim", &mut out).await;
     add::<Secret>(client, ns, "Secret", &mut out).await;
     out
@@ -623,6 +625,15 @@ async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
                 json!({"apiAccess": {"tokenSecret": {"name": "t", "key": "k"}}, "buckets": [{"name": "media", "organization": 1, "storeType": "MINIO", "endpoint": "http://s3.example.com", "credentialsSecret": "s", "archiveStorageClass": "DEEP_ARCHIVE"}]}),
             ),
             "DEEP_ARCHIVE is for AWS",
+        ),
+        // maintenance jobs
+        (
+            with(json!({"maintenance": {"jobs": {"prunemedia": {"suspend": true}}}})),
+            "maintenance.jobs keys must be job names: sizer, prune-temporary-files",
+        ),
+        (
+            with(json!({"maintenance": {"jobs": {"prune-media": {"schedule": "every day"}}}})),
+            "schedule must be a cron expression with five fields",
         ),
     ];
     assert!(cases.len() >= 20);

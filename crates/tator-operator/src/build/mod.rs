@@ -3,6 +3,7 @@
 pub mod common;
 pub mod data;
 pub mod logging;
+pub mod maintenance;
 pub mod migrations;
 pub mod monitoring;
 pub mod nginx;
@@ -16,7 +17,7 @@ pub mod workflows;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
-    batch::v1::Job,
+    batch::v1::{CronJob, Job},
     core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount},
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
@@ -38,6 +39,8 @@ pub struct Children {
     pub certificates: Vec<DynamicObject>,
     pub services: Vec<Service>,
     pub jobs: Vec<Job>,
+    /// Tator's maintenance CronJobs.
+    pub cron_jobs: Vec<CronJob>,
     pub stateful_sets: Vec<StatefulSet>,
     pub daemon_sets: Vec<DaemonSet>,
     pub deployments: Vec<Deployment>,
@@ -62,6 +65,7 @@ impl Children {
             certificates,
             services,
             jobs,
+            cron_jobs,
             stateful_sets,
             daemon_sets,
             deployments,
@@ -79,6 +83,7 @@ impl Children {
         self.certificates.extend(certificates);
         self.services.extend(services);
         self.jobs.extend(jobs);
+        self.cron_jobs.extend(cron_jobs);
         self.stateful_sets.extend(stateful_sets);
         self.daemon_sets.extend(daemon_sets);
         self.deployments.extend(deployments);
@@ -112,6 +117,7 @@ impl Children {
             certificates,
             services,
             jobs,
+            cron_jobs,
             stateful_sets,
             daemon_sets,
             deployments,
@@ -129,6 +135,7 @@ impl Children {
         stamp(certificates);
         stamp(services);
         stamp(jobs);
+        stamp(cron_jobs);
         stamp(stateful_sets);
         stamp(daemon_sets);
         stamp(deployments);
@@ -159,6 +166,7 @@ impl Children {
             certificates,
             services,
             jobs,
+            cron_jobs,
             stateful_sets,
             daemon_sets,
             deployments,
@@ -177,6 +185,7 @@ impl Children {
         push(&mut out, certificates)?;
         push(&mut out, services)?;
         push(&mut out, jobs)?;
+        push(&mut out, cron_jobs)?;
         push(&mut out, stateful_sets)?;
         push(&mut out, daemon_sets)?;
         push(&mut out, deployments)?;
@@ -231,9 +240,14 @@ fn stop_if_stopped(t: &ValidatedTator, d: &mut Children) {
     d.autoscalers.clear();
     // Jobs would start pods: migrations wait for the start, buckets exist already.
     d.jobs.clear();
+    // Maintenance is kept, suspended: no new Jobs until Tator starts again.
+    for spec in d.cron_jobs.iter_mut().filter_map(|x| x.spec.as_mut()) {
+        spec.suspend = Some(true);
+    }
 }
 
-/// Builds the web tier: the API, workers, UI, NGINX, the shared volume and the migrations Job.
+/// Builds the web tier: the API, workers, UI, NGINX, the shared volume, the migrations Job and
+/// the maintenance CronJobs.
 pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     let mut d = Children::default();
     d.claims.extend(storage::shared_claim(t));
@@ -270,6 +284,7 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
             d.deployments.push(web::worker_deployment(t, v, w));
         }
         d.deployments.push(web::ui_deployment(t, v));
+        d.cron_jobs.extend(maintenance::cron_jobs(t, v));
     }
     d.deployments.push(nginx::deployment(t, &conf));
 

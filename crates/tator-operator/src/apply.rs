@@ -307,6 +307,22 @@ async fn apply_dynamic(
     let mut out = Vec::new();
     for obj in objs {
         let name = obj.name_any();
+        // These kinds are not watched: read the live copy, and send nothing when it already has
+        // everything (a no-op reconcile writes nothing).
+        match api.get_opt(&name).await {
+            Ok(Some(live)) if cache::unchanged(&obj, &live) => {
+                out.push(live);
+                continue;
+            }
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok((out, true)),
+            Err(source) => {
+                return Err(Error::Fetch {
+                    what: format!("{kind} {name}"),
+                    source,
+                });
+            }
+        }
         match api.patch(&name, &params, &Patch::Apply(&obj)).await {
             Ok(live) => out.push(live),
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok((out, true)),

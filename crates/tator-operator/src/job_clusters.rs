@@ -129,11 +129,14 @@ impl Drop for Worker {
     }
 }
 
+/// (uid of the TatorDeployment, job cluster name).
+type ClusterKey = (String, String);
+
 /// Every job-cluster worker of this operator.
 pub struct JobClusters {
     main: Client,
-    workers: Mutex<HashMap<(String, String), Worker>>,
-    removals: Mutex<HashMap<(String, String), Arc<Mutex<Removal>>>>,
+    workers: Mutex<HashMap<ClusterKey, Worker>>,
+    removals: Mutex<HashMap<ClusterKey, Arc<Mutex<Removal>>>>,
     trigger: Mutex<Option<UnboundedSender<ObjectRef<TatorDeployment>>>>,
 }
 
@@ -902,15 +905,15 @@ pub async fn sync(
             }
         }
         None if had_clusters || !t.spec.job_clusters.is_empty() => {
-            if secrets
+            let exists = secrets
                 .get_metadata_opt(&name)
                 .await
                 .map_err(|source| Error::Fetch {
                     what: format!("Secret {name}"),
                     source,
                 })?
-                .is_some()
-            {
+                .is_some();
+            if exists {
                 secrets
                     .delete(&name, &DeleteParams::background())
                     .await

@@ -25,8 +25,9 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
         batch::v1::{CronJob, Job},
-        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
+        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount},
         policy::v1::PodDisruptionBudget,
+        rbac::v1::{Role, RoleBinding},
     },
 };
 use kube::{
@@ -135,6 +136,9 @@ async fn children(client: &Client, ns: &str, name: &str) -> BTreeSet<(String, St
     names::<CronJob>(client, ns, &sel, "CronJob", &mut out).await;
     names::<PodDisruptionBudget>(client, ns, &sel, "PodDisruptionBudget", &mut out).await;
     names::<PersistentVolumeClaim>(client, ns, &sel, "PersistentVolumeClaim", &mut out).await;
+    names::<ServiceAccount>(client, ns, &sel, "ServiceAccount", &mut out).await;
+    names::<Role>(client, ns, &sel, "Role", &mut out).await;
+    names::<RoleBinding>(client, ns, &sel, "RoleBinding", &mut out).await;
     out
 }
 
@@ -634,6 +638,29 @@ async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
         (
             with(json!({"maintenance": {"jobs": {"prune-media": {"schedule": "every day"}}}})),
             "schedule must be a cron expression with five fields",
+        ),
+        // workflows and job clusters
+        (
+            with(json!({"jobClusters": [
+                {"name": "a", "kubeconfigSecret": {"name": "k"}, "namespace": "jobs", "runs": ["transcode"]},
+                {"name": "b", "kubeconfigSecret": {"name": "k"}, "namespace": "jobs", "runs": ["transcode"]}]})),
+            "at most one job cluster runs transcode",
+        ),
+        (
+            with(
+                json!({"apiAccess": {"tokenSecret": {"name": "t", "key": "k"}}, "jobClusters": [
+                {"name": "a", "kubeconfigSecret": {"name": "k"}, "namespace": "jobs", "runs": ["algorithms"]}]}),
+            ),
+            "a job cluster that runs algorithms needs organization",
+        ),
+        (
+            with(json!({"algorithms": {"requireRemoteCluster": true}})),
+            "algorithms.requireRemoteCluster forbids workflows in this cluster",
+        ),
+        (
+            with(json!({"jobClusters": [
+                {"name": "Not_A_Label", "kubeconfigSecret": {"name": "k"}, "namespace": "jobs", "runs": ["transcode"]}]})),
+            "a job cluster name is a DNS label",
         ),
     ];
     assert!(cases.len() >= 20);

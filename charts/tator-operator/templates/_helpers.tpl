@@ -102,11 +102,12 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [get]
-# apply.rs: prometheus-operator ServiceMonitors and PodMonitors (monitoring) are applied (create,
-# patch) and pruned (list, delete); controller.rs lists them to see whether the CRDs exist.
+# apply.rs: prometheus-operator ServiceMonitors and PodMonitors (monitoring) are read back (get),
+# applied (create, patch) and pruned (list, delete); controller.rs lists them to see whether the
+# CRDs exist.
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors, podmonitors]
-  verbs: [list, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 # apply.rs: Services and ConfigMaps (nginx.conf) are applied, owned and pruned like workloads.
 - apiGroups: [""]
   resources: [services, configmaps]
@@ -142,11 +143,12 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create, patch, delete]
-# apply.rs: Argo WorkflowTemplates (transcode, archive import) are applied (create, patch) and
-# pruned (list, delete); controller.rs lists them to see whether Argo's CRDs exist.
+# apply.rs: Argo WorkflowTemplates (transcode, archive import) are read back (get), applied
+# (create, patch) and pruned (list, delete); controller.rs lists them to see whether Argo's CRDs
+# exist. The REST API's submit Role grants get and list on them.
 - apiGroups: [argoproj.io]
   resources: [workflowtemplates]
-  verbs: [list, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 # build/workflows.rs: the Roles of workflow pods (workflowtaskresults: create, patch) and of
 # Tator's REST API (workflows: create, get, list, delete) grant these; RBAC lets the operator
 # grant only what it holds. The operator itself never creates or reads workflows.
@@ -156,11 +158,11 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [argoproj.io]
   resources: [workflowtaskresults]
   verbs: [create, patch]
-# apply.rs: cert-manager Certificates for tls.issuerRef are applied (create, patch) and pruned
-# (list, delete).
+# apply.rs: cert-manager Certificates for tls.issuerRef are read back (get), applied (create,
+# patch) and pruned (list, delete).
 - apiGroups: [cert-manager.io]
   resources: [certificates]
-  verbs: [list, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 # controller.rs: the shared event Recorder publishes events.k8s.io Events and patches their
 # series (create, patch).
 - apiGroups: [events.k8s.io]

@@ -478,6 +478,13 @@ async fn workflow_templates_and_a_job_cluster() {
             .contains("BEGIN CERTIFICATE")
     );
     let token = registered["token"].as_str().unwrap().to_string();
+    // Tator's token is in the job cluster and in Tator, never in status or Events.
+    let status = serde_json::to_string(&tds.get("tator").await.unwrap().status).unwrap();
+    assert!(!status.contains(&token), "the token is in status");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let events =
+        serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
+    assert!(!events.contains(&token), "the token is in an Event");
     // The transcode cluster is wired into the backend from an owned Secret.
     let rt = secrets.get("tator-remote-transcode").await.unwrap();
     let data = rt.data.unwrap();

@@ -155,6 +155,7 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [argoproj.io]
   resources: [workflows]
   verbs: [create, get, list, delete]
+# build/workflows.rs: the workflow pods' Role grants this (Argo's executor records step results).
 - apiGroups: [argoproj.io]
   resources: [workflowtaskresults]
   verbs: [create, patch]

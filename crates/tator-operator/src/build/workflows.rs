@@ -1001,8 +1001,12 @@ mod tests {
         assert_eq!(tpls[1]["volumes"][0]["emptyDir"]["medium"], "Memory");
         assert_eq!(tpls[1]["volumes"][0]["emptyDir"]["sizeLimit"], "8Gi");
         let claim = &tpls[2]["volumes"][0]["ephemeral"]["volumeClaimTemplate"]["spec"];
+        assert_eq!(claim["resources"]["requests"]["storage"], "8Gi");
+        // The claim's schema takes a quantity: the pod spec patch (a string) sizes it.
+        let patch: Value = serde_json::from_str(tpls[2]["podSpecPatch"].as_str().unwrap()).unwrap();
         assert_eq!(
-            claim["resources"]["requests"]["storage"],
+            patch["volumes"][0]["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]
+                ["storage"],
             "{{workflow.parameters.scratch_size}}"
         );
         assert_eq!(tpls[1]["retryStrategy"]["backoff"]["factor"], 2);

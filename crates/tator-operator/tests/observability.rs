@@ -471,7 +471,10 @@ impl Env {
 
 /// The REST API's identity and the workflow roles, which every installation has.
 fn workflow_identity(name: &str) -> bool {
-    matches!(name, "tator-api" | "tator-workflow" | "tator-workflow-submit")
+    matches!(
+        name,
+        "tator-api" | "tator-workflow" | "tator-workflow-submit"
+    )
 }
 
 fn has(names: &[String], name: &str) -> bool {

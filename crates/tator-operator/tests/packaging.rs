@@ -505,7 +505,13 @@ fn rbac_is_least_privilege_and_commented() {
                     "{mode}: wildcard in {rule}"
                 );
                 if resources.contains(&"secrets") {
-                    assert_eq!(verbs, ["get", "create", "patch"], "{mode}: Secrets");
+                    // By name only: never list or watch (delete: the remote transcode Secret
+                    // once no job cluster runs transcodes).
+                    assert_eq!(
+                        verbs,
+                        ["get", "create", "patch", "delete"],
+                        "{mode}: Secrets"
+                    );
                 }
                 if kind == "ClusterRole" && resources.contains(&"customresourcedefinitions") {
                     assert!(

@@ -115,6 +115,26 @@ pub struct Desired {
     pub objects: RemoteObjects,
     /// Copies of the Secrets `objects.copied_secrets` names (read from this cluster).
     pub copies: Vec<Secret>,
+    /// Digest of the objects and copies: a worker applies again when it changes.
+    pub digest: String,
+}
+
+impl Desired {
+    /// Digest of what a cluster should hold.
+    pub fn digest_of(objects: &RemoteObjects, copies: &[Secret]) -> String {
+        let text = serde_json::to_string(&(
+            &objects.namespace,
+            &objects.service_accounts,
+            &objects.roles,
+            &objects.role_bindings,
+            &objects.token_secret,
+            copies,
+            objects.templates.as_ref().ok(),
+            objects.templates.as_ref().err(),
+        ))
+        .unwrap_or_default();
+        short_hash(text.as_bytes(), 32)
+    }
 }
 
 struct Worker {
@@ -212,24 +232,30 @@ async fn run_worker(
     trigger: Option<UnboundedSender<ObjectRef<TatorDeployment>>>,
 ) {
     let mut session: Option<Session> = None;
+    let mut last: Option<LastApply> = None;
     let mut failures: u32 = 0;
     loop {
         let d = rx.borrow_and_update().clone();
-        let r =
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, sync_once(&main, &d, &mut session)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    session = None;
-                    Report {
-                        reachable: Check::new(
-                            false,
-                            "Unreachable",
-                            format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()),
-                        ),
-                        ..Report::default()
-                    }
+        let r = match tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            sync_once(&main, &d, &mut session, &mut last),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                session = None;
+                last = None;
+                Report {
+                    reachable: Check::new(
+                        false,
+                        "Unreachable",
+                        format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()),
+                    ),
+                    ..Report::default()
                 }
-            };
+            }
+        };
         let healthy = r.reachable.ok && r.templates.ok;
         failures = if healthy {
             0
@@ -421,53 +447,119 @@ fn reach_error(e: &kube::Error) -> Check {
     }
 }
 
-async fn sync_once(main: &Client, d: &Desired, cached: &mut Option<Session>) -> Report {
+/// What the last full apply left in a cluster.
+struct LastApply {
+    /// [`Desired::digest`] of what was applied.
+    digest: String,
+    argo: bool,
+    at: std::time::Instant,
+    objects: Vec<String>,
+}
+
+/// How often a healthy cluster's objects are applied again although nothing changed (drift
+/// repair); the checks in between only read.
+pub const FULL_APPLY_INTERVAL: Duration = Duration::from_secs(300);
+
+fn templates_check(d: &Desired, argo: bool, credentials: Option<&Credentials>) -> Check {
+    match (&d.objects.templates, argo, credentials) {
+        (Err(e), _, _) => Check::new(false, "InvalidTemplate", e.clone()),
+        (Ok(_), false, _) => Check::new(
+            false,
+            "ArgoNotInstalled",
+            "Argo Workflows' CRDs (workflowtemplates.argoproj.io) are not installed in the job cluster",
+        ),
+        (_, _, None) => Check::new(
+            false,
+            "TokenPending",
+            "waiting for the token controller to fill Tator's token Secret",
+        ),
+        (Ok(t), _, Some(_)) => Check::new(
+            true,
+            "Applied",
+            format!(
+                "namespace {}, roles, token and {} WorkflowTemplate(s) applied",
+                d.cluster.namespace,
+                t.len()
+            ),
+        ),
+    }
+}
+
+fn unreachable(check: Check, server: Option<String>) -> Report {
+    Report {
+        reachable: check,
+        templates: Check::new(false, "Unreachable", "the cluster could not be reached"),
+        server,
+        ..Report::default()
+    }
+}
+
+async fn sync_once(
+    main: &Client,
+    d: &Desired,
+    cached: &mut Option<Session>,
+    last: &mut Option<LastApply>,
+) -> Report {
     let s = match session(main, d, cached).await {
         Ok(s) => s,
-        Err(check) => {
-            return Report {
-                reachable: check,
-                templates: Check::new(false, "Unreachable", "the cluster could not be reached"),
-                ..Report::default()
-            };
-        }
+        Err(check) => return unreachable(check, None),
     };
     let client = s.client.clone();
     let server = Some(s.server.clone());
     if let Err(e) = client.apiserver_version().await {
         *cached = None;
-        return Report {
-            reachable: reach_error(&e),
-            templates: Check::new(false, "Unreachable", "the cluster could not be reached"),
-            server,
-            ..Report::default()
-        };
+        *last = None;
+        return unreachable(reach_error(&e), server);
     }
     let reachable = Check::new(true, "Connected", format!("{} answers", s.server));
+    // Nothing changed since the last apply: read only (Argo's CRDs and Tator's token).
+    if let Some(l) = last.as_ref()
+        && l.digest == d.digest
+        && l.at.elapsed() < FULL_APPLY_INTERVAL
+    {
+        let ns = d.cluster.namespace.as_str();
+        let read = async {
+            let argo = crd_present(&client, ns, &workflow_template_resource()).await?;
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+            let token = secrets
+                .get_opt(&d.objects.token_secret.name_any())
+                .await
+                .map_err(err("Secret token"))?;
+            Ok::<_, RemoteError>((argo, token.as_ref().and_then(credentials_of)))
+        };
+        match read.await {
+            Ok((argo, credentials)) if argo == l.argo && credentials.is_some() => {
+                return Report {
+                    reachable,
+                    templates: templates_check(d, argo, credentials.as_ref()),
+                    server,
+                    credentials,
+                    objects: l.objects.clone(),
+                };
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let failed = reach_error(&e.source);
+                if failed.reason == "Unreachable" {
+                    *cached = None;
+                    *last = None;
+                    return unreachable(failed, server);
+                }
+            }
+        }
+    }
+    *last = None;
     match apply_remote(&client, d).await {
         Ok((objects, argo, credentials)) => {
-            let templates = match (&d.objects.templates, argo, &credentials) {
-                (Err(e), _, _) => Check::new(false, "InvalidTemplate", e.clone()),
-                (Ok(t), false, _) if !t.is_empty() => Check::new(
-                    false,
-                    "ArgoNotInstalled",
-                    "Argo Workflows' CRDs (workflowtemplates.argoproj.io) are not installed in the job cluster",
-                ),
-                (_, _, None) => Check::new(
-                    false,
-                    "TokenPending",
-                    "waiting for the token controller to fill Tator's token Secret",
-                ),
-                (Ok(t), _, Some(_)) => Check::new(
-                    true,
-                    "Applied",
-                    format!(
-                        "namespace {}, roles, token and {} WorkflowTemplate(s) applied",
-                        d.cluster.namespace,
-                        t.len()
-                    ),
-                ),
-            };
+            let templates = templates_check(d, argo, credentials.as_ref());
+            if templates.ok {
+                *last = Some(LastApply {
+                    digest: d.digest.clone(),
+                    argo,
+                    at: std::time::Instant::now(),
+                    objects: objects.clone(),
+                });
+            }
             Report {
                 reachable,
                 templates,
@@ -481,12 +573,7 @@ async fn sync_once(main: &Client, d: &Desired, cached: &mut Option<Session>) -> 
             // A connection that broke mid-way is unreachability; anything else is an apply error.
             if failed.reason == "Unreachable" {
                 *cached = None;
-                return Report {
-                    reachable: failed,
-                    templates: Check::new(false, "Unreachable", "the cluster could not be reached"),
-                    server,
-                    ..Report::default()
-                };
+                return unreachable(failed, server);
             }
             Report {
                 reachable,
@@ -500,6 +587,13 @@ async fn sync_once(main: &Client, d: &Desired, cached: &mut Option<Session>) -> 
             }
         }
     }
+}
+
+fn credentials_of(token: &Secret) -> Option<Credentials> {
+    let data = token.data.as_ref()?;
+    let token = String::from_utf8(data.get(TOKEN_KEY)?.0.clone()).ok()?;
+    let ca = String::from_utf8(data.get(CA_KEY)?.0.clone()).ok()?;
+    (!token.is_empty()).then_some(Credentials { token, ca })
 }
 
 struct RemoteError {
@@ -591,11 +685,7 @@ async fn apply_remote(
         }
     }
     prune(client, ns, &d.uid, &objects, argo).await?;
-    let credentials = token.data.as_ref().and_then(|data| {
-        let token = String::from_utf8(data.get(TOKEN_KEY)?.0.clone()).ok()?;
-        let ca = String::from_utf8(data.get(CA_KEY)?.0.clone()).ok()?;
-        (!token.is_empty()).then_some(Credentials { token, ca })
-    });
+    let credentials = credentials_of(&token);
     objects.sort();
     Ok((objects, argo, credentials))
 }
@@ -722,6 +812,7 @@ pub async fn cleanup(main: &Client, p: &Placement) -> Result<(), String> {
             templates: Ok(Vec::new()),
         },
         copies: Vec::new(),
+        digest: String::new(),
     };
     let work = async {
         let mut cached = None;
@@ -836,11 +927,13 @@ pub async fn sync(
             .iter()
             .map(|s| remote::copied_secret(t, c, s))
             .collect();
+        let copies: Vec<Secret> = copies;
         desired.push(Desired {
             namespace: t.namespace.clone(),
             name: t.name.clone(),
             uid: t.owner.uid.clone(),
             cluster: c.clone(),
+            digest: Desired::digest_of(&objects, &copies),
             objects,
             copies,
         });

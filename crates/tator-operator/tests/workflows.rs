@@ -582,6 +582,16 @@ async fn workflow_templates_and_a_job_cluster() {
     }
     // Tator's token lists workflows now that the CRD exists.
     wf_api.list(&ListParams::default()).await.unwrap();
+    // A healthy job cluster is only read between applies: two checks (15 s apart) send no
+    // server-side apply (only the operator applies there).
+    let applies_before = applies(&job_client).await;
+    assert!(applies_before > 0, "the operator's applies are counted");
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    assert_eq!(
+        applies(&job_client).await,
+        applies_before,
+        "writes to a healthy job cluster"
+    );
 
     // 5. The job cluster's API server stops: only its conditions go False, within 60 s, and
     //    the main cluster's reconciles are as fast as before.
@@ -769,6 +779,16 @@ async fn workflow_templates_and_a_job_cluster() {
     );
 
     task.abort();
+}
+
+/// Server-side applies the API server has served (its `apiserver_request_total`, verb APPLY).
+async fn applies(client: &Client) -> u64 {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("verb=\"APPLY\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// The port of the server in a kubeconfig.

@@ -656,6 +656,23 @@ async fn rendered_chart_and_examples_pass_a_server_side_dry_run() {
         "the API server accepted an invalid port name"
     );
 
+    // crds/ as a user applies it: kubectl's YAML parser reads `yes` as a boolean unless it is
+    // quoted (the default cpuWorker: "yes" node selector).
+    let crd = workspace_root().join("crds/tator.io_tatordeployments.yaml");
+    let out = kubectl(
+        dir.path(),
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "-f",
+            crd.to_str().unwrap(),
+        ],
+        None,
+    );
+    ok(&out, "kubectl apply of crds/");
+
     // The example TatorDeployments: rendered by the operator and accepted by the API server.
     let mut examples = 0;
     for entry in std::fs::read_dir(workspace_root().join("deploy/examples")).unwrap() {

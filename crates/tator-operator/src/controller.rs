@@ -623,11 +623,18 @@ async fn finalize(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         .zip(results)
         .filter_map(|((p, timeout, objects), r)| r.err().map(|e| (p, *timeout, objects, e)))
         .collect();
+    let forget = || ctx.metrics.forget(&ns, &td.name_any(), td.status.as_ref());
     if failed.is_empty() {
         info!(tator = %key(td), "job clusters cleaned up");
         set_finalizer(ctx, td, false).await?;
+        forget();
         return Ok(Action::await_change());
     }
+    // Without its kubeconfig Secret (deleted with the namespace, say) a cluster cannot be
+    // reached however long deletion waits.
+    let hopeless = failed
+        .iter()
+        .all(|f| f.3.starts_with("SecretNotFound"));
     let force = td
         .annotations()
         .get(FORCE_DELETE_ANNOTATION)
@@ -653,9 +660,11 @@ async fn finalize(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             format!("job cluster {}: {what} ({e})", p.cluster)
         })
         .collect();
-    if force || waited >= Duration::from_secs(u64::try_from(limit).unwrap_or(0)) {
+    if force || hopeless || waited >= Duration::from_secs(u64::try_from(limit).unwrap_or(0)) {
         let why = if force {
             format!("{FORCE_DELETE_ANNOTATION} is set")
+        } else if hopeless {
+            "the kubeconfig Secret is gone".to_string()
         } else {
             format!("gave up after {limit} s")
         };
@@ -669,6 +678,7 @@ async fn finalize(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         )
         .await;
         set_finalizer(ctx, td, false).await?;
+        forget();
         return Ok(Action::await_change());
     }
     let mut st = td.status.clone().unwrap_or_default();

@@ -160,7 +160,8 @@ fn to_yaml(docs: &[Value]) -> anyhow::Result<String> {
     let mut out = String::new();
     for d in docs {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(d)?);
+        // Quoted as kubectl's YAML 1.1 parser needs (`yes` stays a string).
+        out.push_str(&render::to_yaml(d)?);
     }
     Ok(out)
 }
@@ -253,6 +254,11 @@ async fn existing(client: &Client, ns: &str) -> anyhow::Result<BTreeSet<(String,
     names::<ConfigMap>(client, ns, "ConfigMap", &mut out).await?;
     names::<Job>(client, ns, "Job", &mut out).await?;
     names::<PersistentVolumeClaim>(client, ns, "PersistentVolumeClaim", &mut out).await?;
+    names::<k8s_openapi::api::batch::v1::CronJob>(client, ns, "CronJob", &mut out).await?;
+    names::<k8s_openapi::api::core::v1::ServiceAccount>(client, ns, "ServiceAccount", &mut out)
+        .await?;
+    names::<k8s_openapi::api::rbac::v1::Role>(client, ns, "Role", &mut out).await?;
+    names::<k8s_openapi::api::rbac::v1::RoleBinding>(client, ns, "RoleBinding", &mut out).await?;
     names::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
         client,
         ns,

@@ -632,9 +632,7 @@ async fn finalize(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     }
     // Without its kubeconfig Secret (deleted with the namespace, say) a cluster cannot be
     // reached however long deletion waits.
-    let hopeless = failed
-        .iter()
-        .all(|f| f.3.starts_with("SecretNotFound"));
+    let hopeless = failed.iter().all(|f| f.3.starts_with("SecretNotFound"));
     let force = td
         .annotations()
         .get(FORCE_DELETE_ANNOTATION)

@@ -976,25 +976,9 @@ pub async fn sync(
                     info!(secret = %name, "wrote the remote transcode settings");
                 }
                 t.remote_transcode = Some(credentials_digest(&host, port, creds));
-            } else if let Some(m) = secrets.get_opt(&name).await.ok().flatten() {
+            } else {
                 // Until the cluster answers again, pods keep the settings they have.
-                let d = m.data.unwrap_or_default();
-                let text = |k: &str| {
-                    d.get(k)
-                        .map(|b| String::from_utf8_lossy(&b.0).to_string())
-                        .unwrap_or_default()
-                };
-                t.remote_transcode = Some(short_hash(
-                    format!(
-                        "{}\n{}\n{}\n{}",
-                        text("REMOTE_TRANSCODE_HOST"),
-                        text("REMOTE_TRANSCODE_PORT"),
-                        text("REMOTE_TRANSCODE_TOKEN").trim_start_matches("Bearer "),
-                        text(CA_KEY)
-                    )
-                    .as_bytes(),
-                    16,
-                ));
+                t.remote_transcode = existing_transcode_digest(main, t).await;
             }
         }
         None if had_clusters || !t.spec.job_clusters.is_empty() => {
@@ -1020,6 +1004,37 @@ pub async fn sync(
         None => {}
     }
     Ok(Synced { reports })
+}
+
+/// The digest of the remote transcode Secret as it is (None when it does not exist): what the
+/// pods already run with, while the cluster cannot be asked or changes are held back.
+pub async fn existing_transcode_digest(
+    main: &Client,
+    t: &crate::validate::ValidatedTator,
+) -> Option<String> {
+    let secrets: Api<Secret> = Api::namespaced(main.clone(), &t.namespace);
+    let m = secrets
+        .get_opt(&remote::remote_transcode_secret_name(t))
+        .await
+        .ok()
+        .flatten()?;
+    let d = m.data.unwrap_or_default();
+    let text = |k: &str| {
+        d.get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).to_string())
+            .unwrap_or_default()
+    };
+    Some(short_hash(
+        format!(
+            "{}\n{}\n{}\n{}",
+            text("REMOTE_TRANSCODE_HOST"),
+            text("REMOTE_TRANSCODE_PORT"),
+            text("REMOTE_TRANSCODE_TOKEN").trim_start_matches("Bearer "),
+            text(CA_KEY)
+        )
+        .as_bytes(),
+        16,
+    ))
 }
 
 fn condition(

@@ -1235,6 +1235,36 @@ async fn register(
         return previous
             .ok_or_else(|| Check::new(false, "Paused", "spec.paused holds registration back"));
     }
+    let (Some(creds), Some((host, port))) = (
+        &r.credentials,
+        c.api_server
+            .clone()
+            .or_else(|| r.server.clone())
+            .as_deref()
+            .and_then(remote::host_port),
+    ) else {
+        // Tator keeps what it was given while the cluster cannot be asked for its token.
+        return previous.ok_or_else(|| {
+            Check::new(
+                false,
+                "WaitingForCluster",
+                "registered once the cluster answers and Tator's token exists",
+            )
+        });
+    };
+    let body = crate::registration::JobClusterBody {
+        name: &c.name,
+        host: &host,
+        port,
+        token: &creds.token,
+        cert: &creds.ca,
+    };
+    // Already registered as it is: nothing to ask of Tator's API.
+    if let Some((id, d)) = &previous
+        && *d == crate::registration::job_cluster_digest(&body)
+    {
+        return Ok((*id, d.clone()));
+    }
     if !f.api_ready {
         return Err(Check::new(
             false,
@@ -1248,27 +1278,6 @@ async fn register(
             "TokenNotFound",
             "the apiAccess token Secret could not be read",
         ));
-    };
-    let (Some(creds), Some((host, port))) = (
-        &r.credentials,
-        c.api_server
-            .clone()
-            .or_else(|| r.server.clone())
-            .as_deref()
-            .and_then(remote::host_port),
-    ) else {
-        return Err(Check::new(
-            false,
-            "WaitingForCluster",
-            "registered once the cluster answers and Tator's token exists",
-        ));
-    };
-    let body = crate::registration::JobClusterBody {
-        name: &c.name,
-        host: &host,
-        port,
-        token: &creds.token,
-        cert: &creds.ca,
     };
     crate::registration::register_job_cluster(
         t,

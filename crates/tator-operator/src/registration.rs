@@ -386,6 +386,15 @@ pub struct JobClusterBody<'a> {
     pub cert: &'a str,
 }
 
+fn job_cluster_json(c: &JobClusterBody<'_>) -> Value {
+    json!({"name": c.name, "host": c.host, "port": c.port, "token": c.token, "cert": c.cert})
+}
+
+/// Digest of what registering a job cluster sends (recorded in status; no credential).
+pub fn job_cluster_digest(c: &JobClusterBody<'_>) -> String {
+    digest(&job_cluster_json(c))
+}
+
 /// Registers a job cluster for an organization: PATCH when Tator has one of that name, else
 /// POST. Nothing is sent when `previous` (id, digest) matches. Returns Tator's id and the
 /// digest of what it has; errors are (reason, message) without credentials.
@@ -396,9 +405,7 @@ pub async fn register_job_cluster(
     c: &JobClusterBody<'_>,
     previous: Option<(i64, &str)>,
 ) -> Result<(i64, String), (String, String)> {
-    let body = json!({
-        "name": c.name, "host": c.host, "port": c.port, "token": c.token, "cert": c.cert,
-    });
+    let body = job_cluster_json(c);
     let d = digest(&body);
     if let Some((id, prev)) = previous
         && prev == d

@@ -613,8 +613,12 @@ async fn workflow_templates_and_a_job_cluster() {
         during <= before * 3 + Duration::from_secs(2),
         "reconcile latency {during:?} during the outage, {before:?} before"
     );
-    let td = tds.get("tator").await.unwrap();
-    assert!(is(cond(&td, "Ready"), "True", "AllComponentsAvailable"));
+    // Tator stays Ready through the outage (once the UI change above has rolled out).
+    wait_td(&tds, "tator", "Ready during the outage", 60, |td| {
+        is(cond(td, "Ready"), "True", "AllComponentsAvailable")
+            && is(cond(td, "JobCluster/gpu"), "False", "Unreachable")
+    })
+    .await;
     tokio::task::block_in_place(|| job.resume()).unwrap();
     let resumed = Instant::now();
     wait_td(&tds, "tator", "the job cluster to recover", 90, |td| {

@@ -532,38 +532,26 @@ pub async fn prune(
     n += prune_kind::<Deployment>(client, t, names(deployments), caches).await?;
     n += prune_kind::<HorizontalPodAutoscaler>(client, t, names(autoscalers), caches).await?;
     n += prune_kind::<PodDisruptionBudget>(client, t, names(disruption_budgets), caches).await?;
-    n += prune_dynamic(
-        client,
-        t,
-        &tls::certificate_resource(),
-        "Certificate",
-        names(certificates),
-    )
-    .await?;
-    n += prune_dynamic(
-        client,
-        t,
-        &monitoring::service_monitor_resource(),
-        "ServiceMonitor",
-        names(service_monitors),
-    )
-    .await?;
-    n += prune_dynamic(
-        client,
-        t,
-        &monitoring::pod_monitor_resource(),
-        "PodMonitor",
-        names(pod_monitors),
-    )
-    .await?;
-    n += prune_dynamic(
-        client,
-        t,
-        &workflows::workflow_template_resource(),
-        "WorkflowTemplate",
-        names(workflow_templates),
-    )
-    .await?;
+    for (resource, kind, objs) in [
+        (tls::certificate_resource(), "Certificate", certificates),
+        (
+            monitoring::service_monitor_resource(),
+            "ServiceMonitor",
+            service_monitors,
+        ),
+        (
+            monitoring::pod_monitor_resource(),
+            "PodMonitor",
+            pod_monitors,
+        ),
+        (
+            workflows::workflow_template_resource(),
+            "WorkflowTemplate",
+            workflow_templates,
+        ),
+    ] {
+        n += prune_dynamic(client, t, &resource, kind, names(objs)).await?;
+    }
     Ok(n)
 }
 

@@ -586,19 +586,7 @@ async fn finalize(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             .find(|c| c.name == p.name)
             .map_or(300, |c| c.cleanup_timeout_seconds);
         places.push((
-            Placement {
-                namespace: ns.clone(),
-                owner_name: None,
-                cluster: p.name.clone(),
-                kubeconfig_secret: p.kubeconfig_secret.clone(),
-                kubeconfig_key: if p.kubeconfig_key.is_empty() {
-                    "kubeconfig".into()
-                } else {
-                    p.kubeconfig_key.clone()
-                },
-                remote_namespace: p.namespace.clone(),
-                uid: uid.clone(),
-            },
+            Placement::recorded(&ns, &uid, None, p),
             timeout,
             p.objects.clone(),
         ));
@@ -608,15 +596,7 @@ async fn finalize(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             continue;
         }
         places.push((
-            Placement {
-                namespace: ns.clone(),
-                owner_name: None,
-                cluster: c.name.clone(),
-                kubeconfig_secret: c.kubeconfig_secret.name.clone(),
-                kubeconfig_key: c.kubeconfig_secret.key.clone(),
-                remote_namespace: c.namespace.clone(),
-                uid: uid.clone(),
-            },
+            Placement::of(&ns, &uid, c),
             c.cleanup_timeout_seconds,
             Vec::new(),
         ));

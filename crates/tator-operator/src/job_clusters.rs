@@ -25,7 +25,7 @@ use kube::{
     runtime::reflector::ObjectRef,
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tator_api::{JobCluster, TatorDeployment};
+use tator_api::{JobCluster, JobClusterStatus, KubeconfigSecret, TatorDeployment};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -341,11 +341,11 @@ fn refuse(kc: &Kubeconfig) -> Option<String> {
 /// Reads the kubeconfig Secret and returns a client for it (the cached one if unchanged).
 async fn session<'a>(
     main: &Client,
-    d: &Desired,
+    namespace: &str,
+    secret_ref: &KubeconfigSecret,
     cached: &'a mut Option<Session>,
 ) -> Result<&'a Session, Check> {
-    let secret_ref = &d.cluster.kubeconfig_secret;
-    let secrets: Api<Secret> = Api::namespaced(main.clone(), &d.namespace);
+    let secrets: Api<Secret> = Api::namespaced(main.clone(), namespace);
     let secret = secrets
         .get_opt(&secret_ref.name)
         .await
@@ -403,7 +403,7 @@ async fn session<'a>(
     let client = Client::try_from(config)
         .map_err(|e| Check::new(false, "InvalidKubeconfig", scrub_kube(&e.to_string())))?;
     if cached.is_some() {
-        info!(tator = %d.name, cluster = %d.cluster.name, "kubeconfig changed: new client");
+        info!(secret = %secret_ref.name, "kubeconfig changed: new client");
     }
     *cached = Some(Session {
         kubeconfig_hash: hash,
@@ -500,7 +500,7 @@ async fn sync_once(
     cached: &mut Option<Session>,
     last: &mut Option<LastApply>,
 ) -> Report {
-    let s = match session(main, d, cached).await {
+    let s = match session(main, &d.namespace, &d.cluster.kubeconfig_secret, cached).await {
         Ok(s) => s,
         Err(check) => return unreachable(check, None),
     };
@@ -699,20 +699,16 @@ async fn crd_present(client: &Client, ns: &str, r: &ApiResource) -> Result<bool,
     }
 }
 
-async fn prune_kind<K>(
-    client: &Client,
-    ns: &str,
+/// Deletes the objects of one kind that carry the owner's label and are not in `keep`.
+async fn prune_api<K>(
+    api: Api<K>,
     uid: &str,
     kind: &str,
     keep: &BTreeSet<String>,
 ) -> Result<Vec<String>, RemoteError>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
     let list = api
         .list_metadata(&ListParams::default().labels(&remote::owner_selector(uid)))
         .await
@@ -740,29 +736,31 @@ async fn prune(
     argo: bool,
 ) -> Result<Vec<String>, RemoteError> {
     let keep: BTreeSet<String> = keep.iter().cloned().collect();
+    let c = || client.clone();
     let mut deleted = Vec::new();
-    deleted.extend(prune_kind::<RoleBinding>(client, ns, uid, "RoleBinding", &keep).await?);
-    deleted.extend(prune_kind::<Role>(client, ns, uid, "Role", &keep).await?);
-    deleted.extend(prune_kind::<ServiceAccount>(client, ns, uid, "ServiceAccount", &keep).await?);
-    deleted.extend(prune_kind::<Secret>(client, ns, uid, "Secret", &keep).await?);
+    deleted.extend(
+        prune_api(
+            Api::<RoleBinding>::namespaced(c(), ns),
+            uid,
+            "RoleBinding",
+            &keep,
+        )
+        .await?,
+    );
+    deleted.extend(prune_api(Api::<Role>::namespaced(c(), ns), uid, "Role", &keep).await?);
+    deleted.extend(
+        prune_api(
+            Api::<ServiceAccount>::namespaced(c(), ns),
+            uid,
+            "ServiceAccount",
+            &keep,
+        )
+        .await?,
+    );
+    deleted.extend(prune_api(Api::<Secret>::namespaced(c(), ns), uid, "Secret", &keep).await?);
     if argo {
-        let wt = workflow_template_resource();
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &wt);
-        let list = api
-            .list_metadata(&ListParams::default().labels(&remote::owner_selector(uid)))
-            .await
-            .map_err(err("WorkflowTemplate list"))?;
-        for m in list.items {
-            let id = format!("WorkflowTemplate/{}", m.name_any());
-            if keep.contains(&id) {
-                continue;
-            }
-            match api.delete(&m.name_any(), &DeleteParams::background()).await {
-                Ok(_) => deleted.push(id),
-                Err(kube::Error::Api(s)) if s.code == 404 => deleted.push(id),
-                Err(e) => return Err(err(format!("deleting {id}"))(e)),
-            }
-        }
+        let api: Api<DynamicObject> = Api::namespaced_with(c(), ns, &workflow_template_resource());
+        deleted.extend(prune_api(api, uid, "WorkflowTemplate", &keep).await?);
     }
     if !deleted.is_empty() {
         info!(namespace = ns, ?deleted, "pruned job cluster objects");
@@ -777,46 +775,56 @@ pub struct Placement {
     /// The TatorDeployment (asked to reconcile after a removal attempt).
     pub owner_name: Option<String>,
     pub cluster: String,
-    pub kubeconfig_secret: String,
-    pub kubeconfig_key: String,
+    pub kubeconfig: KubeconfigSecret,
     pub remote_namespace: String,
     pub uid: String,
+}
+
+impl Placement {
+    /// Where status says a cluster's objects were made.
+    pub fn recorded(
+        namespace: &str,
+        uid: &str,
+        owner_name: Option<String>,
+        p: &JobClusterStatus,
+    ) -> Self {
+        let key = if p.kubeconfig_key.is_empty() {
+            "kubeconfig".to_string()
+        } else {
+            p.kubeconfig_key.clone()
+        };
+        Self {
+            namespace: namespace.to_string(),
+            owner_name,
+            cluster: p.name.clone(),
+            kubeconfig: KubeconfigSecret {
+                name: p.kubeconfig_secret.clone(),
+                key,
+            },
+            remote_namespace: p.namespace.clone(),
+            uid: uid.to_string(),
+        }
+    }
+
+    /// Where the spec puts a cluster's objects.
+    pub fn of(namespace: &str, uid: &str, c: &JobCluster) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            owner_name: None,
+            cluster: c.name.clone(),
+            kubeconfig: c.kubeconfig_secret.clone(),
+            remote_namespace: c.namespace.clone(),
+            uid: uid.to_string(),
+        }
+    }
 }
 
 /// Removes every object one TatorDeployment made in a job cluster (and the namespace, when the
 /// operator created it). Err lists what is left and why.
 pub async fn cleanup(main: &Client, p: &Placement) -> Result<(), String> {
-    let d = Desired {
-        namespace: p.namespace.clone(),
-        name: String::new(),
-        uid: p.uid.clone(),
-        cluster: JobCluster {
-            name: p.cluster.clone(),
-            kubeconfig_secret: tator_api::KubeconfigSecret {
-                name: p.kubeconfig_secret.clone(),
-                key: p.kubeconfig_key.clone(),
-            },
-            namespace: p.remote_namespace.clone(),
-            runs: Vec::new(),
-            organization: None,
-            api_server: None,
-            cleanup_timeout_seconds: 0,
-        },
-        objects: RemoteObjects {
-            namespace: Namespace::default(),
-            service_accounts: Vec::new(),
-            roles: Vec::new(),
-            role_bindings: Vec::new(),
-            token_secret: Secret::default(),
-            copied_secrets: Vec::new(),
-            templates: Ok(Vec::new()),
-        },
-        copies: Vec::new(),
-        digest: String::new(),
-    };
     let work = async {
         let mut cached = None;
-        let s = session(main, &d, &mut cached)
+        let s = session(main, &p.namespace, &p.kubeconfig, &mut cached)
             .await
             .map_err(|c| format!("{}: {}", c.reason, c.message))?;
         let client = s.client.clone();
@@ -871,10 +879,12 @@ pub async fn read_copies(
 
 /// Digest of what a report means for Tator's backend (rolls pods when it changes).
 pub fn credentials_digest(host: &str, port: u16, c: &Credentials) -> String {
-    short_hash(
-        format!("{host}\n{port}\n{}\n{}", c.token, c.ca).as_bytes(),
-        16,
-    )
+    transcode_digest(host, &port.to_string(), &c.token, &c.ca)
+}
+
+/// One digest for the remote transcode settings, whether read from the cluster or the Secret.
+fn transcode_digest(host: &str, port: &str, token: &str, ca: &str) -> String {
+    short_hash(format!("{host}\n{port}\n{token}\n{ca}").as_bytes(), 16)
 }
 
 /// Conditions of a cluster as status shows them.
@@ -1024,16 +1034,11 @@ pub async fn existing_transcode_digest(
             .map(|b| String::from_utf8_lossy(&b.0).to_string())
             .unwrap_or_default()
     };
-    Some(short_hash(
-        format!(
-            "{}\n{}\n{}\n{}",
-            text("REMOTE_TRANSCODE_HOST"),
-            text("REMOTE_TRANSCODE_PORT"),
-            text("REMOTE_TRANSCODE_TOKEN").trim_start_matches("Bearer "),
-            text(CA_KEY)
-        )
-        .as_bytes(),
-        16,
+    Some(transcode_digest(
+        &text("REMOTE_TRANSCODE_HOST"),
+        &text("REMOTE_TRANSCODE_PORT"),
+        text("REMOTE_TRANSCODE_TOKEN").trim_start_matches("Bearer "),
+        &text(CA_KEY),
     ))
 }
 
@@ -1173,19 +1178,7 @@ pub async fn finish(
             statuses.push(p.clone());
             continue;
         }
-        let placement = Placement {
-            namespace: t.namespace.clone(),
-            cluster: p.name.clone(),
-            kubeconfig_secret: p.kubeconfig_secret.clone(),
-            kubeconfig_key: if p.kubeconfig_key.is_empty() {
-                "kubeconfig".into()
-            } else {
-                p.kubeconfig_key.clone()
-            },
-            remote_namespace: p.namespace.clone(),
-            uid: t.owner.uid.clone(),
-            owner_name: Some(t.name.clone()),
-        };
+        let placement = Placement::recorded(&t.namespace, &t.owner.uid, Some(t.name.clone()), p);
         match jc.remove(placement) {
             Some(Ok(())) => {
                 if let (Some(id), Some(token)) = (p.registered_id, f.api_token)

@@ -199,17 +199,7 @@ pub async fn register(t: &ValidatedTator, inputs: Inputs<'_>) -> Option<Registra
     for v in inputs.configs.values().flatten() {
         collect_strings(v, &mut secrets);
     }
-    let http = crate::checks::tls_config(None, true)
-        .map_err(|e| e.message)
-        .and_then(|tls| {
-            reqwest::Client::builder()
-                .timeout(CHECK_TIMEOUT)
-                .no_proxy()
-                .tls_backend_preconfigured(tls)
-                .build()
-                .map_err(|e| e.to_string())
-        });
-    let http = match http {
+    let http = match http_client() {
         Ok(h) => h,
         Err(e) => return Some(Registration::new(false, "ApiError", e, keep_previous())),
     };

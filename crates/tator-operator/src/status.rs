@@ -571,9 +571,15 @@ pub fn workflows_ready(t: &ValidatedTator, rollout: &Rollout, applied: &Applied)
             "WorkflowTemplates are applied once a release is migrated",
         );
     };
-    match workflows::templates(t, v, &workflows::Target::local(t)) {
-        Err(e) => Cond::new(T, false, "InvalidTemplate", e),
-        Ok(_) => Cond::new(
+    // Built and checked once, in build: they were applied unless the checks refused them.
+    let refused = if applied.workflow_templates.is_empty() {
+        workflows::templates(t, v, &workflows::Target::local(t)).err()
+    } else {
+        None
+    };
+    match refused {
+        Some(e) => Cond::new(T, false, "InvalidTemplate", e),
+        None => Cond::new(
             T,
             true,
             "TemplatesApplied",

@@ -327,13 +327,16 @@ pub async fn install_crds(client: &Client, path: &Path) -> Result<Vec<String>, E
     install_crd_objects(client, read_crds(path)?).await
 }
 
-/// Installs CRD objects with server-side apply and waits until each is Established.
+/// Installs CRD objects with server-side apply and waits until each is Established and every
+/// served version is listed by discovery (Established alone comes a moment before discovery
+/// knows the resource, and clients that resolve kinds through discovery would see a 404).
 pub async fn install_crd_objects(
     client: &Client,
     crds: Vec<CustomResourceDefinition>,
 ) -> Result<Vec<String>, Error> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
+    let mut served = Vec::new();
     for mut crd in crds {
         let name = crd.metadata.name.clone().unwrap_or_default();
         crd.metadata.managed_fields = None;
@@ -349,6 +352,12 @@ pub async fn install_crd_objects(
             action: format!("applying CRD {name}"),
             source,
         })?;
+        for version in crd.spec.versions.iter().filter(|v| v.served) {
+            served.push((
+                format!("{}/{}", crd.spec.group, version.name),
+                crd.spec.names.plural.clone(),
+            ));
+        }
         names.push(name);
     }
     for name in &names {
@@ -372,6 +381,24 @@ pub async fn install_crd_objects(
                     } else {
                         Err("not Established yet".to_string())
                     }
+                }
+            },
+        )
+        .await?;
+    }
+    for (group_version, plural) in &served {
+        wait_for(
+            &format!("discovery to list {plural} in {group_version}"),
+            Duration::from_secs(30),
+            || async {
+                let list = client
+                    .list_api_group_resources(group_version)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if list.resources.iter().any(|r| &r.name == plural) {
+                    Ok(())
+                } else {
+                    Err("not listed yet".to_string())
                 }
             },
         )

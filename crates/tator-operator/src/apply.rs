@@ -23,7 +23,7 @@ use tracing::info;
 
 use crate::{
     build::{Children, common::instance_selector, data, monitoring, storage, tls, workflows},
-    cache::{self, Cached, Caches},
+    cache::{self, Cached, Caches, Seen},
     error::Error,
     validate::ValidatedTator,
 };
@@ -93,20 +93,31 @@ async fn apply_all<K: Child + Cached>(
         let (api, params) = (&api, &params);
         async move {
             let name = obj.name_any();
+            let kind = <K as k8s_openapi::Resource>::KIND;
             // Nothing to send when the watched copy already has it: a no-op reconcile writes
             // nothing.
-            if let Some(live) = cache::live::<K>(caches, ns, &name)
-                && cache::unchanged(&obj, &live)
-            {
-                return Ok(live);
+            match K::seen(caches, ns, &obj) {
+                Seen::Same(live) => return Ok(live),
+                Seen::Differs(_) | Seen::Missing => {}
+                // Kept as metadata only and not seen whole since the operator started: one read
+                // instead of a write.
+                Seen::Unknown => {
+                    let live = api.get_opt(&name).await.map_err(|source| Error::Fetch {
+                        what: format!("{kind} {name}"),
+                        source,
+                    })?;
+                    if let Some(live) = live.filter(|l| cache::unchanged(&obj, l)) {
+                        K::remember(caches, &live);
+                        return Ok(live);
+                    }
+                }
             }
-            api.patch(&name, params, &Patch::Apply(&obj))
+            let live = api
+                .patch(&name, params, &Patch::Apply(&obj))
                 .await
-                .map_err(|source| Error::Apply {
-                    kind: <K as k8s_openapi::Resource>::KIND,
-                    name,
-                    source,
-                })
+                .map_err(|source| Error::Apply { kind, name, source })?;
+            K::remember(caches, &live);
+            Ok(live)
         }
     });
     futures::future::try_join_all(sends).await
@@ -122,14 +133,17 @@ fn held<K: Child + Cached>(
     for obj in objs {
         let name = obj.name_any();
         let kind = <K as k8s_openapi::Resource>::KIND;
-        match cache::live::<K>(caches, ns, &name) {
-            Some(live) => {
-                if !cache::unchanged(&obj, &live) {
-                    pending.push(format!("{kind}/{name}"));
-                }
+        match K::seen(caches, ns, &obj) {
+            Seen::Same(live) => out.push(live),
+            Seen::Differs(Some(live)) => {
+                pending.push(format!("{kind}/{name}"));
                 out.push(live);
             }
-            None => pending.push(format!("{kind}/{name} (new)")),
+            Seen::Differs(None) => pending.push(format!("{kind}/{name}")),
+            Seen::Missing => pending.push(format!("{kind}/{name} (new)")),
+            // Nothing is read while paused: a child kept as metadata only that carries the hash
+            // of what would be sent is taken as unchanged.
+            Seen::Unknown => out.push(obj),
         }
     }
     out
@@ -399,16 +413,8 @@ async fn prune_kind_where<K: Child + Cached>(
     let api: Api<K> = Api::namespaced(client.clone(), &t.namespace);
     // From the watched copies when there are any (the watch covers every managed child), else
     // a list.
-    let metas: Vec<kube::api::ObjectMeta> = match cache::synced::<K>(caches) {
-        Some(store) => store
-            .state()
-            .iter()
-            .filter(|o| {
-                o.meta().namespace.as_deref() == Some(t.namespace.as_str())
-                    && o.labels().get(tator_api::labels::INSTANCE) == Some(&t.name)
-            })
-            .map(|o| o.meta().clone())
-            .collect(),
+    let metas: Vec<kube::api::ObjectMeta> = match K::metas(caches, &t.namespace, &t.name) {
+        Some(metas) => metas,
         None => api
             .list_metadata(&ListParams::default().labels(&instance_selector(&t.name)))
             .await

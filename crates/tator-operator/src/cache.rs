@@ -1,6 +1,17 @@
 //! Local copies of the children, filled by the controller's own watches (the same watches that
 //! trigger reconciles), so that a reconcile that would change nothing sends nothing: apply skips
 //! a child whose live copy already has what the operator would send, and prune lists from here.
+//!
+//! Most kinds are kept whole (their status feeds the TatorDeployment's). CronJobs, the largest
+//! children and the most numerous (16 per installation, each with Tator's whole environment), are
+//! kept as metadata only: a CronJob is unchanged when its metadata still has what the operator
+//! sends and its `generation` (which the API server raises on every spec change) is the one the
+//! operator's own last apply or read returned, remembered in [`Generations`].
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
@@ -12,10 +23,12 @@ use k8s_openapi::api::{
 };
 use kube::{
     Resource,
+    api::{ObjectMeta, PartialObjectMeta},
     runtime::reflector::{self, ObjectRef, Store, store::Writer},
 };
 use serde::Serialize;
 use serde_json::Value;
+use tator_api::labels::INSTANCE;
 
 use crate::build::common::short_hash;
 
@@ -34,10 +47,12 @@ pub struct Caches {
     pub services: Store<Service>,
     pub config_maps: Store<ConfigMap>,
     pub jobs: Store<Job>,
-    pub cron_jobs: Store<CronJob>,
+    pub cron_jobs: Store<PartialObjectMeta<CronJob>>,
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub disruption_budgets: Store<PodDisruptionBudget>,
     pub claims: Store<PersistentVolumeClaim>,
+    /// What the operator last saw of the children kept as metadata only.
+    pub generations: Generations,
 }
 
 /// Writers of the child caches, handed to the watches.
@@ -51,7 +66,7 @@ pub struct CacheWriters {
     pub services: Writer<Service>,
     pub config_maps: Writer<ConfigMap>,
     pub jobs: Writer<Job>,
-    pub cron_jobs: Writer<CronJob>,
+    pub cron_jobs: Writer<PartialObjectMeta<CronJob>>,
     pub autoscalers: Writer<HorizontalPodAutoscaler>,
     pub disruption_budgets: Writer<PodDisruptionBudget>,
     pub claims: Writer<PersistentVolumeClaim>,
@@ -88,6 +103,7 @@ impl Caches {
                 autoscalers,
                 disruption_budgets,
                 claims,
+                generations: Generations::default(),
             },
             CacheWriters {
                 deployments: wd,
@@ -108,23 +124,165 @@ impl Caches {
     }
 }
 
-/// The cache of one kind (None for kinds the controller does not watch: those are applied and
-/// listed without one).
-pub trait Cached: Resource<DynamicType = ()> + Clone + Sized + 'static {
-    fn store(c: &Caches) -> Option<&Store<Self>>;
+/// The generation and applied hash a child had when the operator last applied or read it
+/// whole, for the kinds kept as metadata only. Keyed by namespace and name; the UID tells a
+/// recreated object from the one remembered.
+#[derive(Clone, Default)]
+pub struct Generations(Arc<Mutex<HashMap<(String, String), Remembered>>>);
+
+#[derive(Clone, Debug, PartialEq)]
+struct Remembered {
+    uid: String,
+    generation: i64,
+    hash: String,
+}
+
+impl Generations {
+    fn key(meta: &ObjectMeta) -> (String, String) {
+        (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+
+    fn remembered(meta: &ObjectMeta) -> Option<Remembered> {
+        Some(Remembered {
+            uid: meta.uid.clone()?,
+            generation: meta.generation?,
+            hash: applied_hash_of(meta)?.clone(),
+        })
+    }
+
+    /// Remembers a live copy the operator applied or read whole.
+    pub fn remember(&self, live: &ObjectMeta) {
+        if let (Some(r), Ok(mut map)) = (Self::remembered(live), self.0.lock()) {
+            map.insert(Self::key(live), r);
+        }
+    }
+
+    /// Forgets a deleted child.
+    pub fn forget(&self, meta: &ObjectMeta) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(&Self::key(meta));
+        }
+    }
+
+    /// Whether the watched metadata is of the very object remembered, at the remembered
+    /// generation and hash (None: nothing remembered of this object).
+    fn matches(&self, live: &ObjectMeta) -> Option<bool> {
+        let map = self.0.lock().ok()?;
+        let had = map.get(&Self::key(live))?;
+        if live.uid.as_ref() != Some(&had.uid) {
+            return None;
+        }
+        Some(Self::remembered(live).as_ref() == Some(had))
+    }
+
+    /// How many children are remembered.
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or_default()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the watch says of a desired child.
+#[derive(Debug)]
+pub enum Seen<K> {
+    /// Applying it would change nothing: the live copy (or, for kinds kept as metadata only,
+    /// the desired object, which the live one has).
+    Same(K),
+    /// It has to be applied; the live copy when the watch has one whole.
+    Differs(Option<K>),
+    /// The watch has not seen it (or there is no watch): it has to be created.
+    Missing,
+    /// The watch cannot tell (metadata only, nothing remembered since the operator started):
+    /// read the object to know.
+    Unknown,
+}
+
+/// How the controller's watch keeps one kind (nothing for kinds it does not watch: those are
+/// applied and listed without a cache).
+pub trait Cached: Resource<DynamicType = ()> + Clone + Serialize + Sized + 'static {
+    /// Compares a desired child with the watched copy.
+    fn seen(caches: Option<&Caches>, ns: &str, desired: &Self) -> Seen<Self>;
+
+    /// Records a live copy the operator applied or read whole.
+    fn remember(_caches: Option<&Caches>, _live: &Self) {}
+
+    /// The metadata of the watched children of this kind of one installation, once the watch has
+    /// listed them all (None before, and for kinds without a watch).
+    fn metas(caches: Option<&Caches>, ns: &str, instance: &str) -> Option<Vec<ObjectMeta>>;
+}
+
+/// The store of one watch, once it has listed everything.
+fn ready<K: Resource + Clone + 'static>(store: &Store<K>) -> Option<&Store<K>>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+        .then_some(store)
+}
+
+fn metas_of<K: Resource + Clone + 'static>(
+    store: &Store<K>,
+    ns: &str,
+    instance: &str,
+) -> Option<Vec<ObjectMeta>>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let of_instance = |m: &ObjectMeta| {
+        m.namespace.as_deref() == Some(ns)
+            && m.labels
+                .as_ref()
+                .and_then(|l| l.get(INSTANCE))
+                .map(String::as_str)
+                == Some(instance)
+    };
+    Some(
+        ready(store)?
+            .state()
+            .iter()
+            .map(|o| o.meta())
+            .filter(|m| of_instance(m))
+            .cloned()
+            .collect(),
+    )
 }
 
 macro_rules! cached {
     ($kind:ty, $field:ident) => {
         impl Cached for $kind {
-            fn store(c: &Caches) -> Option<&Store<Self>> {
-                Some(&c.$field)
+            fn seen(caches: Option<&Caches>, ns: &str, desired: &Self) -> Seen<Self> {
+                let name = desired.meta().name.clone().unwrap_or_default();
+                let live = caches.and_then(|c| c.$field.get(&ObjectRef::new(&name).within(ns)));
+                match live {
+                    Some(live) if unchanged(desired, &live) => Seen::Same((*live).clone()),
+                    Some(live) => Seen::Differs(Some((*live).clone())),
+                    None => Seen::Missing,
+                }
+            }
+
+            fn metas(caches: Option<&Caches>, ns: &str, instance: &str) -> Option<Vec<ObjectMeta>> {
+                metas_of(&caches?.$field, ns, instance)
             }
         }
     };
     ($kind:ty) => {
         impl Cached for $kind {
-            fn store(_: &Caches) -> Option<&Store<Self>> {
+            fn seen(_: Option<&Caches>, _: &str, _: &Self) -> Seen<Self> {
+                Seen::Missing
+            }
+
+            fn metas(_: Option<&Caches>, _: &str, _: &str) -> Option<Vec<ObjectMeta>> {
                 None
             }
         }
@@ -139,28 +297,57 @@ cached!(StatefulSet, stateful_sets);
 cached!(Service, services);
 cached!(ConfigMap, config_maps);
 cached!(Job, jobs);
-cached!(CronJob, cron_jobs);
 cached!(HorizontalPodAutoscaler, autoscalers);
 cached!(PodDisruptionBudget, disruption_budgets);
 cached!(PersistentVolumeClaim, claims);
 
-/// The cache of one kind, once its watch has listed everything (None before).
-pub fn synced<K: Cached>(caches: Option<&Caches>) -> Option<&Store<K>> {
-    use futures::FutureExt;
-    let store = K::store(caches?)?;
-    store
-        .wait_until_ready()
-        .now_or_never()
-        .is_some_and(|r| r.is_ok())
-        .then_some(store)
+impl Cached for CronJob {
+    fn seen(caches: Option<&Caches>, ns: &str, desired: &Self) -> Seen<Self> {
+        let Some(caches) = caches else {
+            return Seen::Missing;
+        };
+        let name = desired.meta().name.clone().unwrap_or_default();
+        let Some(live) = caches.cron_jobs.get(&ObjectRef::new(&name).within(ns)) else {
+            return Seen::Missing;
+        };
+        if !metadata_unchanged(desired.meta(), &live.metadata) {
+            return Seen::Differs(None);
+        }
+        match caches.generations.matches(&live.metadata) {
+            Some(true) => Seen::Same(desired.clone()),
+            Some(false) => Seen::Differs(None),
+            None => Seen::Unknown,
+        }
+    }
+
+    fn remember(caches: Option<&Caches>, live: &Self) {
+        if let Some(c) = caches {
+            c.generations.remember(live.meta());
+        }
+    }
+
+    fn metas(caches: Option<&Caches>, ns: &str, instance: &str) -> Option<Vec<ObjectMeta>> {
+        metas_of(&caches?.cron_jobs, ns, instance)
+    }
 }
 
-/// The cached live copy of a child, if the watch has seen it.
-pub fn live<K: Cached>(caches: Option<&Caches>, ns: &str, name: &str) -> Option<K> {
-    let store = K::store(caches?)?;
-    store
-        .get(&ObjectRef::new(name).within(ns))
-        .map(|o| (*o).clone())
+fn applied_hash_of(meta: &ObjectMeta) -> Option<&String> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(APPLIED_HASH_ANNOTATION))
+}
+
+/// Whether live metadata has the applied hash and every label, annotation and owner reference
+/// the desired metadata has.
+fn metadata_unchanged(desired: &ObjectMeta, live: &ObjectMeta) -> bool {
+    let want = applied_hash_of(desired);
+    if want.is_none() || want != applied_hash_of(live) {
+        return false;
+    }
+    match (serde_json::to_value(desired), serde_json::to_value(live)) {
+        (Ok(d), Ok(l)) => contained(&d, &l),
+        _ => false,
+    }
 }
 
 /// Hash of an object as the operator sends it.
@@ -203,17 +390,8 @@ fn is_zero(v: &Value) -> bool {
 /// `live`: the annotation matches (nothing was dropped from what the operator sends) and every
 /// sent field still has the sent value (nobody edited it).
 pub fn unchanged<K: Resource + Serialize>(desired: &K, live: &K) -> bool {
-    let want = desired
-        .meta()
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(APPLIED_HASH_ANNOTATION));
-    let have = live
-        .meta()
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(APPLIED_HASH_ANNOTATION));
-    if want.is_none() || want != have {
+    let want = applied_hash_of(desired.meta());
+    if want.is_none() || want != applied_hash_of(live.meta()) {
         return false;
     }
     match (serde_json::to_value(desired), serde_json::to_value(live)) {
@@ -226,6 +404,52 @@ pub fn unchanged<K: Resource + Serialize>(desired: &K, live: &K) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn meta(uid: &str, generation: i64, hash: &str) -> ObjectMeta {
+        serde_json::from_value(json!({
+            "name": "tator-sizer", "namespace": "ns", "uid": uid, "generation": generation,
+            "annotations": {APPLIED_HASH_ANNOTATION: hash}, "labels": {"a": "b"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn remembered_generations_tell_edits_and_recreations() {
+        let g = Generations::default();
+        assert_eq!(
+            g.matches(&meta("u1", 3, "h1")),
+            None,
+            "nothing remembered yet"
+        );
+        g.remember(&meta("u1", 3, "h1"));
+        assert_eq!(g.matches(&meta("u1", 3, "h1")), Some(true));
+        assert_eq!(g.matches(&meta("u1", 4, "h1")), Some(false), "spec edited");
+        assert_eq!(g.matches(&meta("u1", 3, "h2")), Some(false), "hash changed");
+        assert_eq!(g.matches(&meta("u2", 3, "h1")), None, "recreated: unknown");
+        g.forget(&meta("u1", 3, "h1"));
+        assert!(g.is_empty());
+    }
+
+    #[test]
+    fn cron_jobs_are_compared_by_metadata_and_generation() {
+        let desired: CronJob = serde_json::from_value(json!({
+            "metadata": {"name": "tator-sizer", "namespace": "ns",
+                         "annotations": {APPLIED_HASH_ANNOTATION: "h1"}, "labels": {"a": "b"}},
+            "spec": {"schedule": "10 * * * *", "jobTemplate": {}}
+        }))
+        .unwrap();
+        let live = meta("u1", 3, "h1");
+        assert!(metadata_unchanged(desired.meta(), &live));
+        let mut relabelled = live.clone();
+        relabelled.labels = None;
+        assert!(!metadata_unchanged(desired.meta(), &relabelled));
+        let mut foreign = live.clone();
+        foreign
+            .annotations
+            .get_or_insert_default()
+            .insert("example.com/note".into(), "x".into());
+        assert!(metadata_unchanged(desired.meta(), &foreign));
+    }
 
     #[test]
     fn containment_ignores_added_fields_but_not_edits() {

@@ -21,7 +21,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{PartialObjectMeta, Patch, PatchParams},
     runtime::{
         Controller, WatchStreamExt,
         controller::{Action, Config as ControllerConfig},
@@ -33,7 +33,7 @@ use serde_json::json;
 use tator_api::{TatorDeployment, TatorDeploymentStatus, labels};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::cache::{CacheWriters, Caches};
+use crate::cache::{CacheWriters, Caches, Generations};
 use crate::metrics::Metrics;
 use crate::{
     apply::{self, FIELD_MANAGER},
@@ -783,6 +783,35 @@ pub async fn run(ctx: Arc<Context>) {
             .reflect(writer)
             .touched_objects()
     }
+    // CronJobs are kept as metadata only (see `cache`): a deleted one is forgotten.
+    fn metadata_cached<K>(
+        api: Api<PartialObjectMeta<K>>,
+        writer: reflector::store::Writer<PartialObjectMeta<K>>,
+        generations: Generations,
+    ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        // An Api of PartialObjectMeta lists and watches metadata only.
+        watcher(api, child_config())
+            .default_backoff()
+            .modify(|o| {
+                o.meta_mut().managed_fields = None;
+            })
+            .inspect(move |event| {
+                if let Ok(watcher::Event::Delete(o)) = event {
+                    generations.forget(o.meta());
+                }
+            })
+            .reflect(writer)
+            .touched_objects()
+    }
     Controller::for_stream(trigger, reader)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         // Every watch backs off on its own (`default_backoff` above). The controller's joint
@@ -802,7 +831,11 @@ pub async fn run(ctx: Arc<Context>) {
         .owns_stream(cached(api_for::<Service>(&client, ns), w.services))
         .owns_stream(cached(api_for::<ConfigMap>(&client, ns), w.config_maps))
         .owns_stream(cached(api_for::<Job>(&client, ns), w.jobs))
-        .owns_stream(cached(api_for::<CronJob>(&client, ns), w.cron_jobs))
+        .owns_stream(metadata_cached(
+            api_for::<PartialObjectMeta<CronJob>>(&client, ns),
+            w.cron_jobs,
+            ctx.caches.generations.clone(),
+        ))
         .owns_stream(cached(
             api_for::<HorizontalPodAutoscaler>(&client, ns),
             w.autoscalers,

@@ -1,6 +1,7 @@
 //! Maintenance CronJobs on the real local control plane: the defaults once Tator is migrated,
-//! schedule overrides and suspension reaching the live CronJobs, and the cronjob controller of
-//! the kube-controller-manager creating a Job from one of them.
+//! CronJobs edited, relabelled or deleted by hand repaired, schedule overrides and suspension
+//! reaching the live CronJobs, and the cronjob controller of the kube-controller-manager creating
+//! a Job from one of them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -98,6 +99,59 @@ async fn cron_jobs_follow_the_spec_and_a_due_one_creates_a_job() {
         (owner.kind.as_str(), owner.controller),
         ("TatorDeployment", Some(true))
     );
+
+    // Edited by hand: the operator keeps CronJobs as metadata only and tells a spec edit by its
+    // generation, a metadata edit by the labels, and a deletion by the watch.
+    cron_jobs
+        .patch(
+            "tator-sizer",
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(json!({"apiVersion": "batch/v1", "kind": "CronJob",
+                "spec": {"schedule": "5 5 * * *"}})),
+        )
+        .await
+        .unwrap();
+    cron_jobs
+        .patch(
+            "tator-prune-states",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"app.kubernetes.io/component": null}}})),
+        )
+        .await
+        .unwrap();
+    let old_uid = cron_jobs.get("tator-prune-files").await.unwrap().uid();
+    cron_jobs
+        .delete("tator-prune-files", &Default::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the edited, relabelled and deleted CronJobs repaired",
+        Duration::from_secs(15),
+        || async {
+            let sizer = cron_jobs
+                .get("tator-sizer")
+                .await
+                .map_err(|e| e.to_string())?;
+            let states = cron_jobs
+                .get("tator-prune-states")
+                .await
+                .map_err(|e| e.to_string())?;
+            let token = cron_jobs
+                .get_opt("tator-prune-files")
+                .await
+                .map_err(|e| e.to_string())?;
+            let schedule = sizer.spec.map(|s| s.schedule).unwrap_or_default();
+            let labelled = states.labels().contains_key("app.kubernetes.io/component");
+            let recreated = token.is_some_and(|t| t.uid() != old_uid);
+            (schedule == "10 * * * *" && labelled && recreated)
+                .then_some(())
+                .ok_or(format!(
+                    "schedule {schedule}, labelled {labelled}, recreated {recreated}"
+                ))
+        },
+    )
+    .await
+    .unwrap();
 
     let patch = |spec: serde_json::Value| {
         let tds = tds.clone();

@@ -99,9 +99,9 @@ async fn apply_all<K: Child + Cached>(
             match K::seen(caches, ns, &obj) {
                 Seen::Same(live) => return Ok(live),
                 Seen::Differs(_) | Seen::Missing => {}
-                // Kept as metadata only and not seen whole since the operator started: one read
-                // instead of a write.
-                Seen::Unknown => {
+                // Not kept whole, and its generation is not the one remembered (someone changed
+                // its spec, or the operator just started): one read instead of a write.
+                Seen::Unknown(_) => {
                     let live = api.get_opt(&name).await.map_err(|source| Error::Fetch {
                         what: format!("{kind} {name}"),
                         source,
@@ -141,9 +141,9 @@ fn held<K: Child + Cached>(
             }
             Seen::Differs(None) => pending.push(format!("{kind}/{name}")),
             Seen::Missing => pending.push(format!("{kind}/{name} (new)")),
-            // Nothing is read while paused: a child kept as metadata only that carries the hash
-            // of what would be sent is taken as unchanged.
-            Seen::Unknown => out.push(obj),
+            // Nothing is read while paused: a child not kept whole that carries the hash of
+            // what would be sent is taken as unchanged.
+            Seen::Unknown(live) => out.push(live.unwrap_or(obj)),
         }
     }
     out

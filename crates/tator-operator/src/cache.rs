@@ -2,11 +2,19 @@
 //! trigger reconciles), so that a reconcile that would change nothing sends nothing: apply skips
 //! a child whose live copy already has what the operator would send, and prune lists from here.
 //!
-//! Most kinds are kept whole (their status feeds the TatorDeployment's). CronJobs, the largest
-//! children and the most numerous (16 per installation, each with Tator's whole environment), are
-//! kept as metadata only: a CronJob is unchanged when its metadata still has what the operator
-//! sends and its `generation` (which the API server raises on every spec change) is the one the
-//! operator's own last apply or read returned, remembered in [`Generations`].
+//! Most kinds are kept whole and compared field by field. The largest children are not:
+//!
+//! - CronJobs (16 per installation, each with Tator's whole environment) are kept as metadata
+//!   only;
+//! - Deployments and StatefulSets are kept without their pod template's spec (their replicas,
+//!   labels and status, which the TatorDeployment's status reads, stay).
+//!
+//! Such a child is unchanged when its metadata still has what the operator sends and its
+//! `generation` (which the API server raises on every spec change, by anyone) is the one the
+//! operator's own last apply or read returned, remembered in [`Generations`]. When the generation
+//! moved, or nothing is remembered (the operator just started), one read of the whole object
+//! decides, so an edit by someone else of fields the operator does not set costs a read, not a
+//! write.
 
 use std::{
     collections::HashMap,
@@ -125,10 +133,12 @@ impl Caches {
 }
 
 /// The generation and applied hash a child had when the operator last applied or read it
-/// whole, for the kinds kept as metadata only. Keyed by namespace and name; the UID tells a
+/// whole, for the kinds not kept whole. Keyed by kind, namespace and name; the UID tells a
 /// recreated object from the one remembered.
 #[derive(Clone, Default)]
-pub struct Generations(Arc<Mutex<HashMap<(String, String), Remembered>>>);
+pub struct Generations(Arc<Mutex<HashMap<Key, Remembered>>>);
+
+type Key = (&'static str, String, String);
 
 #[derive(Clone, Debug, PartialEq)]
 struct Remembered {
@@ -138,8 +148,9 @@ struct Remembered {
 }
 
 impl Generations {
-    fn key(meta: &ObjectMeta) -> (String, String) {
+    fn key(kind: &'static str, meta: &ObjectMeta) -> Key {
         (
+            kind,
             meta.namespace.clone().unwrap_or_default(),
             meta.name.clone().unwrap_or_default(),
         )
@@ -154,28 +165,27 @@ impl Generations {
     }
 
     /// Remembers a live copy the operator applied or read whole.
-    pub fn remember(&self, live: &ObjectMeta) {
+    pub fn remember(&self, kind: &'static str, live: &ObjectMeta) {
         if let (Some(r), Ok(mut map)) = (Self::remembered(live), self.0.lock()) {
-            map.insert(Self::key(live), r);
+            map.insert(Self::key(kind, live), r);
         }
     }
 
     /// Forgets a deleted child.
-    pub fn forget(&self, meta: &ObjectMeta) {
+    pub fn forget(&self, kind: &'static str, meta: &ObjectMeta) {
         if let Ok(mut map) = self.0.lock() {
-            map.remove(&Self::key(meta));
+            map.remove(&Self::key(kind, meta));
         }
     }
 
     /// Whether the watched metadata is of the very object remembered, at the remembered
-    /// generation and hash (None: nothing remembered of this object).
-    fn matches(&self, live: &ObjectMeta) -> Option<bool> {
-        let map = self.0.lock().ok()?;
-        let had = map.get(&Self::key(live))?;
-        if live.uid.as_ref() != Some(&had.uid) {
-            return None;
-        }
-        Some(Self::remembered(live).as_ref() == Some(had))
+    /// generation and hash.
+    fn matches(&self, kind: &'static str, live: &ObjectMeta) -> bool {
+        let Ok(map) = self.0.lock() else {
+            return false;
+        };
+        map.get(&Self::key(kind, live))
+            .is_some_and(|had| Self::remembered(live).as_ref() == Some(had))
     }
 
     /// How many children are remembered.
@@ -199,9 +209,9 @@ pub enum Seen<K> {
     Differs(Option<K>),
     /// The watch has not seen it (or there is no watch): it has to be created.
     Missing,
-    /// The watch cannot tell (metadata only, nothing remembered since the operator started):
-    /// read the object to know.
-    Unknown,
+    /// The watch cannot tell (a child not kept whole whose generation is not the remembered
+    /// one): read the object to know. The watched copy, when there is one.
+    Unknown(Option<K>),
 }
 
 /// How the controller's watch keeps one kind (nothing for kinds it does not watch: those are
@@ -292,8 +302,6 @@ cached!(ServiceAccount, service_accounts);
 cached!(Role, roles);
 cached!(RoleBinding, role_bindings);
 cached!(DaemonSet, daemon_sets);
-cached!(Deployment, deployments);
-cached!(StatefulSet, stateful_sets);
 cached!(Service, services);
 cached!(ConfigMap, config_maps);
 cached!(Job, jobs);
@@ -311,18 +319,17 @@ impl Cached for CronJob {
             return Seen::Missing;
         };
         if !metadata_unchanged(desired.meta(), &live.metadata) {
-            return Seen::Differs(None);
-        }
-        match caches.generations.matches(&live.metadata) {
-            Some(true) => Seen::Same(desired.clone()),
-            Some(false) => Seen::Differs(None),
-            None => Seen::Unknown,
+            Seen::Differs(None)
+        } else if caches.generations.matches(KIND_CRON_JOB, &live.metadata) {
+            Seen::Same(desired.clone())
+        } else {
+            Seen::Unknown(None)
         }
     }
 
     fn remember(caches: Option<&Caches>, live: &Self) {
         if let Some(c) = caches {
-            c.generations.remember(live.meta());
+            c.generations.remember(KIND_CRON_JOB, live.meta());
         }
     }
 
@@ -330,6 +337,68 @@ impl Cached for CronJob {
         metas_of(&caches?.cron_jobs, ns, instance)
     }
 }
+
+const KIND_CRON_JOB: &str = <CronJob as k8s_openapi::Resource>::KIND;
+
+/// Kinds kept without their pod template's spec (see the module documentation).
+pub trait Slim: Resource {
+    /// Drops what the cache does not keep.
+    fn slim(&mut self);
+}
+
+impl Slim for Deployment {
+    fn slim(&mut self) {
+        if let Some(spec) = self.spec.as_mut() {
+            spec.template.spec = None;
+        }
+    }
+}
+
+impl Slim for StatefulSet {
+    fn slim(&mut self) {
+        if let Some(spec) = self.spec.as_mut() {
+            spec.template.spec = None;
+        }
+    }
+}
+
+macro_rules! slim {
+    ($kind:ty, $field:ident) => {
+        impl Cached for $kind {
+            fn seen(caches: Option<&Caches>, ns: &str, desired: &Self) -> Seen<Self> {
+                let kind = <$kind as k8s_openapi::Resource>::KIND;
+                let name = desired.meta().name.clone().unwrap_or_default();
+                let Some(caches) = caches else {
+                    return Seen::Missing;
+                };
+                let Some(live) = caches.$field.get(&ObjectRef::new(&name).within(ns)) else {
+                    return Seen::Missing;
+                };
+                let live = (*live).clone();
+                if !metadata_unchanged(desired.meta(), live.meta()) {
+                    Seen::Differs(Some(live))
+                } else if caches.generations.matches(kind, live.meta()) {
+                    Seen::Same(live)
+                } else {
+                    Seen::Unknown(Some(live))
+                }
+            }
+
+            fn remember(caches: Option<&Caches>, live: &Self) {
+                if let Some(c) = caches {
+                    c.generations
+                        .remember(<$kind as k8s_openapi::Resource>::KIND, live.meta());
+                }
+            }
+
+            fn metas(caches: Option<&Caches>, ns: &str, instance: &str) -> Option<Vec<ObjectMeta>> {
+                metas_of(&caches?.$field, ns, instance)
+            }
+        }
+    };
+}
+slim!(Deployment, deployments);
+slim!(StatefulSet, stateful_sets);
 
 fn applied_hash_of(meta: &ObjectMeta) -> Option<&String> {
     meta.annotations
@@ -416,18 +485,40 @@ mod tests {
     #[test]
     fn remembered_generations_tell_edits_and_recreations() {
         let g = Generations::default();
-        assert_eq!(
-            g.matches(&meta("u1", 3, "h1")),
-            None,
+        assert!(
+            !g.matches("CronJob", &meta("u1", 3, "h1")),
             "nothing remembered yet"
         );
-        g.remember(&meta("u1", 3, "h1"));
-        assert_eq!(g.matches(&meta("u1", 3, "h1")), Some(true));
-        assert_eq!(g.matches(&meta("u1", 4, "h1")), Some(false), "spec edited");
-        assert_eq!(g.matches(&meta("u1", 3, "h2")), Some(false), "hash changed");
-        assert_eq!(g.matches(&meta("u2", 3, "h1")), None, "recreated: unknown");
-        g.forget(&meta("u1", 3, "h1"));
+        g.remember("CronJob", &meta("u1", 3, "h1"));
+        assert!(g.matches("CronJob", &meta("u1", 3, "h1")));
+        assert!(
+            !g.matches("Deployment", &meta("u1", 3, "h1")),
+            "another kind"
+        );
+        assert!(!g.matches("CronJob", &meta("u1", 4, "h1")), "spec edited");
+        assert!(!g.matches("CronJob", &meta("u1", 3, "h2")), "hash changed");
+        assert!(!g.matches("CronJob", &meta("u2", 3, "h1")), "recreated");
+        g.forget("CronJob", &meta("u1", 3, "h1"));
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn slim_copies_keep_replicas_labels_and_status() {
+        let mut d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "tator-api", "labels": {"a": "b"}},
+            "spec": {"replicas": 3, "selector": {}, "template": {
+                "metadata": {"labels": {"a": "b"}},
+                "spec": {"containers": [{"name": "api", "image": "x"}]}}},
+            "status": {"readyReplicas": 2}
+        }))
+        .unwrap();
+        d.slim();
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert!(spec.template.spec.is_none());
+        assert!(spec.template.metadata.is_some());
+        assert_eq!(d.status.unwrap().ready_replicas, Some(2));
+        assert_eq!(d.metadata.labels.unwrap()["a"], "b");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use serde_json::json;
 use tator_api::{TatorDeployment, TatorDeploymentStatus, labels};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::cache::{CacheWriters, Caches, Generations};
+use crate::cache::{CacheWriters, Caches, Generations, Slim};
 use crate::metrics::Metrics;
 use crate::{
     apply::{self, FIELD_MANAGER},
@@ -791,6 +791,7 @@ pub async fn run(ctx: Arc<Context>) {
     ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
     where
         K: Resource<DynamicType = ()>
+            + k8s_openapi::Resource
             + Clone
             + std::fmt::Debug
             + serde::de::DeserializeOwned
@@ -806,7 +807,38 @@ pub async fn run(ctx: Arc<Context>) {
             })
             .inspect(move |event| {
                 if let Ok(watcher::Event::Delete(o)) = event {
-                    generations.forget(o.meta());
+                    generations.forget(<K as k8s_openapi::Resource>::KIND, o.meta());
+                }
+            })
+            .reflect(writer)
+            .touched_objects()
+    }
+    // Deployments and StatefulSets are kept without their pod template's spec (see `cache`).
+    fn slim_cached<K>(
+        api: Api<K>,
+        writer: reflector::store::Writer<K>,
+        generations: Generations,
+    ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+    where
+        K: Resource<DynamicType = ()>
+            + k8s_openapi::Resource
+            + Slim
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        watcher(api, child_config())
+            .default_backoff()
+            .modify(|o| {
+                o.meta_mut().managed_fields = None;
+                o.slim();
+            })
+            .inspect(move |event| {
+                if let Ok(watcher::Event::Delete(o)) = event {
+                    generations.forget(<K as k8s_openapi::Resource>::KIND, o.meta());
                 }
             })
             .reflect(writer)
@@ -819,8 +851,16 @@ pub async fn run(ctx: Arc<Context>) {
         // one fails, and after an API server restart it never let them reconnect (the watches
         // kept reporting stale connection errors until the process restarted).
         .trigger_backoff(NoJointBackoff)
-        .owns_stream(cached(api_for::<Deployment>(&client, ns), w.deployments))
-        .owns_stream(cached(api_for::<StatefulSet>(&client, ns), w.stateful_sets))
+        .owns_stream(slim_cached(
+            api_for::<Deployment>(&client, ns),
+            w.deployments,
+            ctx.caches.generations.clone(),
+        ))
+        .owns_stream(slim_cached(
+            api_for::<StatefulSet>(&client, ns),
+            w.stateful_sets,
+            ctx.caches.generations.clone(),
+        ))
         .owns_stream(cached(api_for::<DaemonSet>(&client, ns), w.daemon_sets))
         .owns_stream(cached(
             api_for::<ServiceAccount>(&client, ns),

@@ -79,9 +79,11 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
   verbs: [update]
 # apply.rs: server-side apply of the workloads (create, patch); controller.rs owns them (list,
 # watch); prune deletes the ones no longer desired (delete). DaemonSets: Filebeat (logging).
+# Deployments and StatefulSets are cached without their pod spec: after a spec change by someone
+# else, or a restart, apply reads one whole by name (get) before deciding to write.
 - apiGroups: [apps]
   resources: [deployments, statefulsets, daemonsets]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # apply.rs: the ServiceAccounts of Filebeat and the operator's own Prometheus are applied, owned
 # (list, watch) and pruned like workloads.
 - apiGroups: [""]
@@ -122,10 +124,11 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
-# apply.rs: the maintenance CronJobs (spec.maintenance) are applied, owned and pruned.
+# apply.rs: the maintenance CronJobs (spec.maintenance) are applied, owned (metadata only) and
+# pruned, and read whole by name (get) after a spec change by someone else or a restart.
 - apiGroups: [batch]
   resources: [cronjobs]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # apply.rs: the API's HorizontalPodAutoscaler (api.autoscaling) is applied, owned and pruned.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]

@@ -309,37 +309,6 @@ cached!(HorizontalPodAutoscaler, autoscalers);
 cached!(PodDisruptionBudget, disruption_budgets);
 cached!(PersistentVolumeClaim, claims);
 
-impl Cached for CronJob {
-    fn seen(caches: Option<&Caches>, ns: &str, desired: &Self) -> Seen<Self> {
-        let Some(caches) = caches else {
-            return Seen::Missing;
-        };
-        let name = desired.meta().name.clone().unwrap_or_default();
-        let Some(live) = caches.cron_jobs.get(&ObjectRef::new(&name).within(ns)) else {
-            return Seen::Missing;
-        };
-        if !metadata_unchanged(desired.meta(), &live.metadata) {
-            Seen::Differs(None)
-        } else if caches.generations.matches(KIND_CRON_JOB, &live.metadata) {
-            Seen::Same(desired.clone())
-        } else {
-            Seen::Unknown(None)
-        }
-    }
-
-    fn remember(caches: Option<&Caches>, live: &Self) {
-        if let Some(c) = caches {
-            c.generations.remember(KIND_CRON_JOB, live.meta());
-        }
-    }
-
-    fn metas(caches: Option<&Caches>, ns: &str, instance: &str) -> Option<Vec<ObjectMeta>> {
-        metas_of(&caches?.cron_jobs, ns, instance)
-    }
-}
-
-const KIND_CRON_JOB: &str = <CronJob as k8s_openapi::Resource>::KIND;
-
 /// Kinds kept without their pod template's spec (see the module documentation).
 pub trait Slim: Resource {
     /// Drops what the cache does not keep.
@@ -362,8 +331,10 @@ impl Slim for StatefulSet {
     }
 }
 
-macro_rules! slim {
-    ($kind:ty, $field:ident) => {
+/// Kinds compared by metadata and remembered generation; `$copy` turns the watched copy into
+/// what apply returns for it (None when the watch keeps metadata only).
+macro_rules! by_generation {
+    ($kind:ty, $field:ident, $copy:expr) => {
         impl Cached for $kind {
             fn seen(caches: Option<&Caches>, ns: &str, desired: &Self) -> Seen<Self> {
                 let kind = <$kind as k8s_openapi::Resource>::KIND;
@@ -374,13 +345,13 @@ macro_rules! slim {
                 let Some(live) = caches.$field.get(&ObjectRef::new(&name).within(ns)) else {
                     return Seen::Missing;
                 };
-                let live = (*live).clone();
+                let copy: Option<Self> = $copy(&*live);
                 if !metadata_unchanged(desired.meta(), live.meta()) {
-                    Seen::Differs(Some(live))
+                    Seen::Differs(copy)
                 } else if caches.generations.matches(kind, live.meta()) {
-                    Seen::Same(live)
+                    Seen::Same(copy.unwrap_or_else(|| desired.clone()))
                 } else {
-                    Seen::Unknown(Some(live))
+                    Seen::Unknown(copy)
                 }
             }
 
@@ -397,8 +368,11 @@ macro_rules! slim {
         }
     };
 }
-slim!(Deployment, deployments);
-slim!(StatefulSet, stateful_sets);
+by_generation!(Deployment, deployments, |l: &Deployment| Some(l.clone()));
+by_generation!(StatefulSet, stateful_sets, |l: &StatefulSet| Some(
+    l.clone()
+));
+by_generation!(CronJob, cron_jobs, |_: &PartialObjectMeta<CronJob>| None);
 
 fn applied_hash_of(meta: &ObjectMeta) -> Option<&String> {
     meta.annotations

@@ -761,9 +761,13 @@ pub async fn run(ctx: Arc<Context>) {
         return;
     };
     // Each watch both triggers reconciles of the owner and fills the local copy apply reads.
+    // `trim` drops what the copy does not keep; children compared by generation (see `cache`)
+    // are forgotten when deleted.
     fn cached<K>(
         api: Api<K>,
         writer: reflector::store::Writer<K>,
+        trim: fn(&mut K),
+        by_generation: Option<(Generations, &'static str)>,
     ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
     where
         K: Resource<DynamicType = ()>
@@ -776,74 +780,26 @@ pub async fn run(ctx: Arc<Context>) {
     {
         watcher(api, child_config())
             .default_backoff()
-            // Managed fields are never compared: keep the copies small.
-            .modify(|o| {
-                o.meta_mut().managed_fields = None;
-            })
-            .reflect(writer)
-            .touched_objects()
-    }
-    // CronJobs are kept as metadata only (see `cache`): a deleted one is forgotten.
-    fn metadata_cached<K>(
-        api: Api<PartialObjectMeta<K>>,
-        writer: reflector::store::Writer<PartialObjectMeta<K>>,
-        generations: Generations,
-    ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-    where
-        K: Resource<DynamicType = ()>
-            + k8s_openapi::Resource
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-    {
-        // An Api of PartialObjectMeta lists and watches metadata only.
-        watcher(api, child_config())
-            .default_backoff()
-            .modify(|o| {
-                o.meta_mut().managed_fields = None;
-            })
+            .modify(trim)
             .inspect(move |event| {
-                if let Ok(watcher::Event::Delete(o)) = event {
-                    generations.forget(<K as k8s_openapi::Resource>::KIND, o.meta());
+                if let (Some((generations, kind)), Ok(watcher::Event::Delete(o))) =
+                    (&by_generation, event)
+                {
+                    generations.forget(kind, o.meta());
                 }
             })
             .reflect(writer)
             .touched_objects()
     }
-    // Deployments and StatefulSets are kept without their pod template's spec (see `cache`).
-    fn slim_cached<K>(
-        api: Api<K>,
-        writer: reflector::store::Writer<K>,
-        generations: Generations,
-    ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
-    where
-        K: Resource<DynamicType = ()>
-            + k8s_openapi::Resource
-            + Slim
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-    {
-        watcher(api, child_config())
-            .default_backoff()
-            .modify(|o| {
-                o.meta_mut().managed_fields = None;
-                o.slim();
-            })
-            .inspect(move |event| {
-                if let Ok(watcher::Event::Delete(o)) = event {
-                    generations.forget(<K as k8s_openapi::Resource>::KIND, o.meta());
-                }
-            })
-            .reflect(writer)
-            .touched_objects()
+    // Managed fields are never compared: no copy keeps them.
+    fn whole<K: Resource>(o: &mut K) {
+        o.meta_mut().managed_fields = None;
     }
+    fn slim<K: Resource + Slim>(o: &mut K) {
+        whole(o);
+        o.slim();
+    }
+    let by_generation = |kind| Some((ctx.caches.generations.clone(), kind));
     Controller::for_stream(trigger, reader)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         // Every watch backs off on its own (`default_backoff` above). The controller's joint
@@ -851,41 +807,75 @@ pub async fn run(ctx: Arc<Context>) {
         // one fails, and after an API server restart it never let them reconnect (the watches
         // kept reporting stale connection errors until the process restarted).
         .trigger_backoff(NoJointBackoff)
-        .owns_stream(slim_cached(
+        .owns_stream(cached(
             api_for::<Deployment>(&client, ns),
             w.deployments,
-            ctx.caches.generations.clone(),
+            slim,
+            by_generation(<Deployment as k8s_openapi::Resource>::KIND),
         ))
-        .owns_stream(slim_cached(
+        .owns_stream(cached(
             api_for::<StatefulSet>(&client, ns),
             w.stateful_sets,
-            ctx.caches.generations.clone(),
+            slim,
+            by_generation(<StatefulSet as k8s_openapi::Resource>::KIND),
         ))
-        .owns_stream(cached(api_for::<DaemonSet>(&client, ns), w.daemon_sets))
+        .owns_stream(cached(
+            api_for::<DaemonSet>(&client, ns),
+            w.daemon_sets,
+            whole,
+            None,
+        ))
         .owns_stream(cached(
             api_for::<ServiceAccount>(&client, ns),
             w.service_accounts,
+            whole,
+            None,
         ))
-        .owns_stream(cached(api_for::<Role>(&client, ns), w.roles))
-        .owns_stream(cached(api_for::<RoleBinding>(&client, ns), w.role_bindings))
-        .owns_stream(cached(api_for::<Service>(&client, ns), w.services))
-        .owns_stream(cached(api_for::<ConfigMap>(&client, ns), w.config_maps))
-        .owns_stream(cached(api_for::<Job>(&client, ns), w.jobs))
-        .owns_stream(metadata_cached(
+        .owns_stream(cached(api_for::<Role>(&client, ns), w.roles, whole, None))
+        .owns_stream(cached(
+            api_for::<RoleBinding>(&client, ns),
+            w.role_bindings,
+            whole,
+            None,
+        ))
+        .owns_stream(cached(
+            api_for::<Service>(&client, ns),
+            w.services,
+            whole,
+            None,
+        ))
+        .owns_stream(cached(
+            api_for::<ConfigMap>(&client, ns),
+            w.config_maps,
+            whole,
+            None,
+        ))
+        .owns_stream(cached(api_for::<Job>(&client, ns), w.jobs, whole, None))
+        .owns_stream(cached(
             api_for::<PartialObjectMeta<CronJob>>(&client, ns),
             w.cron_jobs,
-            ctx.caches.generations.clone(),
+            whole,
+            by_generation(<CronJob as k8s_openapi::Resource>::KIND),
         ))
         .owns_stream(cached(
             api_for::<HorizontalPodAutoscaler>(&client, ns),
             w.autoscalers,
+            whole,
+            None,
         ))
         .owns_stream(cached(
             api_for::<PodDisruptionBudget>(&client, ns),
             w.disruption_budgets,
+            whole,
+            None,
         ))
         .watches_stream(
-            cached(api_for::<PersistentVolumeClaim>(&client, ns), w.claims),
+            cached(
+                api_for::<PersistentVolumeClaim>(&client, ns),
+                w.claims,
+                whole,
+                None,
+            ),
             |pvc| {
                 let instance = pvc.labels().get(labels::INSTANCE).cloned()?;
                 Some(reflector::ObjectRef::new(&instance).within(&pvc.namespace()?))

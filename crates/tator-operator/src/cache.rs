@@ -59,7 +59,7 @@ pub struct Caches {
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub disruption_budgets: Store<PodDisruptionBudget>,
     pub claims: Store<PersistentVolumeClaim>,
-    /// What the operator last saw of the children kept as metadata only.
+    /// The generations of the children not kept whole, as the operator last applied or read them.
     pub generations: Generations,
 }
 
@@ -202,8 +202,8 @@ impl Generations {
 /// What the watch says of a desired child.
 #[derive(Debug)]
 pub enum Seen<K> {
-    /// Applying it would change nothing: the live copy (or, for kinds kept as metadata only,
-    /// the desired object, which the live one has).
+    /// Applying it would change nothing: the watched copy (for CronJobs, watched as metadata
+    /// only, the desired object, which the live one has).
     Same(K),
     /// It has to be applied; the live copy when the watch has one whole.
     Differs(Option<K>),

@@ -311,12 +311,55 @@ impl Seaweed {
         let dir = temp_dir("seaweedfs")?;
         let config = dir.path().join("s3.json");
         std::fs::write(&config, s3_config.to_string()).map_err(io_err(&config))?;
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).map_err(io_err(&data))?;
         let log: PathBuf = dir.path().join("weed.log");
-        let logfile = std::fs::File::create(&log).map_err(io_err(&log))?;
-        let errfile = logfile.try_clone().map_err(io_err(&log))?;
+        // Fifteen ports are picked at random while other tests pick theirs: when one was taken
+        // meanwhile, weed exits at once, and it is started again on new ports.
+        let mut attempt = 0;
+        let (child, ports) = loop {
+            attempt += 1;
+            match Self::launch(&weed, dir.path(), &config, &log, attempt) {
+                Err(Error::Exited { tail, .. })
+                    if attempt < 4 && tail.contains("not available") =>
+                {
+                    continue;
+                }
+                other => break other?,
+            }
+        };
+        let s3_port = ports.get("s3.port").copied().unwrap_or_default();
+        let master_port = ports.get("master.port").copied().unwrap_or_default();
+        let master_grpc = ports.get("master.port.grpc").copied().unwrap_or_default();
+        let server = Self {
+            s3_url: format!("http://127.0.0.1:{s3_port}"),
+            // host:port.grpcPort: the gRPC port is not the default HTTP port + 10000 here.
+            master: format!("127.0.0.1:{master_port}.{master_grpc}"),
+            weed,
+            child,
+            _dir: dir,
+        };
+        for bucket in buckets {
+            server.shell(&format!("s3.bucket.create -name {bucket}"))?;
+        }
+        Ok(server)
+    }
+
+    /// Starts `weed mini` on fresh ports (a fresh data folder per attempt) and waits for its S3
+    /// gateway; returns the process and the ports by flag.
+    fn launch(
+        weed: &Path,
+        dir: &Path,
+        config: &Path,
+        log: &Path,
+        attempt: u32,
+    ) -> Result<(Child, std::collections::BTreeMap<&'static str, u16>), Error> {
+        let data = dir.join(format!("data-{attempt}"));
+        std::fs::create_dir(&data).map_err(io_err(&data))?;
+        let logfile = std::fs::File::create(log).map_err(io_err(log))?;
+        let errfile = logfile.try_clone().map_err(io_err(log))?;
         let mut ports = std::collections::BTreeMap::new();
+        let mut taken = std::collections::BTreeSet::new();
+        // gRPC ports are separate flags; SeaweedFS's default is the HTTP port + 10000, which
+        // would leave the range free_port picks from.
         for flag in [
             "master.port",
             "volume.port",
@@ -328,21 +371,21 @@ impl Seaweed {
             "admin.port.legacy",
             "metricsPort",
             "s3.metricsPort",
-        ] {
-            ports.insert(flag, free_port()?);
-        }
-        // gRPC ports are separate flags; SeaweedFS's default is the HTTP port + 10000, which
-        // would leave the range free_port picks from.
-        for grpc in [
             "master.port.grpc",
             "volume.port.grpc",
             "filer.port.grpc",
             "s3.port.grpc",
             "admin.port.grpc",
         ] {
-            ports.insert(grpc, free_port()?);
+            let port = loop {
+                let p = free_port()?;
+                if taken.insert(p) {
+                    break p;
+                }
+            };
+            ports.insert(flag, port);
         }
-        let mut cmd = Command::new(&weed);
+        let mut cmd = Command::new(weed);
         cmd.arg("mini")
             .arg(format!("-dir={}", data.display()))
             .args([
@@ -357,7 +400,7 @@ impl Seaweed {
             cmd.arg(format!("-{flag}={port}"));
         }
         let mut child = cmd
-            .current_dir(dir.path())
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(logfile)
             .stderr(errfile)
@@ -367,25 +410,11 @@ impl Seaweed {
                 source,
             })?;
         let s3_port = ports.get("s3.port").copied().unwrap_or_default();
-        let master_port = ports.get("master.port").copied().unwrap_or_default();
-        let master_grpc = ports.get("master.port.grpc").copied().unwrap_or_default();
-        let started = wait_port(&mut child, s3_port, &log, "weed mini (S3)");
-        if let Err(e) = started {
+        if let Err(e) = wait_port(&mut child, s3_port, log, "weed mini (S3)") {
             stop(&mut child);
             return Err(e);
         }
-        let server = Self {
-            s3_url: format!("http://127.0.0.1:{s3_port}"),
-            // host:port.grpcPort: the gRPC port is not the default HTTP port + 10000 here.
-            master: format!("127.0.0.1:{master_port}.{master_grpc}"),
-            weed,
-            child,
-            _dir: dir,
-        };
-        for bucket in buckets {
-            server.shell(&format!("s3.bucket.create -name {bucket}"))?;
-        }
-        Ok(server)
+        Ok((child, ports))
     }
 
     /// Runs one `weed shell` command against this server (retried while the filer starts).

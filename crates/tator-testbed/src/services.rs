@@ -104,6 +104,22 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Starts a server with `start(attempt)` (attempts count from 1), and starts it again, up to four
+/// times, when it exited because a port was taken between picking it and binding it (other tests
+/// pick ports at the same time).
+fn on_a_free_port<T>(mut start: impl FnMut(u32) -> Result<T, Error>) -> Result<T, Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match start(attempt) {
+            Err(Error::Exited { tail, .. })
+                if attempt < 4
+                    && (tail.contains("not available") || tail.contains("already in use")) => {}
+            other => return other,
+        }
+    }
+}
+
 /// A PostgreSQL 15 server with PostGIS available (no pgvector: Debian 12 does not package it).
 pub struct Postgres {
     pub port: u16,
@@ -141,31 +157,34 @@ impl Postgres {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
-        let port = free_port()?;
-        let logfile = std::fs::File::create(&log).map_err(io_err(&log))?;
-        let errfile = logfile.try_clone().map_err(io_err(&log))?;
-        let mut child = as_user(&format!("{PG_BIN}/postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "ssl=off",
-                "-k",
-            ])
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(logfile)
-            .stderr(errfile)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                process: "postgres".into(),
-                source,
-            })?;
-        wait_port(&mut child, port, &log, "postgres")?;
+        let (port, child) = on_a_free_port(|_| {
+            let port = free_port()?;
+            let logfile = std::fs::File::create(&log).map_err(io_err(&log))?;
+            let errfile = logfile.try_clone().map_err(io_err(&log))?;
+            let mut child = as_user(&format!("{PG_BIN}/postgres"))
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "ssl=off",
+                    "-k",
+                ])
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(logfile)
+                .stderr(errfile)
+                .spawn()
+                .map_err(|source| Error::Spawn {
+                    process: "postgres".into(),
+                    source,
+                })?;
+            wait_port(&mut child, port, &log, "postgres")?;
+            Ok((port, child))
+        })?;
         let mut pg = Self {
             port,
             user: user.into(),
@@ -237,38 +256,41 @@ impl Redis {
     pub fn start(password: Option<&str>) -> Result<Self, Error> {
         let dir = temp_dir("redis")?;
         chown_to_user(dir.path())?;
-        let port = free_port()?;
         let log: PathBuf = dir.path().join("redis.log");
-        let logfile = std::fs::File::create(&log).map_err(io_err(&log))?;
-        let errfile = logfile.try_clone().map_err(io_err(&log))?;
-        let mut cmd = as_user("redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-        ])
-        .arg(dir.path());
-        if let Some(pw) = password {
-            cmd.args(["--requirepass", pw]);
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(logfile)
-            .stderr(errfile)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                process: "redis-server".into(),
-                source,
-            })?;
-        wait_port(&mut child, port, &log, "redis-server")?;
+        let (port, child) = on_a_free_port(|_| {
+            let port = free_port()?;
+            let logfile = std::fs::File::create(&log).map_err(io_err(&log))?;
+            let errfile = logfile.try_clone().map_err(io_err(&log))?;
+            let mut cmd = as_user("redis-server");
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+            ])
+            .arg(dir.path());
+            if let Some(pw) = password {
+                cmd.args(["--requirepass", pw]);
+            }
+            let mut child = cmd
+                .stdin(Stdio::null())
+                .stdout(logfile)
+                .stderr(errfile)
+                .spawn()
+                .map_err(|source| Error::Spawn {
+                    process: "redis-server".into(),
+                    source,
+                })?;
+            wait_port(&mut child, port, &log, "redis-server")?;
+            Ok((port, child))
+        })?;
         Ok(Self {
             port,
             password: password.map(str::to_string),
@@ -312,20 +334,8 @@ impl Seaweed {
         let config = dir.path().join("s3.json");
         std::fs::write(&config, s3_config.to_string()).map_err(io_err(&config))?;
         let log: PathBuf = dir.path().join("weed.log");
-        // Fifteen ports are picked at random while other tests pick theirs: when one was taken
-        // meanwhile, weed exits at once, and it is started again on new ports.
-        let mut attempt = 0;
-        let (child, ports) = loop {
-            attempt += 1;
-            match Self::launch(&weed, dir.path(), &config, &log, attempt) {
-                Err(Error::Exited { tail, .. })
-                    if attempt < 4 && tail.contains("not available") =>
-                {
-                    continue;
-                }
-                other => break other?,
-            }
-        };
+        let (child, ports) =
+            on_a_free_port(|attempt| Self::launch(&weed, dir.path(), &config, &log, attempt))?;
         let s3_port = ports.get("s3.port").copied().unwrap_or_default();
         let master_port = ports.get("master.port").copied().unwrap_or_default();
         let master_grpc = ports.get("master.port.grpc").copied().unwrap_or_default();
@@ -463,5 +473,50 @@ impl Seaweed {
 impl Drop for Seaweed {
     fn drop(&mut self) {
         stop(&mut self.child);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(tail: &str) -> Error {
+        Error::Exited {
+            process: "server".into(),
+            status: "exit status: 1".into(),
+            log: PathBuf::from("server.log"),
+            tail: tail.into(),
+        }
+    }
+
+    #[test]
+    fn a_port_clash_starts_the_server_again_and_other_failures_do_not() {
+        let mut attempts = Vec::new();
+        let started = on_a_free_port(|a| {
+            attempts.push(a);
+            match a {
+                1 => Err(exited("bind: Address already in use")),
+                2 => Err(exited("port 26414 for S3 is not available on 127.0.0.1")),
+                _ => Ok(a),
+            }
+        });
+        assert_eq!(started.ok(), Some(3));
+        assert_eq!(attempts, [1, 2, 3]);
+
+        let mut n = 0;
+        let other = on_a_free_port(|_| -> Result<(), Error> {
+            n += 1;
+            Err(exited("FATAL: data directory has wrong ownership"))
+        });
+        assert!(other.is_err());
+        assert_eq!(n, 1);
+
+        let mut n = 0;
+        let clashing = on_a_free_port(|_| -> Result<(), Error> {
+            n += 1;
+            Err(exited("Address already in use"))
+        });
+        assert!(clashing.is_err());
+        assert_eq!(n, 4, "gives up after four attempts");
     }
 }

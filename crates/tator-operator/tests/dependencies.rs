@@ -8,7 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{sync::Arc, time::Duration};
+mod common;
+
+use std::time::Duration;
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{
@@ -17,19 +19,13 @@ use kube::{
 };
 use serde_json::json;
 use tator_api::{SslMode, TatorDeployment};
-use tator_operator::{
-    checks::{
-        ElasticsearchTarget, Password, PostgresTarget, RedisTarget, check_elasticsearch,
-        check_postgres, check_redis,
-    },
-    controller::{self, Context, Settings},
+use tator_operator::checks::{
+    ElasticsearchTarget, Password, PostgresTarget, RedisTarget, check_elasticsearch,
+    check_postgres, check_redis,
 };
 use tator_testbed::{
     services::{Postgres, Redis},
-    support::{
-        base64, captured_logs, install_crds, namespace, shared_client, unused_port, wait_for,
-        workspace_root,
-    },
+    support::{base64, captured_logs, namespace, unused_port, wait_for},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -220,12 +216,7 @@ async fn managed_services_gate_migrations_and_never_leak_the_password() {
         .unwrap();
     let es = es_stand_in("green", None).await;
 
-    let client = shared_client()
-        .await
-        .expect("the shared test cluster must start");
-    install_crds(&client, &workspace_root().join("crds"))
-        .await
-        .unwrap();
+    let client = common::cluster().await;
     let ns = namespace(&client, "op-managed", true).await.unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for (name, data) in [
@@ -237,15 +228,7 @@ async fn managed_services_gate_migrations_and_never_leak_the_password() {
                 .unwrap();
         secrets.create(&PostParams::default(), &s).await.unwrap();
     }
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Settings {
-            namespace: Some(ns.clone()),
-            concurrency: 2,
-            resync: Duration::from_secs(600),
-        },
-    ));
-    let task = tokio::spawn(controller::run(ctx.clone()));
+    let (_ctx, task) = common::start_controller(&client, &ns);
 
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     let td: TatorDeployment = serde_json::from_value(json!({

@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
@@ -48,8 +50,7 @@ use tator_operator::{
 use tator_testbed::{
     services::Seaweed,
     support::{
-        TestCluster, base64, install_crds, namespace, shared_client, shared_kubeconfig, wait_for,
-        workspace_root,
+        TestCluster, base64, install_crds, namespace, shared_kubeconfig, wait_for, workspace_root,
     },
 };
 
@@ -232,12 +233,7 @@ async fn kill_9_at_random_points_converges_without_duplicates_or_orphans() {
         .await
         .unwrap()
         .expect("weed must be built: run `make tools`");
-    let client = shared_client()
-        .await
-        .expect("the shared test cluster must start");
-    install_crds(&client, &workspace_root().join("crds"))
-        .await
-        .unwrap();
+    let client = common::cluster().await;
     let ns = namespace(&client, "faults-kill", true).await.unwrap();
     let kubeconfig = shared_kubeconfig().unwrap();
     let logdir = tempfile::tempdir().unwrap();
@@ -482,22 +478,9 @@ async fn create_raw(client: &Client, ns: &str, body: Value) -> Result<(), String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
-    let client = shared_client()
-        .await
-        .expect("the shared test cluster must start");
-    install_crds(&client, &workspace_root().join("crds"))
-        .await
-        .unwrap();
+    let client = common::cluster().await;
     let ns = namespace(&client, "faults-invalid", true).await.unwrap();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Settings {
-            namespace: Some(ns.clone()),
-            concurrency: 2,
-            resync: Duration::from_secs(600),
-        },
-    ));
-    let task = tokio::spawn(controller::run(ctx.clone()));
+    let (_ctx, task) = common::start_controller(&client, &ns);
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     let td: TatorDeployment = serde_json::from_value(json!({
         "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",

@@ -5,7 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{sync::Arc, time::Duration};
+mod common;
+
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::{
@@ -14,11 +16,8 @@ use kube::{
 };
 use serde_json::json;
 use tator_api::TatorDeployment;
-use tator_operator::{
-    build::maintenance::{JOB_LABEL, JOBS},
-    controller::{self, Context, Settings},
-};
-use tator_testbed::support::{install_crds, namespace, shared_client, wait_for, workspace_root};
+use tator_operator::build::maintenance::{JOB_LABEL, JOBS};
+use tator_testbed::support::{namespace, wait_for};
 
 /// `(schedule, suspend)` of every maintenance CronJob, by job name.
 async fn live(api: &Api<CronJob>) -> Result<Vec<(String, String, bool)>, String> {
@@ -44,22 +43,9 @@ async fn live(api: &Api<CronJob>) -> Result<Vec<(String, String, bool)>, String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_jobs_follow_the_spec_and_a_due_one_creates_a_job() {
-    let client = shared_client()
-        .await
-        .expect("the shared test cluster must start");
-    install_crds(&client, &workspace_root().join("crds"))
-        .await
-        .unwrap();
+    let client = common::cluster().await;
     let ns = namespace(&client, "op-maintenance", true).await.unwrap();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Settings {
-            namespace: Some(ns.clone()),
-            concurrency: 2,
-            resync: Duration::from_secs(600),
-        },
-    ));
-    let task = tokio::spawn(controller::run(ctx.clone()));
+    let (_ctx, task) = common::start_controller(&client, &ns);
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
     let td: TatorDeployment = serde_json::from_value(json!({

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::{
     io::{Read, Write},
     path::PathBuf,
@@ -18,10 +20,7 @@ use kube::{
 };
 use serde_json::json;
 use tator_api::TatorDeployment;
-use tator_testbed::support::{
-    install_crds, namespace, shared_client, shared_kubeconfig, unused_port, wait_for,
-    workspace_root,
-};
+use tator_testbed::support::{namespace, shared_kubeconfig, unused_port, wait_for};
 
 struct Operator(Child);
 
@@ -57,12 +56,7 @@ fn get(port: u16, path: &str) -> Result<(u16, String), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_serves_the_documented_series() {
-    let client = shared_client()
-        .await
-        .expect("the shared test cluster must start");
-    install_crds(&client, &workspace_root().join("crds"))
-        .await
-        .unwrap();
+    let client = common::cluster().await;
     let ns = namespace(&client, "metrics", true).await.unwrap();
     let canary = "metrics-canary-Secret-31f";
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);

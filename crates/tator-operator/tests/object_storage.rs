@@ -13,6 +13,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -33,14 +35,10 @@ use tator_api::TatorDeployment;
 use tator_operator::{
     build::objects::BUCKET_SCRIPT,
     checks::{Password, S3Target, check_s3},
-    controller::{self, Context, Settings},
 };
 use tator_testbed::{
     services::Seaweed,
-    support::{
-        JsonRequest, captured_logs, install_crds, namespace, serve_json, shared_client,
-        unused_port, wait_for, workspace_root,
-    },
+    support::{JsonRequest, captured_logs, namespace, serve_json, unused_port, wait_for},
 };
 
 const CANARY_KEY: &str = "CANARYACCESSKEY7F3A";
@@ -338,12 +336,7 @@ async fn buckets_on_the_control_plane() {
     let tator = TatorStandIn::default();
     let api_port = tator.start().await;
 
-    let client = shared_client()
-        .await
-        .expect("the shared test cluster must start");
-    install_crds(&client, &workspace_root().join("crds"))
-        .await
-        .unwrap();
+    let client = common::cluster().await;
     let ns = namespace(&client, "op-objects", true).await.unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for (name, data) in [
@@ -358,15 +351,7 @@ async fn buckets_on_the_control_plane() {
                 .unwrap();
         secrets.create(&PostParams::default(), &s).await.unwrap();
     }
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Settings {
-            namespace: Some(ns.clone()),
-            concurrency: 2,
-            resync: Duration::from_secs(600),
-        },
-    ));
-    let task = tokio::spawn(controller::run(ctx.clone()));
+    let (_ctx, task) = common::start_controller(&client, &ns);
 
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     // The live bucket stays on the in-cluster store (the default); the backup bucket and an

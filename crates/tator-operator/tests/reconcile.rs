@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
@@ -26,7 +28,7 @@ use serde_json::{Value, json};
 use tator_api::TatorDeployment;
 use tator_operator::{
     build::{common::instance_selector, tls::certificate_resource},
-    controller::{self, Context, Settings},
+    controller::Context,
     render,
 };
 use tator_testbed::support::{
@@ -60,7 +62,7 @@ impl Env {
             .await
             .unwrap();
         let ns = namespace(&client, prefix, true).await.unwrap();
-        let (ctx, task) = start_controller(&client, &ns);
+        let (ctx, task) = common::start_controller(&client, &ns);
         Self {
             client,
             ns,
@@ -240,17 +242,6 @@ impl Drop for Env {
     }
 }
 
-fn start_controller(client: &Client, ns: &str) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
-    let settings = Settings {
-        namespace: Some(ns.to_string()),
-        concurrency: 2,
-        resync: Duration::from_secs(600),
-    };
-    let ctx = Arc::new(Context::new(client.clone(), settings));
-    let task = tokio::spawn(controller::run(ctx.clone()));
-    (ctx, task)
-}
-
 async fn collect<K>(client: &Client, ns: &str, sel: &str, out: &mut BTreeMap<String, String>)
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -428,7 +419,7 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
 
     // A fresh controller reconciles every object once on start: that reconcile must be a no-op.
     env.task.abort();
-    let (ctx, task) = start_controller(&env.client, &env.ns);
+    let (ctx, task) = common::start_controller(&env.client, &env.ns);
     env.ctx = ctx.clone();
     env.task = task;
     wait_for(
@@ -460,7 +451,7 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
         .await
         .unwrap();
     let (counted, counts) = tator_operator::client::counted_client(config).unwrap();
-    let (ctx, task) = start_controller(&counted, &env.ns);
+    let (ctx, task) = common::start_controller(&counted, &env.ns);
     env.ctx = ctx.clone();
     env.task = task;
     wait_for("the first reconcile", Duration::from_secs(20), || async {
@@ -580,12 +571,7 @@ async fn children_deleted_or_edited_by_hand_are_repaired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_manifests_are_rejected_with_the_cel_message() {
-    let client = shared_client()
-        .await
-        .expect("the shared test cluster must start");
-    install_crds(&client, &workspace_root().join("crds"))
-        .await
-        .unwrap();
+    let client = common::cluster().await;
     let ns = namespace(&client, "op-invalid", false).await.unwrap();
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     let cases = [

@@ -15,6 +15,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -38,13 +40,10 @@ use kube::{
 };
 use serde_json::{Value, json};
 use tator_api::TatorDeployment;
-use tator_operator::{
-    build::workflows::OWNER_UID_LABEL,
-    controller::{self, Context, Settings},
-};
+use tator_operator::build::workflows::OWNER_UID_LABEL;
 use tator_testbed::support::{
     JsonRequest, TestCluster, install_crd_objects, install_crds, namespace, read_crds, serve_json,
-    shared_client, shared_dir, wait_for, workspace_root,
+    shared_dir, wait_for,
 };
 
 const TOKEN: &str = "canary-Token-7e5d4c3b";
@@ -306,26 +305,13 @@ async fn change_latency(
 async fn workflow_templates_and_a_job_cluster() {
     // The job cluster starts while the main cluster is set up.
     let job_start = tokio::task::spawn_blocking(|| TestCluster::start("job"));
-    let client = shared_client()
-        .await
-        .expect("the shared test cluster must start");
-    install_crds(&client, &workspace_root().join("crds"))
-        .await
-        .unwrap();
+    let client = common::cluster().await;
     let ns = namespace(&client, "op-workflows", true).await.unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     put_secret(&secrets, "tator-token", json!({"token": TOKEN})).await;
     let standin = JobClustersStandIn::default();
     let api_port = standin.start().await;
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Settings {
-            namespace: Some(ns.clone()),
-            concurrency: 2,
-            resync: Duration::from_secs(600),
-        },
-    ));
-    let task = tokio::spawn(controller::run(ctx.clone()));
+    let (_ctx, task) = common::start_controller(&client, &ns);
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     let td: TatorDeployment = serde_json::from_value(json!({
         "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",

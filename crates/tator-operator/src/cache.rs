@@ -188,14 +188,9 @@ impl Generations {
             .is_some_and(|had| Self::remembered(live).as_ref() == Some(had))
     }
 
-    /// How many children are remembered.
-    pub fn len(&self) -> usize {
-        self.0.lock().map(|m| m.len()).unwrap_or_default()
-    }
-
-    /// Whether nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.0.lock().map(|m| m.is_empty()).unwrap_or_default()
     }
 }
 
@@ -214,8 +209,7 @@ pub enum Seen<K> {
     Unknown(Option<K>),
 }
 
-/// How the controller's watch keeps one kind (nothing for kinds it does not watch: those are
-/// applied and listed without a cache).
+/// How the controller's watch keeps one kind.
 pub trait Cached: Resource<DynamicType = ()> + Clone + Serialize + Sized + 'static {
     /// Compares a desired child with the watched copy.
     fn seen(caches: Option<&Caches>, ns: &str, desired: &Self) -> Seen<Self>;
@@ -283,17 +277,6 @@ macro_rules! cached {
 
             fn metas(caches: Option<&Caches>, ns: &str, instance: &str) -> Option<Vec<ObjectMeta>> {
                 metas_of(&caches?.$field, ns, instance)
-            }
-        }
-    };
-    ($kind:ty) => {
-        impl Cached for $kind {
-            fn seen(_: Option<&Caches>, _: &str, _: &Self) -> Seen<Self> {
-                Seen::Missing
-            }
-
-            fn metas(_: Option<&Caches>, _: &str, _: &str) -> Option<Vec<ObjectMeta>> {
-                None
             }
         }
     };

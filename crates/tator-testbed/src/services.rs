@@ -86,6 +86,27 @@ fn wait_port(child: &mut Child, port: u16, log: &Path, what: &str) -> Result<(),
     }
 }
 
+/// Spawns `cmd` with its output in `log` and waits until it listens on `port`; a server that does
+/// not come up is stopped.
+fn serve(cmd: &mut Command, log: &Path, port: u16, what: &str) -> Result<Child, Error> {
+    let out = std::fs::File::create(log).map_err(io_err(log))?;
+    let err = out.try_clone().map_err(io_err(log))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            process: what.into(),
+            source,
+        })?;
+    if let Err(e) = wait_port(&mut child, port, log, what) {
+        stop(&mut child);
+        return Err(e);
+    }
+    Ok(child)
+}
+
 fn stop(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
         let _ = nix::sys::signal::kill(
@@ -159,10 +180,8 @@ impl Postgres {
         }
         let (port, child) = on_a_free_port(|_| {
             let port = free_port()?;
-            let logfile = std::fs::File::create(&log).map_err(io_err(&log))?;
-            let errfile = logfile.try_clone().map_err(io_err(&log))?;
-            let mut child = as_user(&format!("{PG_BIN}/postgres"))
-                .arg("-D")
+            let mut cmd = as_user(&format!("{PG_BIN}/postgres"));
+            cmd.arg("-D")
                 .arg(&data)
                 .args([
                     "-p",
@@ -173,17 +192,8 @@ impl Postgres {
                     "ssl=off",
                     "-k",
                 ])
-                .arg(dir.path())
-                .stdin(Stdio::null())
-                .stdout(logfile)
-                .stderr(errfile)
-                .spawn()
-                .map_err(|source| Error::Spawn {
-                    process: "postgres".into(),
-                    source,
-                })?;
-            wait_port(&mut child, port, &log, "postgres")?;
-            Ok((port, child))
+                .arg(dir.path());
+            Ok((port, serve(&mut cmd, &log, port, "postgres")?))
         })?;
         let mut pg = Self {
             port,
@@ -259,8 +269,6 @@ impl Redis {
         let log: PathBuf = dir.path().join("redis.log");
         let (port, child) = on_a_free_port(|_| {
             let port = free_port()?;
-            let logfile = std::fs::File::create(&log).map_err(io_err(&log))?;
-            let errfile = logfile.try_clone().map_err(io_err(&log))?;
             let mut cmd = as_user("redis-server");
             cmd.args([
                 "--port",
@@ -279,17 +287,7 @@ impl Redis {
             if let Some(pw) = password {
                 cmd.args(["--requirepass", pw]);
             }
-            let mut child = cmd
-                .stdin(Stdio::null())
-                .stdout(logfile)
-                .stderr(errfile)
-                .spawn()
-                .map_err(|source| Error::Spawn {
-                    process: "redis-server".into(),
-                    source,
-                })?;
-            wait_port(&mut child, port, &log, "redis-server")?;
-            Ok((port, child))
+            Ok((port, serve(&mut cmd, &log, port, "redis-server")?))
         })?;
         Ok(Self {
             port,
@@ -364,8 +362,6 @@ impl Seaweed {
     ) -> Result<(Child, std::collections::BTreeMap<&'static str, u16>), Error> {
         let data = dir.join(format!("data-{attempt}"));
         std::fs::create_dir(&data).map_err(io_err(&data))?;
-        let logfile = std::fs::File::create(log).map_err(io_err(log))?;
-        let errfile = logfile.try_clone().map_err(io_err(log))?;
         let mut ports = std::collections::BTreeMap::new();
         let mut taken = std::collections::BTreeSet::new();
         // gRPC ports are separate flags; SeaweedFS's default is the HTTP port + 10000, which
@@ -409,22 +405,9 @@ impl Seaweed {
         for (flag, port) in &ports {
             cmd.arg(format!("-{flag}={port}"));
         }
-        let mut child = cmd
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(logfile)
-            .stderr(errfile)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                process: "weed mini".into(),
-                source,
-            })?;
+        cmd.current_dir(dir);
         let s3_port = ports.get("s3.port").copied().unwrap_or_default();
-        if let Err(e) = wait_port(&mut child, s3_port, log, "weed mini (S3)") {
-            stop(&mut child);
-            return Err(e);
-        }
-        Ok((child, ports))
+        Ok((serve(&mut cmd, log, s3_port, "weed mini (S3)")?, ports))
     }
 
     /// Runs one `weed shell` command against this server (retried while the filer starts).

@@ -399,6 +399,12 @@ mod tests {
             .unwrap()
     }
 
+    fn value_of(env: &[k8s_openapi::api::core::v1::EnvVar], name: &str) -> Option<String> {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    }
+
     fn find<'a>(cs: &'a [CronJob], job: &str) -> &'a CronJob {
         cs.iter()
             .find(|c| c.metadata.name.as_deref() == Some(&format!("tator-{job}")))
@@ -472,11 +478,7 @@ mod tests {
         );
         assert!(c.ports.is_none());
         let env = c.env.as_ref().unwrap();
-        let get = |n: &str| {
-            env.iter()
-                .find(|e| e.name == n)
-                .and_then(|e| e.value.clone())
-        };
+        let get = |n: &str| value_of(env, n);
         assert_eq!(get("EXPIRATION_AGE_DAYS").as_deref(), Some("30"));
         assert_eq!(get("ARCHIVE_AGE_DAYS").as_deref(), Some("7"));
         assert_eq!(get("GIT_VERSION").as_deref(), Some("1.5.0"));
@@ -664,11 +666,7 @@ mod tests {
         let cs = build(&td);
         let c = &pod(find(&cs, "backup-database")).containers[0];
         let env = c.env.as_ref().unwrap();
-        let get = |n: &str| {
-            env.iter()
-                .find(|e| e.name == n)
-                .and_then(|e| e.value.clone())
-        };
+        let get = |n: &str| value_of(env, n);
         assert_eq!(get("PGHOST").as_deref(), Some("db.example.com"));
         assert_eq!(get("PGPORT").as_deref(), Some("6543"));
         assert_eq!(get("PGSSLMODE").as_deref(), Some("verify-full"));

@@ -48,9 +48,11 @@ pub use maintenance::*;
 #[x_kube(validation = Rule::new("!has(self.jobClusters) || !self.jobClusters.exists(c, c.runs.exists(r, r == 'algorithms')) || has(self.apiAccess)").message("a job cluster that runs algorithms needs apiAccess: the operator registers it through Tator's REST API"))]
 #[serde(rename_all = "camelCase")]
 pub struct TatorDeploymentSpec {
-    /// Tator release to run, for example "1.5.0". It selects the image tag of every Tator image.
-    /// Changing it upgrades the installation: a migrations Job with the new image must succeed
-    /// before the REST API and workers roll to it. Moving to an older release is refused.
+    /// Tator release to run, for example "1.5.0". The operator's release catalog maps it to the
+    /// image tag Tator publishes for it (the release's git commit) and to what the release needs;
+    /// a release the catalog does not know needs image.tag. Changing it upgrades the
+    /// installation: a migrations Job with the new image must succeed before the REST API and
+    /// workers roll to it. Moving to an older release is refused.
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+\\\\.[0-9]+\\\\.[0-9]+(-[0-9A-Za-z.-]+)?$')").message("version must look like 1.5.0 or 1.5.0-rc1"))]
     #[schemars(length(max = 64))]
     pub version: String,
@@ -106,7 +108,9 @@ pub struct TatorDeploymentSpec {
     #[serde(default)]
     pub redis: Redis,
 
-    /// Elasticsearch: run in the cluster (the default) or a managed service.
+    /// Elasticsearch, used by the logging stack (Tator 1.5.0 itself does not use it): run in
+    /// the cluster (the default) or a managed service. Nothing is deployed or checked while
+    /// nothing uses it.
     #[serde(default)]
     pub elasticsearch: Elasticsearch,
 
@@ -279,7 +283,15 @@ pub struct PostgresInCluster {
     #[serde(default)]
     pub pgbouncer: PgBouncer,
 
-    /// Image, resources and placement (default image <registry>/tator_postgis:<version>).
+    /// Size limit of the memory-backed /dev/shm of the database pod, where PostgreSQL keeps the
+    /// shared memory of parallel queries (Tator runs its database with 2 GB). It counts towards
+    /// the pod's memory.
+    #[serde(default = "default_shm_size")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(Mi|Gi)$')").message("postgres.inCluster.shmSize must look like 512Mi or 2Gi"))]
+    #[schemars(length(min = 1, max = 16))]
+    pub shm_size: String,
+
+    /// Image, resources and placement (default image <registry>/tator_postgis:<tag>).
     #[serde(flatten)]
     pub pod: PodSettings,
 }
@@ -289,9 +301,14 @@ impl Default for PostgresInCluster {
         Self {
             storage: default_pg_volume(),
             pgbouncer: PgBouncer::default(),
+            shm_size: default_shm_size(),
             pod: PodSettings::default(),
         }
     }
+}
+
+fn default_shm_size() -> String {
+    "2Gi".into()
 }
 
 fn default_pg_volume() -> VolumeSettings {
@@ -392,6 +409,13 @@ pub struct RedisInCluster {
     /// Require a password (generated once into a Secret the operator owns).
     #[serde(default = "default_true")]
     pub auth: bool,
+    /// Most memory Redis uses for data (its --maxmemory, for example 2048mb or 1gb); beyond it
+    /// the least recently used keys are evicted (allkeys-lru), as Tator runs Redis. Keep the
+    /// container's memory limit above it.
+    #[serde(default = "default_redis_max_memory")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(b|kb|mb|gb)?$')").message("redis.inCluster.maxMemory must look like 2048mb or 2gb"))]
+    #[schemars(length(min = 1, max = 16))]
+    pub max_memory: String,
     /// Image, resources and placement (default image redis:7.4-alpine).
     #[serde(flatten)]
     pub pod: PodSettings,
@@ -401,9 +425,14 @@ impl Default for RedisInCluster {
     fn default() -> Self {
         Self {
             auth: true,
+            max_memory: default_redis_max_memory(),
             pod: PodSettings::default(),
         }
     }
+}
+
+fn default_redis_max_memory() -> String {
+    "2048mb".into()
 }
 
 /// A managed Redis.
@@ -515,11 +544,23 @@ pub struct ElasticsearchExternal {
 #[serde(rename_all = "camelCase")]
 pub struct ImageSettings {
     /// Registry and namespace of the Tator images, for example "cvisionai" or
-    /// "registry.example.com/tator". Images are <registry>/tator_online:<version> and
-    /// <registry>/tator_ui:<version>.
+    /// "registry.example.com/tator". Images are <registry>/tator_online:<tag>,
+    /// <registry>/tator_ui:<tag>, <registry>/tator_postgis:<tag> and <registry>/tator_client:<tag>.
     #[serde(default = "default_registry")]
     #[schemars(length(min = 1, max = 200))]
     pub registry: String,
+
+    /// Image tag of every Tator image, and the UI's static path (/static/<tag>). Tator tags its
+    /// images with the full git commit of the release, which its REST API also serves static
+    /// pages under. Leave it unset for a release the operator's catalog knows (1.5.0 is
+    /// dfa5a45c8fd54e336e9de3d534f2bc684df9ce3a). Set it to run a build or release the catalog
+    /// does not know: the operator then assumes the needs of 1.5.0 (PostgreSQL 14 tools, no
+    /// Elasticsearch, 1.5.0's maintenance jobs). Changing only the tag rolls the pods without
+    /// running migrations: change version too when the build has new migrations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_][A-Za-z0-9_.-]*$')").message("image.tag must be a container image tag such as dfa5a45c8fd54e336e9de3d534f2bc684df9ce3a"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub tag: Option<String>,
 
     /// Image pull policy of every Tator container.
     #[serde(default)]
@@ -535,6 +576,7 @@ impl Default for ImageSettings {
     fn default() -> Self {
         Self {
             registry: default_registry(),
+            tag: None,
             pull_policy: PullPolicy::default(),
             pull_secrets: Vec::new(),
         }
@@ -817,6 +859,11 @@ pub struct UiSettings {
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 1000))]
     pub replicas: i32,
+    /// Seconds browsers may cache the UI's static files (the UI server's --max_age). Their path
+    /// carries the image tag, so a new release is fetched anew whatever the value.
+    #[serde(default = "default_static_max_age")]
+    #[schemars(range(min = 0, max = 31536000))]
+    pub static_max_age_seconds: i32,
     #[serde(flatten)]
     pub pod: PodSettings,
 }
@@ -825,9 +872,15 @@ impl Default for UiSettings {
     fn default() -> Self {
         Self {
             replicas: 1,
+            static_max_age_seconds: default_static_max_age(),
             pod: PodSettings::default(),
         }
     }
+}
+
+fn default_static_max_age() -> i32 {
+    // Tator's example environment (STATIC_MAX_AGE): 30 days.
+    2_592_000
 }
 
 /// NGINX, the public entry point.
@@ -1026,15 +1079,20 @@ pub struct TatorDeploymentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
 
+    /// The image tag the serving version runs (Tator's git commit of that release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_tag: Option<String>,
+
     /// Where Tator answers, from the NGINX load-balancer ingress (or the domain when no ingress
     /// address is known yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 
     /// Ready, Reconciling, Stalled, Migrations and one condition per component (Api, Workers,
-    /// Ui, Nginx, Storage, DatabaseReady, CacheReady, SearchReady, ObjectStorageReady, and
-    /// LoggingReady and MonitoringReady when those stacks are enabled), each with a reason and a
-    /// message.
+    /// Ui, Nginx, Storage, DatabaseReady, CacheReady, ObjectStorageReady, SearchReady when
+    /// Elasticsearch is in use, and LoggingReady and MonitoringReady when those stacks are
+    /// enabled), each with a reason and a message. An unknown spec.version without image.tag
+    /// gives Ready=False with reason UnknownRelease.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -1098,6 +1156,11 @@ mod tests {
         assert_eq!(spec.nginx.replicas, 2);
         assert_eq!(spec.nginx.service.type_, ServiceType::LoadBalancer);
         assert_eq!(spec.image.registry, "cvisionai");
+        assert!(spec.image.tag.is_none());
+        assert_eq!(spec.ui.static_max_age_seconds, 2_592_000);
+        let redis = spec.redis.in_cluster.as_ref().unwrap();
+        assert_eq!(redis.max_memory, "2048mb");
+        assert_eq!(spec.postgres.in_cluster.as_ref().unwrap().shm_size, "2Gi");
         assert_eq!(spec.storage.shared.size, "100Gi");
         assert_eq!(spec.progress_deadline_seconds, 600);
         assert!(spec.tls.is_none());

@@ -10,7 +10,8 @@ use super::PodSettings;
 
 // Maintainer note: the job names below must match the table in the operator's
 // `build/maintenance.rs` (a unit test there checks both directions). They are also the keys
-// users write under `maintenance.jobs`, so never rename one within a version.
+// users write under `maintenance.jobs`, so never rename one within a version; a job Tator drops
+// moves to RETIRED_MAINTENANCE_JOB_NAMES, still accepted so stored objects stay valid.
 
 /// Names accepted as keys of `maintenance.jobs`, in the order of the schedule table.
 pub const MAINTENANCE_JOB_NAMES: &[&str] = &[
@@ -20,7 +21,6 @@ pub const MAINTENANCE_JOB_NAMES: &[&str] = &[
     "prune-localizations",
     "prune-states",
     "prune-leaves",
-    "prune-filebeat",
     "prune-files",
     "backup-database",
     "move-backups",
@@ -33,13 +33,16 @@ pub const MAINTENANCE_JOB_NAMES: &[&str] = &[
     "expire-password-resets",
 ];
 
+/// Keys still accepted under `maintenance.jobs` for jobs Tator no longer has; they are ignored.
+pub const RETIRED_MAINTENANCE_JOB_NAMES: &[&str] = &["prune-filebeat"];
+
 const JOB_KEYS_RULE: &str = "self.all(k, k in ['sizer', 'prune-temporary-files', 'prune-media', \
     'prune-localizations', 'prune-states', 'prune-leaves', 'prune-filebeat', 'prune-files', \
     'backup-database', 'move-backups', 'archive-media', 'backup-media', 'request-restoration', \
     'finish-restoration', 'expire-invitations', 'expire-announcements', 'expire-password-resets'])";
 const JOB_KEYS_MSG: &str = "maintenance.jobs keys must be job names: sizer, \
     prune-temporary-files, prune-media, prune-localizations, prune-states, prune-leaves, \
-    prune-filebeat, prune-files, backup-database, move-backups, archive-media, backup-media, \
+    prune-files, backup-database, move-backups, archive-media, backup-media, \
     request-restoration, finish-restoration, expire-invitations, expire-announcements, \
     expire-password-resets";
 
@@ -90,10 +93,11 @@ pub struct Maintenance {
     pub backup: MaintenanceBackup,
 
     /// Schedule or suspend single jobs, by job name: sizer, prune-temporary-files,
-    /// prune-media, prune-localizations, prune-states, prune-leaves, prune-filebeat,
-    /// prune-files, backup-database, move-backups, archive-media, backup-media,
-    /// request-restoration, finish-restoration, expire-invitations, expire-announcements,
-    /// expire-password-resets. For example {"prune-media": {"schedule": "0 3 * * *"}}.
+    /// prune-media, prune-localizations, prune-states, prune-leaves, prune-files,
+    /// backup-database, move-backups, archive-media, backup-media, request-restoration,
+    /// finish-restoration, expire-invitations, expire-announcements, expire-password-resets.
+    /// For example {"prune-media": {"schedule": "0 3 * * *"}}. prune-filebeat (removed from
+    /// Tator) is still accepted and ignored.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "jobs_schema")]
     pub jobs: BTreeMap<String, MaintenanceJobOverride>,
@@ -146,8 +150,10 @@ pub struct MaintenanceBackup {
     #[serde(default = "default_true")]
     pub enabled: bool,
 
-    /// Image providing pg_dump (default postgres:17-alpine). Its pg_dump must be at least as
-    /// new as the PostgreSQL server; restoring needs a pg_restore at least as new as it.
+    /// Image providing pg_dump. Default: the in-cluster database's own image, or for a managed
+    /// database postgres:<major>-alpine with the PostgreSQL major of the release's tools (14 for
+    /// Tator 1.5.0). Its pg_dump must be at least as new as the server; restoring needs a
+    /// pg_restore at least as new as it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
@@ -180,7 +186,10 @@ pub struct MaintenanceJobOverride {
 
 fn jobs_schema(generator: &mut SchemaGenerator) -> Schema {
     let mut schema = <BTreeMap<String, MaintenanceJobOverride>>::json_schema(generator);
-    schema.insert("maxProperties".into(), MAINTENANCE_JOB_NAMES.len().into());
+    schema.insert(
+        "maxProperties".into(),
+        (MAINTENANCE_JOB_NAMES.len() + RETIRED_MAINTENANCE_JOB_NAMES.len()).into(),
+    );
     schema.insert(
         "x-kubernetes-validations".into(),
         serde_json::json!([{"rule": JOB_KEYS_RULE, "message": JOB_KEYS_MSG}]),
@@ -198,9 +207,14 @@ mod tests {
             assert!(JOB_KEYS_RULE.contains(&format!("'{name}'")), "{name}");
             assert!(JOB_KEYS_MSG.contains(name), "{name}");
         }
+        // Retired jobs stay accepted (stored objects remain valid) but are not advertised.
+        for name in RETIRED_MAINTENANCE_JOB_NAMES {
+            assert!(JOB_KEYS_RULE.contains(&format!("'{name}'")), "{name}");
+            assert!(!JOB_KEYS_MSG.contains(name), "{name}");
+        }
         assert_eq!(
             JOB_KEYS_RULE.matches('\'').count(),
-            2 * MAINTENANCE_JOB_NAMES.len()
+            2 * (MAINTENANCE_JOB_NAMES.len() + RETIRED_MAINTENANCE_JOB_NAMES.len())
         );
     }
 }

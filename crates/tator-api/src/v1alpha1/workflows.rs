@@ -41,6 +41,15 @@ pub struct Workflows {
     /// Default gpuWorker=yes.
     #[serde(default = "default_gpu_selector")]
     pub gpu_node_selector: BTreeMap<String, String>,
+
+    /// Storage classes Tator picks from, at random, for the volumeClaimTemplates of algorithm
+    /// workflows it runs in this cluster (Tator's WORKFLOW_STORAGE_CLASSES). Default:
+    /// transcode.scratchStorageClass, else the cluster's default StorageClass when the operator
+    /// may read StorageClasses (cluster-wide installs); set it in namespace-scoped installs whose
+    /// algorithms claim volumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub storage_classes: Vec<String>,
 }
 
 impl Default for Workflows {
@@ -52,6 +61,7 @@ impl Default for Workflows {
             ttl_seconds_after_failure: default_ttl_failure(),
             cpu_node_selector: default_cpu_selector(),
             gpu_node_selector: default_gpu_selector(),
+            storage_classes: Vec::new(),
         }
     }
 }

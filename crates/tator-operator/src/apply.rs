@@ -381,6 +381,32 @@ pub async fn pod_security_level(client: &Client, ns: &str) -> Result<Option<Stri
     }
 }
 
+/// Name of the cluster's default StorageClass (annotation
+/// `storageclass.kubernetes.io/is-default-class: "true"`); None when there is none or the
+/// operator may not list StorageClasses (a namespace-scoped installation).
+pub async fn default_storage_class(client: &Client) -> Result<Option<String>, Error> {
+    let api: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client.clone());
+    match api.list_metadata(&ListParams::default()).await {
+        Ok(list) => Ok(list
+            .items
+            .into_iter()
+            .filter(|sc| {
+                sc.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("storageclass.kubernetes.io/is-default-class"))
+                    .is_some_and(|v| v == "true")
+            })
+            .filter_map(|sc| sc.metadata.name)
+            .min()),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(None),
+        Err(source) => Err(Error::Fetch {
+            what: "storage classes".into(),
+            source,
+        }),
+    }
+}
+
 /// Whether an object's controller is this TatorDeployment.
 fn controlled_by(meta: &kube::api::ObjectMeta, t: &ValidatedTator) -> bool {
     meta.owner_references.as_ref().is_some_and(|refs| {

@@ -260,7 +260,8 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         Err(e) => {
             let generation = td.meta().generation.unwrap_or_default();
             let msg = e.to_string();
-            let st = status::invalid_spec(td.status.as_ref(), generation, &msg);
+            // Nothing is applied or deleted: the conditions say why.
+            let st = status::invalid_spec(td.status.as_ref(), generation, e.category(), &msg);
             if write_status(ctx, td, &st).await? {
                 publish(ctx, td, EventType::Warning, e.category(), msg).await;
             }
@@ -297,6 +298,13 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             .await?;
     }
     let local_workflows = build::workflows::LocalWorkflows::of(&t);
+    // Tator's WORKFLOW_STORAGE_CLASSES falls back to the cluster's default class.
+    if local_workflows.algorithms
+        && t.spec.workflows.storage_classes.is_empty()
+        && t.spec.workflows.transcode.scratch_storage_class.is_none()
+    {
+        t.cluster.default_storage_class = apply::default_storage_class(&ctx.client).await?;
+    }
     if local_workflows.any() {
         t.cluster.argo = apply::crd_installed(
             &ctx.client,

@@ -50,12 +50,18 @@ impl From<Result<String, CheckError>> for DepState {
 pub struct Dependencies {
     pub database: DepState,
     pub cache: DepState,
-    pub search: DepState,
+    /// Elasticsearch, when something uses it (the release or the logging stack).
+    pub search: Option<DepState>,
+    /// The release itself uses Elasticsearch: migrations wait for it.
+    pub search_required: bool,
 }
 
 impl Dependencies {
+    /// What Tator's processes need is ready: migrations may run.
     pub fn all_ready(&self) -> bool {
-        self.database.ok && self.cache.ok && self.search.ok
+        self.database.ok
+            && self.cache.ok
+            && (!self.search_required || self.search.as_ref().is_some_and(|s| s.ok))
     }
 
     /// Everything ready (for render and unit tests).
@@ -64,7 +70,8 @@ impl Dependencies {
         Self {
             database: r(),
             cache: r(),
-            search: r(),
+            search: None,
+            search_required: false,
         }
     }
 }
@@ -219,17 +226,22 @@ pub async fn observe(client: &Client, t: &ValidatedTator, applied: &Applied) -> 
             None => deploy_ready(applied, &t.child_name(REDIS)),
         }
     };
+    // Elasticsearch is checked only while something uses it.
     let search = async {
-        match &spec.elasticsearch.external {
+        if !crate::build::data::elasticsearch_used(t) {
+            return None;
+        }
+        Some(match &spec.elasticsearch.external {
             Some(ext) => external_elasticsearch(client, t, ext).await,
             None => sts_ready(applied, &t.child_name(ELASTICSEARCH)),
-        }
+        })
     };
     let (database, cache, search) = futures::join!(database, cache, search);
     Dependencies {
         database,
         cache,
         search,
+        search_required: t.needs.elasticsearch,
     }
 }
 
@@ -244,7 +256,9 @@ pub fn referenced_secrets(t: &ValidatedTator) -> Vec<String> {
     if let Some(r) = &spec.redis.external {
         names.extend(r.password_secret.as_ref().map(|s| s.name.clone()));
     }
-    if let Some(es) = &spec.elasticsearch.external {
+    if let Some(es) = &spec.elasticsearch.external
+        && crate::build::data::elasticsearch_used(t)
+    {
         names.extend(es.credentials_secret.as_ref().map(|c| c.name.clone()));
     }
     // Credentials of external system buckets end up in the buckets Secret the pods read.
@@ -296,6 +310,6 @@ pub fn has_managed_services(t: &ValidatedTator) -> bool {
     let s = &t.spec;
     s.postgres.external.is_some()
         || s.redis.external.is_some()
-        || s.elasticsearch.external.is_some()
+        || (s.elasticsearch.external.is_some() && crate::build::data::elasticsearch_used(t))
         || crate::objstore::has_external_buckets(t)
 }

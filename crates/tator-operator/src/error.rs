@@ -9,6 +9,11 @@ pub enum Error {
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
 
+    /// spec.version is a release the catalog does not know and spec.image.tag is not set: the
+    /// operator cannot tell which images to run. Waits for a change of the spec.
+    #[error("{0}")]
+    UnknownRelease(String),
+
     /// Reading the cluster failed.
     #[error("could not read {what}: {source}")]
     Fetch {
@@ -52,6 +57,7 @@ impl Error {
     /// Every value [`Self::category`] returns.
     pub const CATEGORIES: &'static [&'static str] = &[
         "InvalidSpec",
+        "UnknownRelease",
         "FetchFailed",
         "ApplyFailed",
         "PruneFailed",
@@ -63,6 +69,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Self::InvalidSpec(_) => "InvalidSpec",
+            Self::UnknownRelease(_) => "UnknownRelease",
             Self::Fetch { .. } => "FetchFailed",
             Self::Apply { .. } => "ApplyFailed",
             Self::Prune { .. } => "PruneFailed",
@@ -73,7 +80,10 @@ impl Error {
 
     /// Permanent errors wait for the user to change the spec; the rest are retried.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::InvalidSpec(_) | Self::Serialize { .. })
+        matches!(
+            self,
+            Self::InvalidSpec(_) | Self::UnknownRelease(_) | Self::Serialize { .. }
+        )
     }
 
     /// What the controller does after this error, given how many times in a row it failed.

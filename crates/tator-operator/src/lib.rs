@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod build;
 pub mod cache;
+pub mod catalog;
 pub mod checks;
 pub mod client;
 pub mod controller;

@@ -377,11 +377,14 @@ pub fn compute(
         conds.push(monitoring_cond(t, applied));
     }
     for (type_, d) in [
-        ("DatabaseReady", &deps.database),
-        ("CacheReady", &deps.cache),
-        ("SearchReady", &deps.search),
+        ("DatabaseReady", Some(&deps.database)),
+        ("CacheReady", Some(&deps.cache)),
+        // Only while something uses Elasticsearch (the logging stack; no Tator since 1.5.0).
+        ("SearchReady", deps.search.as_ref()),
     ] {
-        conds.push(Cond::new(type_, d.ok, &d.reason, d.message.clone()));
+        if let Some(d) = d {
+            conds.push(Cond::new(type_, d.ok, &d.reason, d.message.clone()));
+        }
     }
     if let Some(d) = &obs.object_storage {
         conds.push(Cond::new(
@@ -435,7 +438,13 @@ pub fn compute(
             "Migrations",
             false,
             "WaitingForDependencies",
-            format!("migrations for {to} start once PostgreSQL, Redis and Elasticsearch are ready"),
+            if deps.search_required {
+                format!(
+                    "migrations for {to} start once PostgreSQL, Redis and Elasticsearch are ready"
+                )
+            } else {
+                format!("migrations for {to} start once PostgreSQL and Redis are ready")
+            },
         ),
         (VersionPlan::Migrate { to, .. }, _) => Cond::new(
             "Migrations",
@@ -521,6 +530,7 @@ pub fn compute(
         observed_generation: Some(t.generation),
         phase: Some(phase.into()),
         version: rollout.app_version.clone(),
+        image_tag: rollout.app_version.as_deref().map(|v| t.image_tag(v)),
         url,
         conditions: Vec::new(),
         components,
@@ -725,10 +735,12 @@ pub fn with_conditions(
     status
 }
 
-/// A status for a spec that failed validation: the last known state, marked Stalled.
+/// A status for a spec that failed validation: the last known state, marked Stalled, with
+/// `reason` (InvalidSpec, UnknownRelease) on Ready, Reconciling and Stalled.
 pub fn invalid_spec(
     previous: Option<&TatorDeploymentStatus>,
     generation: i64,
+    reason: &str,
     message: &str,
 ) -> TatorDeploymentStatus {
     let mut status = previous.cloned().unwrap_or_default();
@@ -745,9 +757,9 @@ pub fn invalid_spec(
             message: c.message.clone(),
         })
         .collect();
-    conds.insert(0, Cond::new("Stalled", true, "InvalidSpec", message));
-    conds.insert(0, Cond::new("Reconciling", false, "InvalidSpec", ""));
-    conds.insert(0, Cond::new("Ready", false, "InvalidSpec", message));
+    conds.insert(0, Cond::new("Stalled", true, reason, message));
+    conds.insert(0, Cond::new("Reconciling", false, reason, ""));
+    conds.insert(0, Cond::new("Ready", false, reason, message));
     with_conditions(status, &conds, previous, generation)
 }
 
@@ -808,6 +820,7 @@ mod tests {
     #[test]
     fn failed_migration_stalls_and_keeps_old_version() {
         let mut td = minimal("1.6.0");
+        td.spec.image.tag = Some("a-build-of-1.6.0".into());
         td.status = Some(TatorDeploymentStatus {
             version: Some("1.5.0".into()),
             ..Default::default()
@@ -829,8 +842,58 @@ mod tests {
         );
         assert_eq!(status.phase.as_deref(), Some("Failed"));
         assert_eq!(status.version.as_deref(), Some("1.5.0"));
+        // The serving release's tag is recorded, not the requested one's.
+        assert_eq!(
+            status.image_tag.as_deref(),
+            Some("dfa5a45c8fd54e336e9de3d534f2bc684df9ce3a")
+        );
         let stalled = conds.iter().find(|c| c.type_ == "Stalled").unwrap();
         assert!(stalled.ok && stalled.reason == "MigrationFailed");
+    }
+
+    #[test]
+    fn an_unknown_release_is_reported_with_its_own_reason() {
+        let previous = TatorDeploymentStatus {
+            version: Some("1.5.0".into()),
+            ..Default::default()
+        };
+        let st = invalid_spec(
+            Some(&previous),
+            3,
+            "UnknownRelease",
+            "spec.version 9.9.9 ...",
+        );
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "UnknownRelease")
+        );
+        assert_eq!(st.version.as_deref(), Some("1.5.0"));
+        assert_eq!(st.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn elasticsearch_neither_gates_migrations_nor_shows_for_1_5() {
+        let t = validate(&minimal("1.5.0")).unwrap();
+        assert!(!crate::build::data::elasticsearch_used(&t));
+        let r = decide(
+            crate::validate::VersionPlan::Steady(t.target_version.clone()),
+            None,
+            JobState::Missing,
+            true,
+        );
+        let mut deps = Dependencies::assumed_ready();
+        assert!(deps.all_ready());
+        let (_, conds) = compute(&t, &r, &Applied::default(), &Observations::default(), &deps);
+        assert!(conds.iter().all(|c| c.type_ != "SearchReady"));
+        // Used by the logging stack: checked and shown, but migrations still do not wait for it.
+        deps.search = Some(crate::dependencies::DepState::not_ready("NotReady", "down"));
+        assert!(deps.all_ready());
+        let (_, conds) = compute(&t, &r, &Applied::default(), &Observations::default(), &deps);
+        assert!(conds.iter().any(|c| c.type_ == "SearchReady" && !c.ok));
+        // A release that uses it waits for it.
+        deps.search_required = true;
+        assert!(!deps.all_ready());
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub struct ValidatedTator {
     pub target_version: Version,
     /// The release that is migrated and serving (from status), if any.
     pub serving_version: Option<Version>,
+    /// Image tag of the requested release: spec.image.tag, else the catalog's.
+    pub target_tag: String,
+    /// Image tag of the serving release: the one status recorded, else the catalog's.
+    pub serving_tag: Option<String>,
+    /// What the requested release needs (the catalog's, or those it assumes for an unknown one).
+    pub needs: crate::catalog::Needs,
     pub owner: OwnerReference,
     /// Hash of the resourceVersions of the user's Secrets that Tator's pods read (managed-service
     /// credentials), filled in by the fetch stage: a rotated password rolls those pods.
@@ -48,6 +54,9 @@ pub struct ClusterFacts {
     pub pod_security: Option<String>,
     /// Argo's WorkflowTemplate CRD is installed.
     pub argo: bool,
+    /// Name of the cluster's default StorageClass, when the operator may read StorageClasses
+    /// and one is marked default (read only when no workflow storage class is configured).
+    pub default_storage_class: Option<String>,
 }
 
 /// Where the installation stands between the serving and the requested release.
@@ -79,6 +88,20 @@ impl ValidatedTator {
                 to: self.target_version.clone(),
             },
         }
+    }
+
+    /// Image tag of the Tator images of `version` (the requested or the serving release), which
+    /// is also the UI's static path.
+    pub fn image_tag(&self, version: &str) -> String {
+        if version == self.spec.version {
+            return self.target_tag.clone();
+        }
+        if let (Some(serving), Some(tag)) = (&self.serving_version, &self.serving_tag)
+            && serving.to_string() == version
+        {
+            return tag.clone();
+        }
+        crate::catalog::tag_of(version).map_or_else(|| version.to_string(), str::to_string)
     }
 
     /// Prefix of every child's name.
@@ -124,6 +147,27 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
         .as_ref()
         .and_then(|s| s.version.as_deref())
         .and_then(|v| Version::parse(v).ok());
+    let target_tag = match (&spec.image.tag, crate::catalog::tag_of(&spec.version)) {
+        (Some(tag), _) => tag.clone(),
+        (None, Some(tag)) => tag.to_string(),
+        (None, None) => {
+            let known: Vec<&str> = crate::catalog::RELEASES.iter().map(|r| r.version).collect();
+            return Err(Error::UnknownRelease(format!(
+                "spec.version {} is not a release this operator knows ({}); set spec.image.tag to the image tag of that release (Tator tags images with the release's git commit) to run it anyway",
+                spec.version,
+                known.join(", ")
+            )));
+        }
+    };
+    let serving_tag = serving_version.as_ref().and_then(|v| {
+        let recorded = td
+            .status
+            .as_ref()
+            .and_then(|s| s.image_tag.clone())
+            .filter(|t| !t.is_empty());
+        recorded.or_else(|| crate::catalog::tag_of(&v.to_string()).map(str::to_string))
+    });
+    let needs = crate::catalog::needs_of(&spec.version);
     if let Some(a) = &spec.api.autoscaling
         && a.min_replicas > a.max_replicas
     {
@@ -153,6 +197,9 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
         spec,
         target_version,
         serving_version,
+        target_tag,
+        serving_tag,
+        needs,
         owner,
         secrets_hash: None,
         cluster: ClusterFacts::default(),
@@ -179,6 +226,7 @@ mod tests {
             VersionPlan::Steady(Version::new(1, 5, 0))
         );
         td.spec.version = "1.6.0".into();
+        td.spec.image.tag = Some("a-build-of-1.6.0".into());
         assert!(matches!(
             validate(&td).unwrap().plan(),
             VersionPlan::Migrate { from: Some(_), .. }
@@ -188,6 +236,47 @@ mod tests {
             validate(&td).unwrap().plan(),
             VersionPlan::DowngradeRefused { .. }
         ));
+    }
+
+    #[test]
+    fn the_catalog_or_image_tag_gives_the_tag_and_an_unknown_release_is_refused() {
+        let t = validate(&minimal("1.5.0")).unwrap();
+        assert_eq!(t.target_tag, "dfa5a45c8fd54e336e9de3d534f2bc684df9ce3a");
+        assert_eq!(t.image_tag("1.5.0"), t.target_tag);
+
+        let mut td = minimal("1.6.0");
+        let err = validate(&td).unwrap_err();
+        assert_eq!(err.category(), "UnknownRelease");
+        assert!(err.is_permanent());
+        assert!(err.to_string().contains("spec.image.tag"), "{err}");
+
+        // With a tag, an unknown release runs with 1.5.0's needs; while 1.5.0 serves, its pods
+        // keep 1.5.0's tag.
+        td.spec.image.tag = Some("abc123".into());
+        td.status = Some(tator_api::TatorDeploymentStatus {
+            version: Some("1.5.0".into()),
+            ..Default::default()
+        });
+        let t = validate(&td).unwrap();
+        assert_eq!(t.image_tag("1.6.0"), "abc123");
+        assert_eq!(
+            t.image_tag("1.5.0"),
+            "dfa5a45c8fd54e336e9de3d534f2bc684df9ce3a"
+        );
+        assert_eq!(t.needs, crate::catalog::ASSUMED);
+        assert!(matches!(t.plan(), VersionPlan::Migrate { .. }));
+
+        // The tag status recorded for the serving release wins (it may be an uncatalogued one).
+        let mut td = minimal("1.7.0");
+        td.spec.image.tag = Some("new".into());
+        td.status = Some(tator_api::TatorDeploymentStatus {
+            version: Some("1.6.0".into()),
+            image_tag: Some("abc123".into()),
+            ..Default::default()
+        });
+        let t = validate(&td).unwrap();
+        assert_eq!(t.image_tag("1.6.0"), "abc123");
+        assert_eq!(t.image_tag("1.7.0"), "new");
     }
 
     #[test]

@@ -58,28 +58,25 @@ pub fn remote_transcode(t: &ValidatedTator) -> bool {
         .any(|c| c.runs.contains(&tator_api::JobKind::Transcode))
 }
 
-/// Tator's transcode settings, and the remote transcode cluster from the operator's Secret
-/// (optional references: the Secret appears once the cluster has answered).
-fn workflow_env(t: &ValidatedTator) -> Vec<EnvVar> {
-    let ts = &t.spec.workflows.transcode;
-    let limit = |k: &str, default: &str| {
-        ts.resources
-            .as_ref()
-            .and_then(|r| r.limits.as_ref())
-            .and_then(|l| l.get(k))
-            .map_or_else(|| default.to_string(), |q| q.0.clone())
-    };
-    let mut out = vec![
-        env("TRANSCODER_MAX_RAM_DISK_SIZE", ts.max_ram_disk_size.clone()),
-        env("TRANSCODER_CPU_LIMIT", limit("cpu", "4")),
-        env("TRANSCODER_MEMORY_LIMIT", limit("memory", "8Gi")),
-        env("TRANSCODER_CODEC_NODE_SELECTORS", "FALSE"),
-        env("POD_GC_STRATEGY", t.spec.workflows.pod_gc_strategy.as_str()),
-    ];
-    if let Some(sc) = &ts.scratch_storage_class {
-        out.push(env("SCRATCH_STORAGE_CLASS", sc.clone()));
-        out.push(env("WORKFLOW_STORAGE_CLASSES", sc.clone()));
+/// Tator's WORKFLOW_STORAGE_CLASSES: `workflows.storageClasses`, else the transcode scratch
+/// class, else the cluster's default StorageClass (when the fetch stage could read it).
+pub fn workflow_storage_classes(t: &ValidatedTator) -> String {
+    let w = &t.spec.workflows;
+    if !w.storage_classes.is_empty() {
+        return w.storage_classes.join(",");
     }
+    w.transcode
+        .scratch_storage_class
+        .clone()
+        .or_else(|| t.cluster.default_storage_class.clone())
+        .unwrap_or_default()
+}
+
+/// The workflow settings Tator reads, and the remote transcode cluster from the operator's
+/// Secret (optional references: the Secret appears once the cluster has answered).
+fn workflow_env(t: &ValidatedTator) -> Vec<EnvVar> {
+    // Tator splits WORKFLOW_STORAGE_CLASSES whenever an algorithm claims a volume: always set.
+    let mut out = vec![env("WORKFLOW_STORAGE_CLASSES", workflow_storage_classes(t))];
     if remote_transcode(t) {
         let secret = super::remote::remote_transcode_secret_name(t);
         for key in [
@@ -239,11 +236,17 @@ pub fn pull_secrets(t: &ValidatedTator) -> Option<Vec<LocalObjectReference>> {
     })
 }
 
-/// `<registry>/<image>:<version>`, or the component's override.
+/// `<registry>/<image>:<tag of version>` (Tator tags images with the release's git commit, see
+/// [`crate::catalog`]), or the component's override.
 pub fn tator_image(t: &ValidatedTator, image: &str, version: &str, pod: &PodSettings) -> String {
-    pod.image
-        .clone()
-        .unwrap_or_else(|| format!("{}/{}:{}", t.spec.image.registry, image, version))
+    pod.image.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}:{}",
+            t.spec.image.registry,
+            image,
+            t.image_tag(version)
+        )
+    })
 }
 
 /// Name of the shared ReadWriteMany claim.
@@ -336,10 +339,6 @@ pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
             "REQUIRE_HTTPS",
             if spec.tls.is_some() { "TRUE" } else { "FALSE" },
         ),
-        env("TATOR_DEBUG", "false"),
-        env("TATOR_USE_MIN_JS", "true"),
-        env("DOCKER_REGISTRY", spec.image.registry.clone()),
-        env("SYSTEM_IMAGES_REGISTRY", spec.image.registry.clone()),
         env("GIT_VERSION", version),
         EnvVar {
             name: "POD_NAME".into(),
@@ -353,7 +352,10 @@ pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
             ..Default::default()
         },
     ];
-    env_vars.extend(super::data::data_env(&super::data::endpoints(t)));
+    env_vars.extend(super::data::data_env(
+        &super::data::endpoints(t),
+        t.needs.elasticsearch,
+    ));
     env_vars.extend(super::objects::bucket_env(t));
     env_vars.extend(workflow_env(t));
     env_vars

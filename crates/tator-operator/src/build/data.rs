@@ -160,15 +160,16 @@ pub fn endpoints(t: &ValidatedTator) -> Endpoints {
     }
 }
 
-/// The environment wiring Tator's processes to the data services.
-pub fn data_env(e: &Endpoints) -> Vec<EnvVar> {
+/// The environment wiring Tator's processes to the data services (Elasticsearch only for a
+/// release that uses it).
+pub fn data_env(e: &Endpoints, elasticsearch: bool) -> Vec<EnvVar> {
     let mut v = vec![
         env("POSTGRES_HOST", e.pg_host.clone()),
         env("POSTGRES_PORT", e.pg_port.to_string()),
+        // Tator's search connections (main/search.py) pass no port: libpq reads PGPORT.
+        env("PGPORT", e.pg_port.to_string()),
         env_secret("POSTGRES_USER", &e.pg_user),
-        env_secret("POSTGRES_USERNAME", &e.pg_user),
         env_secret("POSTGRES_PASSWORD", &e.pg_password),
-        env("POSTGRES_DB", DATABASE),
     ];
     if let Some(mode) = e.pg_ssl_mode {
         // libpq (psycopg2) reads these for every connection.
@@ -186,6 +187,9 @@ pub fn data_env(e: &Endpoints) -> Vec<EnvVar> {
         "REDIS_USE_SSL",
         if e.redis_tls { "true" } else { "false" },
     ));
+    if !elasticsearch {
+        return v;
+    }
     match &e.es_credentials {
         Some((user, password)) => {
             v.push(env_secret("ELASTICSEARCH_USERNAME", user));
@@ -342,6 +346,68 @@ fn service(
     }
 }
 
+/// Settings of Tator's `containers/postgis/postgresql.conf` that suit a pod, as `postgres -c`
+/// arguments (any PostGIS image takes them). Left out: its per-operation work_mem and
+/// maintenance_work_mem of 1 GB (a few parallel sorts would pass the pod's memory limit),
+/// wal_level minimal (no replicas or point-in-time recovery) and the log collector (logs stay on
+/// stderr for kubectl logs). shared_buffers is Tator's 4096MB, or a quarter of the memory limit
+/// when that is less.
+pub fn postgres_args(resources: &k8s_openapi::api::core::v1::ResourceRequirements) -> Vec<String> {
+    const SETTINGS: &[(&str, &str)] = &[
+        ("listen_addresses", "*"),
+        ("max_connections", "2000"),
+        ("dynamic_shared_memory_type", "posix"),
+        ("max_parallel_workers_per_gather", "8"),
+        ("max_parallel_maintenance_workers", "8"),
+        ("max_parallel_workers", "8"),
+        ("vacuum_cost_page_miss", "5"),
+        ("random_page_cost", "1.1"),
+        ("track_activity_query_size", "4096"),
+        ("default_text_search_config", "pg_catalog.english"),
+    ];
+    let mut args = vec!["postgres".to_string()];
+    for (k, v) in SETTINGS {
+        args.push("-c".into());
+        args.push(format!("{k}={v}"));
+    }
+    let limit_mb = resources
+        .limits
+        .as_ref()
+        .and_then(|l| l.get("memory"))
+        .and_then(|q| mebibytes(&q.0));
+    let shared_buffers = limit_mb.map_or(4096, |m| (m / 4).clamp(128, 4096));
+    args.push("-c".into());
+    args.push(format!("shared_buffers={shared_buffers}MB"));
+    args
+}
+
+/// Mebibytes of a memory quantity such as 8Gi, 512Mi or 2G (None for forms not handled).
+fn mebibytes(q: &str) -> Option<u64> {
+    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let (n, unit) = q.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "Ki" => Some(n / 1024),
+        "Mi" => Some(n),
+        "Gi" => Some(n * 1024),
+        "Ti" => Some(n * 1024 * 1024),
+        "k" => Some(n * 1000 / (1024 * 1024)),
+        "M" => Some(n * 1_000_000 / (1024 * 1024)),
+        "G" => Some(n * 1_000_000_000 / (1024 * 1024)),
+        "" => Some(n / (1024 * 1024)),
+        _ => None,
+    }
+}
+
+/// The release whose database image the in-cluster server runs: the serving one, else the
+/// requested one (the data tier does not roll with a pending migration).
+pub fn server_version(t: &ValidatedTator) -> String {
+    t.serving_version
+        .as_ref()
+        .unwrap_or(&t.target_version)
+        .to_string()
+}
+
 /// In-cluster PostgreSQL: a StatefulSet with a volume claim template, a headless and a client
 /// Service, and optionally pgbouncer.
 pub fn postgres(
@@ -381,17 +447,37 @@ pub fn postgres(
             ..Default::default()
         },
     ]);
+    if let Some(mounts) = c.volume_mounts.as_mut() {
+        mounts.push(VolumeMount {
+            name: "shm".into(),
+            mount_path: "/dev/shm".into(),
+            ..Default::default()
+        });
+    }
     let ready = format!("pg_isready -h 127.0.0.1 -U \"$POSTGRES_USER\" -d {DATABASE}");
     c.readiness_probe = Some(exec_probe(&ready, 5, 10));
     c.liveness_probe = Some(exec_probe(&ready, 30, 20));
-    c.resources = Some(resources_or(&pg.pod, requirements("500m", "2Gi", "8Gi")));
+    let resources = resources_or(&pg.pod, requirements("500m", "2Gi", "8Gi"));
+    c.args = Some(postgres_args(&resources));
+    c.resources = Some(resources);
     let spec = PodSpec {
         containers: vec![c],
-        volumes: Some(vec![Volume {
-            name: "run".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        }]),
+        volumes: Some(vec![
+            Volume {
+                name: "run".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            },
+            // Parallel queries keep their shared memory in /dev/shm (64 MiB in a pod otherwise).
+            Volume {
+                name: "shm".into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    medium: Some("Memory".into()),
+                    size_limit: Some(Quantity(pg.shm_size.clone())),
+                }),
+                ..Default::default()
+            },
+        ]),
         security_context: Some(pod_security(POSTGRES_UID)),
         termination_grace_period_seconds: Some(120),
         ..Default::default()
@@ -487,8 +573,11 @@ pub fn redis(t: &ValidatedTator) -> (Vec<Deployment>, Vec<Service>) {
         t.spec.image.pull_policy.as_str(),
         true,
     );
-    let mut args =
-        "exec redis-server --port 6379 --save '' --appendonly no --dir /data".to_string();
+    // As Tator runs it: bounded memory, least recently used keys evicted first.
+    let mut args = format!(
+        "exec redis-server --port 6379 --save '' --appendonly no --dir /data --maxmemory {} --maxmemory-policy allkeys-lru",
+        r.max_memory
+    );
     let mut probe = "redis-cli -h 127.0.0.1 ping | grep -q PONG".to_string();
     if r.auth {
         c.env = Some(vec![env_secret(
@@ -543,10 +632,22 @@ pub fn redis(t: &ValidatedTator) -> (Vec<Deployment>, Vec<Service>) {
     )
 }
 
+/// Whether anything uses Elasticsearch: the release (none since Tator 1.5.0) or the logging
+/// stack. Otherwise it is neither deployed nor checked.
+pub fn elasticsearch_used(t: &ValidatedTator) -> bool {
+    t.needs.elasticsearch || super::logging::filebeat_wanted(t) || super::logging::kibana_wanted(t)
+}
+
 /// In-cluster Elasticsearch: a StatefulSet (single-node by default) that needs no privileged
 /// init container (`node.store.allow_mmap: false` instead of raising vm.max_map_count).
 pub fn elasticsearch(t: &ValidatedTator) -> (Vec<StatefulSet>, Vec<Service>) {
-    let Some(es) = &t.spec.elasticsearch.in_cluster else {
+    let Some(es) = t
+        .spec
+        .elasticsearch
+        .in_cluster
+        .as_ref()
+        .filter(|_| elasticsearch_used(t))
+    else {
         return (vec![], vec![]);
     };
     let name = t.child_name(ELASTICSEARCH);
@@ -638,4 +739,93 @@ pub fn elasticsearch(t: &ValidatedTator) -> (Vec<StatefulSet>, Vec<Service>) {
         ports[0].name = Some("http".into());
     }
     (vec![sts], vec![hl, client])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{test_fixtures::minimal, validate::validate};
+
+    fn first_container(
+        template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    ) -> k8s_openapi::api::core::v1::Container {
+        template.spec.as_ref().unwrap().containers[0].clone()
+    }
+
+    #[test]
+    fn redis_is_bounded_and_evicts_least_recently_used_keys() {
+        let mut td = minimal("1.5.0");
+        let t = validate(&td).unwrap();
+        let (d, _) = redis(&t);
+        let cmd = first_container(&d[0].spec.as_ref().unwrap().template)
+            .command
+            .unwrap();
+        assert!(
+            cmd[2].contains("--maxmemory 2048mb --maxmemory-policy allkeys-lru"),
+            "{}",
+            cmd[2]
+        );
+        td.spec.redis.in_cluster.as_mut().unwrap().max_memory = "1gb".into();
+        let (d, _) = redis(&validate(&td).unwrap());
+        let cmd = first_container(&d[0].spec.as_ref().unwrap().template)
+            .command
+            .unwrap();
+        assert!(cmd[2].contains("--maxmemory 1gb "), "{}", cmd[2]);
+    }
+
+    #[test]
+    fn postgres_has_memory_backed_shm_and_tators_settings() {
+        let mut td = minimal("1.5.0");
+        td.spec.postgres.in_cluster.as_mut().unwrap().shm_size = "1Gi".into();
+        let t = validate(&td).unwrap();
+        let (sts, _, _) = postgres(&t, "1.5.0");
+        let template = &sts[0].spec.as_ref().unwrap().template;
+        let pod = template.spec.as_ref().unwrap();
+        let shm = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "shm")
+            .and_then(|v| v.empty_dir.clone())
+            .unwrap();
+        assert_eq!(shm.medium.as_deref(), Some("Memory"));
+        assert_eq!(shm.size_limit, Some(Quantity("1Gi".into())));
+        let c = first_container(template);
+        assert!(
+            c.volume_mounts
+                .unwrap()
+                .iter()
+                .any(|m| m.name == "shm" && m.mount_path == "/dev/shm")
+        );
+        assert_eq!(
+            c.image.as_deref(),
+            Some("cvisionai/tator_postgis:dfa5a45c8fd54e336e9de3d534f2bc684df9ce3a")
+        );
+        let args = c.args.unwrap().join(" ");
+        assert!(args.starts_with("postgres "), "{args}");
+        for setting in [
+            "max_connections=2000",
+            "dynamic_shared_memory_type=posix",
+            "max_parallel_workers=8",
+            "random_page_cost=1.1",
+            // A quarter of the default 8Gi limit (Tator's 4096MB needs a 16Gi pod).
+            "shared_buffers=2048MB",
+        ] {
+            assert!(args.contains(&format!("-c {setting}")), "{setting}: {args}");
+        }
+        assert_eq!(mebibytes("16Gi"), Some(16384));
+        assert_eq!(mebibytes("512Mi"), Some(512));
+        assert_eq!(mebibytes("lots"), None);
+    }
+
+    #[test]
+    fn elasticsearch_only_where_something_uses_it() {
+        let mut td = minimal("1.5.0");
+        let t = validate(&td).unwrap();
+        assert_eq!(elasticsearch(&t), (vec![], vec![]));
+        td.spec.logging.enabled = true;
+        let (sts, services) = elasticsearch(&validate(&td).unwrap());
+        assert_eq!((sts.len(), services.len()), (1, 2));
+    }
 }

@@ -24,8 +24,11 @@ pub const MAINTENANCE: &str = "maintenance";
 pub const JOB_LABEL: &str = "tator.io/maintenance-job";
 /// Longest CronJob name: the cronjob controller appends up to 11 characters for its Jobs.
 pub const MAX_CRONJOB_NAME: usize = 52;
-/// Default image providing pg_dump for `backup-database`.
-pub const PG_DUMP_IMAGE: &str = "postgres:17-alpine";
+/// Image providing pg_dump for `backup-database` with a managed database, by PostgreSQL major
+/// (the release's, so that its pg_restore reads the dumps).
+pub fn pg_dump_image(major: u32) -> String {
+    format!("postgres:{major}-alpine")
+}
 /// Seconds after its scheduled time a missed run may still start.
 const STARTING_DEADLINE: i64 = 300;
 /// Retries of a failed run before the Job is marked failed.
@@ -68,7 +71,9 @@ const fn job(
 
 use Command::{Manage, PgDump};
 
-/// Every maintenance job with its default schedule (docs/configuration.md has the same table).
+/// Every maintenance job with its default schedule, as in Tator's `compose/gunicorn.cron` and
+/// `compose/postgis.cron` (docs/configuration.md has the same table). Which of them a release
+/// runs is in the release catalog ([`crate::catalog::Needs::crons`]).
 pub const JOBS: &[MaintenanceJob] = &[
     job(
         "sizer",
@@ -107,14 +112,8 @@ pub const JOBS: &[MaintenanceJob] = &[
         "Deletes leaves marked deleted more than expirationAgeDays ago.",
     ),
     job(
-        "prune-filebeat",
-        "40 4 * * *",
-        Manage("prunefilebeat"),
-        "Deletes filebeat-* Elasticsearch indices older than 7 days.",
-    ),
-    job(
         "prune-files",
-        "30 1 * * *",
+        "30 4 * * *",
         Manage("prunefiles"),
         "Deletes files marked for deletion.",
     ),
@@ -189,6 +188,9 @@ pub fn cron_job_name(t: &ValidatedTator, job: &str) -> String {
 
 /// Whether a job is rendered for this spec.
 fn wanted(t: &ValidatedTator, job: &MaintenanceJob) -> bool {
+    if !t.needs.crons.contains(&job.name) {
+        return false;
+    }
     match job.name {
         // Without a backup bucket the dumps stay on the volume.
         "move-backups" => t.spec.object_storage.backup.is_some(),
@@ -270,12 +272,15 @@ fn pg_dump_pod(t: &ValidatedTator, version: &str) -> PodSpec {
     } else {
         (e.pg_host.clone(), e.pg_port)
     };
+    // pg_dump of the server's own major: the in-cluster server's image, else the release's.
+    let image = match (&m.backup.image, &t.spec.postgres.in_cluster) {
+        (Some(image), _) => image.clone(),
+        (None, Some(pg)) => tator_image(t, "tator_postgis", &data::server_version(t), &pg.pod),
+        (None, None) => pg_dump_image(t.needs.postgres_major),
+    };
     let mut c = container(
         "backup-database",
-        m.backup
-            .image
-            .clone()
-            .unwrap_or_else(|| PG_DUMP_IMAGE.into()),
+        image,
         t.spec.image.pull_policy.as_str(),
         true,
     );
@@ -424,7 +429,7 @@ mod tests {
     #[test]
     fn defaults_have_every_job_but_move_backups_with_forbid_and_history_limits() {
         let cs = build(&minimal("1.5.0"));
-        assert_eq!(cs.len(), 16);
+        assert_eq!(cs.len(), 15);
         assert!(
             !cs.iter()
                 .any(|c| c.metadata.name.as_deref() == Some("tator-move-backups"))
@@ -462,8 +467,57 @@ mod tests {
         let mut td = minimal("1.5.0");
         with_backup_bucket(&mut td);
         let cs = build(&td);
-        assert_eq!(cs.len(), 17);
+        assert_eq!(cs.len(), 16);
         assert_eq!(spec(find(&cs, "move-backups")).schedule, "40 18 * * *");
+    }
+
+    #[test]
+    fn schedules_and_commands_follow_tators_crontab() {
+        // compose/gunicorn.cron and compose/postgis.cron of Tator 1.5.0.
+        let tator: &[(&str, &str)] = &[
+            ("10 * * * *", "updateprojects"),
+            ("20 * * * *", "prunetemporaryfiles"),
+            ("30 0 * * *", "prunemedia"),
+            ("30 1 * * *", "prunelocalizations"),
+            ("30 2 * * *", "prunestates"),
+            ("30 3 * * *", "pruneleaves"),
+            ("30 4 * * *", "prunefiles"),
+            ("40 18 * * *", "movebackups"),
+            ("40 0 * * *", "archivemedia"),
+            ("0 1 * * *", "backupresources"),
+            ("40 1 * * *", "requestrestoration"),
+            ("50 1 * * *", "finishrestoration"),
+            ("50 2 * * *", "expireinvitations"),
+            ("50 3 * * *", "expireannouncements"),
+            ("40 * * * *", "expirepasswordresets"),
+        ];
+        let manage: Vec<(&str, &str)> = JOBS
+            .iter()
+            .filter_map(|j| match j.command {
+                Manage(c) => Some((j.schedule, c)),
+                PgDump => None,
+            })
+            .collect();
+        let mut want = tator.to_vec();
+        let mut got = manage.clone();
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        let dump = JOBS.iter().find(|j| j.command == PgDump).unwrap();
+        assert_eq!(dump.schedule, "40 6 * * *");
+        // Tator removed prunefilebeat; a retired key in the spec builds nothing.
+        let mut td = minimal("1.5.0");
+        td.spec
+            .maintenance
+            .jobs
+            .insert("prune-filebeat".into(), MaintenanceJobOverride::default());
+        assert!(build(&td).iter().all(|c| {
+            !c.metadata
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .contains("filebeat")
+        }));
     }
 
     #[test]
@@ -471,7 +525,10 @@ mod tests {
         let cs = build(&minimal("1.5.0"));
         let sizer = find(&cs, "sizer");
         let c = &pod(sizer).containers[0];
-        assert_eq!(c.image.as_deref(), Some("cvisionai/tator_online:1.5.0"));
+        assert_eq!(
+            c.image.as_deref(),
+            Some("cvisionai/tator_online:dfa5a45c8fd54e336e9de3d534f2bc684df9ce3a")
+        );
         assert_eq!(
             c.command.clone().unwrap(),
             ["python3", "manage.py", "updateprojects"]
@@ -610,7 +667,7 @@ mod tests {
             true,
         );
         let d = super::super::build(&t, &r);
-        assert_eq!(d.cron_jobs.len(), 16);
+        assert_eq!(d.cron_jobs.len(), 15);
         assert!(d.cron_jobs.iter().all(|c| spec(c).suspend == Some(true)));
     }
 
@@ -626,7 +683,11 @@ mod tests {
             .enabled = true;
         let cs = build(&td);
         let c = &pod(find(&cs, "backup-database")).containers[0];
-        assert_eq!(c.image.as_deref(), Some(PG_DUMP_IMAGE));
+        // The in-cluster server's own image: its pg_dump is the server's major (14 for 1.5.0).
+        assert_eq!(
+            c.image.as_deref(),
+            Some("cvisionai/tator_postgis:dfa5a45c8fd54e336e9de3d534f2bc684df9ce3a")
+        );
         let cmd = c.command.clone().unwrap();
         assert_eq!(cmd[..2], ["/bin/sh", "-c"]);
         assert!(cmd[2].contains("pg_dump -Fc"), "{}", cmd[2]);
@@ -665,6 +726,8 @@ mod tests {
         .unwrap();
         let cs = build(&td);
         let c = &pod(find(&cs, "backup-database")).containers[0];
+        // The release's PostgreSQL major, not the newest: Tator's pg_restore must read it.
+        assert_eq!(c.image.as_deref(), Some("postgres:14-alpine"));
         let env = c.env.as_ref().unwrap();
         let get = |n: &str| value_of(env, n);
         assert_eq!(get("PGHOST").as_deref(), Some("db.example.com"));

@@ -202,12 +202,7 @@ impl Children {
 /// applied first, and the web tier waits for it.
 pub fn build_data(t: &ValidatedTator) -> Children {
     let mut d = Children::default();
-    let version = t
-        .serving_version
-        .as_ref()
-        .unwrap_or(&t.target_version)
-        .to_string();
-    let (sts, deployments, services) = data::postgres(t, &version);
+    let (sts, deployments, services) = data::postgres(t, &data::server_version(t));
     d.stateful_sets.extend(sts);
     d.deployments.extend(deployments);
     d.services.extend(services);
@@ -342,7 +337,7 @@ mod tests {
         let pod = api.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(
             pod.containers[0].image.as_deref(),
-            Some("cvisionai/tator_online:1.5.0")
+            Some("cvisionai/tator_online:dfa5a45c8fd54e336e9de3d534f2bc684df9ce3a")
         );
         let env = pod.containers[0].env.as_ref().unwrap();
         let secret = env.iter().find(|e| e.name == "DJANGO_SECRET_KEY").unwrap();

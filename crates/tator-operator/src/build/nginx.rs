@@ -118,32 +118,46 @@ fn serve(c: &NginxConfig, body: &str) -> String {
     }
 }
 
-fn locations(c: &NginxConfig) -> String {
+/// Locations Tator's UI server answers (compose/nginx.conf.template): the pages, `/static`
+/// (the UI bundles and Django's admin files under `/static/<tag>/`) and the favicon.
+pub const UI_ROUTES: &str = "^/$|^/rest/?$|^/static|^/(callback|exchange|refresh|projects|token|organizations|registration|accept|account-profile|password-reset-request|password-reset|favicon\\.ico)|^/[0-9]+/";
+
+/// REST endpoints that stream large bodies both ways: NGINX buffers neither.
+pub const STREAMING_ROUTES: &str = "^/rest/(Localizations|Medias|States)";
+
+/// Headers of every Tator page, file and API answer. The annotator needs SharedArrayBuffer,
+/// which browsers give only to cross-origin-isolated pages. NGINX drops the server's
+/// `add_header`s in a location that has its own, so HSTS is repeated here on HTTPS.
+fn isolation_headers(https: bool) -> String {
+    let mut s = String::from(
+        "      add_header Cross-Origin-Opener-Policy same-origin;\n      add_header Cross-Origin-Embedder-Policy credentialless;\n",
+    );
+    if https {
+        s.push_str("      add_header Strict-Transport-Security \"max-age=31536000\" always;\n");
+    }
+    s
+}
+
+fn locations(c: &NginxConfig, https: bool) -> String {
     let mut s = String::new();
+    let headers = isolation_headers(https);
     let proxy = |upstream: &str| format!("      proxy_pass http://{upstream};\n{PROXY_HEADERS}");
     s.push_str(
         "    location = /healthz {\n      access_log off;\n      return 200 \"ok\\n\";\n    }\n",
     );
     s.push_str("    location = /maintenance.html {\n      root /static;\n      internal;\n    }\n");
     s.push_str("    location ~* (phpinfo\\.php|wp-login\\.php|phpmyadmin|HNAP1) {\n      return 404;\n    }\n");
-    s.push_str("    location = /favicon.ico {\n      root /static;\n    }\n");
-    // `^~` makes these prefixes win over the UI regex below (the old chart's /static was
-    // shadowed by it).
-    let _ = write!(
-        s,
-        "    location ^~ /static/ {{\n{}    }}\n",
-        serve(
-            c,
-            "      alias /static/;\n      add_header Cache-Control \"max-age=300\";\n      add_header Cross-Origin-Opener-Policy same-origin;\n      add_header Cross-Origin-Embedder-Policy credentialless;\n"
-        )
-    );
+    s.push_str("    location ^~ /docs {\n      return 301 https://tator.io/docs;\n    }\n");
     s.push_str("    location ^~ /media/working/ {\n      return 403;\n    }\n");
     let _ = write!(
         s,
         "    location ^~ /media/ {{\n{}    }}\n",
         serve(
             c,
-            &format!("{}      alias /media/;\n", guard_line(Guard::Project))
+            &format!(
+                "{}      alias /media/;\n{headers}",
+                guard_line(Guard::Project)
+            )
         )
     );
     for r in &c.extra_routes {
@@ -178,13 +192,24 @@ fn locations(c: &NginxConfig) -> String {
     }
     let _ = write!(
         s,
-        "    location ~ ^(/|/rest/?|/(projects|token|organizations)(/.*)?|/[0-9]+/.*)$ {{\n{}    }}\n",
-        serve(c, &proxy("tator_ui"))
+        "    location ~ {STREAMING_ROUTES} {{\n{}    }}\n",
+        serve(
+            c,
+            &format!(
+                "{}{headers}      proxy_buffering off;\n      proxy_request_buffering off;\n",
+                proxy("tator_api")
+            )
+        )
+    );
+    let _ = write!(
+        s,
+        "    location ~ {UI_ROUTES} {{\n{}    }}\n",
+        serve(c, &format!("{}{headers}", proxy("tator_ui")))
     );
     let _ = write!(
         s,
         "    location / {{\n{}    }}\n",
-        serve(c, &proxy("tator_api"))
+        serve(c, &format!("{}{headers}", proxy("tator_api")))
     );
     s
 }
@@ -279,7 +304,7 @@ http {
     server_name {names};
 {maintenance}{}  }}
 ",
-            locations(c)
+            locations(c, false)
         );
     }
     if c.tls {
@@ -297,7 +322,7 @@ http {
     add_header Strict-Transport-Security \"max-age=31536000\" always;
 {maintenance}{}  }}
 ",
-            locations(c),
+            locations(c, true),
             dir = c.ssl_dir
         );
     }
@@ -556,6 +581,92 @@ mod tests {
             objects.contains("proxy_request_buffering off;"),
             "{objects}"
         );
+    }
+
+    /// The body of the location block that starts with `head`.
+    fn block<'a>(conf: &'a str, head: &str) -> &'a str {
+        conf.split(&format!("{head} {{"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {head} in {conf}"))
+            .split("\n    }")
+            .next()
+            .unwrap()
+    }
+
+    #[test]
+    fn routes_follow_tators_nginx_template() {
+        let c = conf(false, false);
+        // /static is the UI server's (its bundles and Django's admin files), not the volume's.
+        assert!(!c.contains("alias /static/"), "{c}");
+        let ui = block(&c, &format!("location ~ {UI_ROUTES}"));
+        assert!(ui.contains("proxy_pass http://tator_ui;"), "{ui}");
+        for route in [
+            "^/static",
+            "registration",
+            "accept",
+            "account-profile",
+            "password-reset-request",
+            "password-reset",
+            "favicon\\.ico",
+            "callback",
+            "exchange",
+            "refresh",
+            "projects",
+            "token",
+            "organizations",
+            "^/$",
+            "^/rest/?$",
+            "^/[0-9]+/",
+        ] {
+            assert!(UI_ROUTES.contains(route), "{route}");
+        }
+        let streaming = block(&c, &format!("location ~ {STREAMING_ROUTES}"));
+        assert!(streaming.contains("proxy_pass http://tator_api;"));
+        assert!(streaming.contains("proxy_buffering off;"));
+        assert!(streaming.contains("proxy_request_buffering off;"));
+        // Checked before the UI's regex (NGINX takes the first regex that matches).
+        assert!(c.find(STREAMING_ROUTES) < c.find(UI_ROUTES));
+        assert!(block(&c, "location ^~ /docs").contains("return 301"));
+        assert!(block(&c, "location ^~ /media/working/").contains("return 403;"));
+    }
+
+    #[test]
+    fn every_tator_route_is_cross_origin_isolated_and_keeps_hsts() {
+        for tls in [false, true] {
+            let mut td = minimal("1.5.0");
+            if tls {
+                td.spec.tls = Some(tator_api::TlsSettings {
+                    secret_name: Some("tls".into()),
+                    issuer_ref: None,
+                    redirect_http: false,
+                });
+            }
+            let c = render_conf(&NginxConfig::from_spec(&validate(&td).unwrap()));
+            let ui = format!("location ~ {UI_ROUTES}");
+            let streaming = format!("location ~ {STREAMING_ROUTES}");
+            for head in ["location ^~ /media/", &ui, &streaming, "location /"] {
+                let servers = c.matches(&format!("{head} {{")).count();
+                assert_eq!(servers, if tls { 2 } else { 1 }, "{head}");
+                for (i, body) in c.split(&format!("{head} {{")).skip(1).enumerate() {
+                    let body = body.split("\n    }").next().unwrap();
+                    assert!(
+                        body.contains("add_header Cross-Origin-Opener-Policy same-origin;"),
+                        "{head}: {body}"
+                    );
+                    assert!(
+                        body.contains("add_header Cross-Origin-Embedder-Policy credentialless;"),
+                        "{head}: {body}"
+                    );
+                    // A location's own add_header hides the server's: HSTS is repeated on HTTPS.
+                    let https = tls && i == 1;
+                    assert_eq!(
+                        body.contains("Strict-Transport-Security"),
+                        https,
+                        "{head}: {body}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -56,6 +56,13 @@ pub fn api_url(t: &ValidatedTator) -> String {
     }
 }
 
+/// The Host header of every call: the domain (Tator's MAIN_HOST). Tator's ALLOWED_HOSTS holds
+/// MAIN_HOST, ALIAS_HOSTS and a few compose names, never `<name>-api.<namespace>.svc`, so a
+/// call without it is answered 400 (DisallowedHost).
+pub fn api_host(t: &ValidatedTator) -> String {
+    t.spec.domain.clone()
+}
+
 /// The body Tator's Bucket endpoints take for one entry.
 pub fn request_body(b: &TatorBucket, config: Value) -> Value {
     let mut body = json!({
@@ -81,6 +88,8 @@ pub fn digest(body: &Value) -> String {
 struct Api<'a> {
     http: reqwest::Client,
     base: String,
+    /// The Host header: Tator's MAIN_HOST. Its ALLOWED_HOSTS refuses the Service's name.
+    host: String,
     token: &'a str,
     /// Values that must never appear in a message.
     secrets: Vec<String>,
@@ -112,6 +121,7 @@ impl Api<'_> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
+            .header(reqwest::header::HOST, self.host.as_str())
             .header("Authorization", format!("Token {}", self.token))
             .header("Accept", "application/json");
         if let Some(b) = body {
@@ -206,6 +216,7 @@ pub async fn register(t: &ValidatedTator, inputs: Inputs<'_>) -> Option<Registra
     let api = Api {
         http,
         base: api_url(t),
+        host: api_host(t),
         token,
         secrets,
     };
@@ -406,6 +417,7 @@ pub async fn register_job_cluster(
     let api = Api {
         http,
         base: api_url(t),
+        host: api_host(t),
         token: api_token,
         secrets: vec![api_token.to_string(), c.token.to_string()],
     };
@@ -464,6 +476,7 @@ pub async fn unregister_job_cluster(
     let api = Api {
         http,
         base: api_url(t),
+        host: api_host(t),
         token: api_token,
         secrets: vec![api_token.to_string()],
     };
@@ -524,6 +537,53 @@ mod tests {
     use super::*;
     use crate::{test_fixtures::minimal, validate::validate};
     use tator_api::{ApiAccess, ArchiveStorageClass, SecretKeyRef, StoreType};
+
+    /// Answers one HTTP request with `204 No Content` and returns its head.
+    async fn one_request(listener: tokio::net::TcpListener) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        sock.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
+    #[tokio::test]
+    async fn calls_send_the_domain_as_host_which_tators_allowed_hosts_accept() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(one_request(listener));
+        let mut td = minimal("1.5.0");
+        td.spec.api_access = Some(ApiAccess {
+            token_secret: SecretKeyRef {
+                name: "tok".into(),
+                key: "token".into(),
+            },
+            url: Some(format!("http://127.0.0.1:{port}")),
+        });
+        let t = validate(&td).unwrap();
+        unregister_job_cluster(&t, "secret-token", 7).await.unwrap();
+        let head = server.await.unwrap();
+        let host = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("host"))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap();
+        assert_eq!(host, "tator.example.com", "{head}");
+        assert!(head.starts_with("DELETE /rest/JobCluster/7 "), "{head}");
+    }
 
     fn with_bucket() -> ValidatedTator {
         let mut td = minimal("1.5.0");

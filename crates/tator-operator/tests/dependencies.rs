@@ -272,8 +272,8 @@ async fn managed_services_gate_migrations_and_never_leak_the_password() {
         "{}",
         cache.message
     );
-    let search = cond(&td, "SearchReady").unwrap();
-    assert_eq!(search.status, "True", "{}", search.message);
+    // Tator 1.5.0 does not use Elasticsearch: without the logging stack it is not checked.
+    assert!(cond(&td, "SearchReady").is_none());
     let migrations = cond(&td, "Migrations").unwrap();
     assert_eq!(migrations.reason, "WaitingForDependencies");
     assert_eq!(cond(&td, "Ready").unwrap().status, "False");

@@ -1425,7 +1425,7 @@ async fn kstatus_and_argocd_judge_live_tatordeployments_like_the_operator() {
     api.patch(
         "tator",
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"version": "1.6.0"}})),
+        &Patch::Merge(json!({"spec": {"version": "1.6.0", "image": {"tag": "1.6.0"}}})),
     )
     .await
     .unwrap();
@@ -1446,7 +1446,7 @@ async fn kstatus_and_argocd_judge_live_tatordeployments_like_the_operator() {
     api.patch(
         "tator",
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"version": "1.7.0", "migrations": {"podOverrides": {"metadata": {"labels": {
+        &Patch::Merge(json!({"spec": {"version": "1.7.0", "image": {"tag": "1.7.0"}, "migrations": {"podOverrides": {"metadata": {"labels": {
             "pod-container-running-failed.stage.kwok.x-k8s.io": "true"}}}}}})),
     )
     .await

@@ -104,6 +104,12 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [get]
+# controller.rs lists StorageClasses to find the cluster's default one, Tator's
+# WORKFLOW_STORAGE_CLASSES when the spec names none (list; without it, namespace-scoped installs
+# leave it to workflows.storageClasses).
+- apiGroups: [storage.k8s.io]
+  resources: [storageclasses]
+  verbs: [list]
 # apply.rs: prometheus-operator ServiceMonitors and PodMonitors (monitoring) are read back (get),
 # applied (create, patch) and pruned (list, delete); controller.rs lists them to see whether the
 # CRDs exist.

@@ -6,6 +6,7 @@
 #   make cluster-down  stop the demo operator and the local cluster
 #   make crds          regenerate crds/ from the Rust types
 #   make lint          rustfmt check and clippy -D warnings
+#   make test-e2e      end-to-end journeys with Tator's real processes (also part of make test)
 #   make test-faults   fault injection only (also part of make test)
 #   make test-compat   the suite on the oldest supported Kubernetes, then on the newest
 #   make bench         benchmarks (not part of make test); writes docs/benchmarks.md
@@ -21,11 +22,11 @@ OPERATOR_BIN := $(CARGO_TARGET_DIR)/debug/tator-operator
 CLUSTER_DIR ?= $(CURDIR)/.testbed/cluster
 DEMO_DIR := $(CURDIR)/.testbed/demo
 
-.PHONY: help tools build crds crds-check lint test test-unit test-faults test-compat cluster-up cluster-down demo bench \
+.PHONY: help tools build crds crds-check lint test test-unit test-faults test-e2e e2e-images test-compat cluster-up cluster-down demo bench \
   image chart-lint deploy deploy-check
 
 help:
-	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
 
 ## Control-plane binaries from pinned Go modules (cached in $(CACHE_DIR); a second run is a no-op).
 tools:
@@ -46,7 +47,13 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: tools build crds-check
+## Tator's images as host folders for the end-to-end bed (cached in $(CACHE_DIR)/e2e-<key>; a
+## second run is a no-op). The shared inputs are checked against their pins first.
+e2e-images:
+	@tests/tools/shared-inputs.sh --check
+	@tests/tools/e2e-images.sh
+
+test: tools build crds-check e2e-images
 	@set -o pipefail; status=0; log=$$(mktemp); \
 	cargo test --workspace --no-fail-fast 2>&1 | tee $$log || status=$$?; \
 	tests/tools/wait-testbeds.sh || status=1; \
@@ -62,6 +69,14 @@ test-compat: tools build
 	tests/tools/build.sh --oldest >/dev/null
 	$(MAKE) test TATOR_TOOLS_BIN=$$(tests/tools/build.sh --oldest --print-bin)
 	$(MAKE) test
+
+## End-to-end journeys only: Tator's own processes from the operator's pod specs (also part of `make test`).
+test-e2e: tools build e2e-images
+	@set -o pipefail; status=0; log=$$(mktemp); \
+	cargo test -p tator-operator --test e2e 2>&1 | tee $$log || status=$$?; \
+	tests/tools/wait-testbeds.sh || status=1; \
+	tests/tools/test-summary.sh $$log || status=1; rm -f $$log; \
+	exit $$status
 
 ## Fault injection only (kill -9, control-plane restarts, invalid input); also part of `make test`.
 test-faults: tools build

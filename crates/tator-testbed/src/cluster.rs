@@ -165,6 +165,8 @@ pub struct ClusterOptions {
     pub nodes: Vec<FakeNode>,
     /// Run the load-balancer status controller in this process.
     pub load_balancer_controller: bool,
+    /// Also run the process node (pods really run; see [`crate::procnode`]) with these images.
+    pub process_node: Option<crate::procnode::ImageSources>,
 }
 
 impl ClusterOptions {
@@ -173,6 +175,7 @@ impl ClusterOptions {
             dir: dir.into(),
             nodes: FakeNode::defaults(),
             load_balancer_controller: true,
+            process_node: None,
         }
     }
 }
@@ -230,6 +233,7 @@ pub struct Cluster {
     /// Processes stopped by [`Cluster::halt`], with their place in the start order.
     halted: Vec<(usize, &'static str, Vec<String>)>,
     lb: Option<tokio::task::JoinHandle<()>>,
+    procnode: Option<crate::procnode::ProcNode>,
 }
 
 /// A free loopback port below the kernel's ephemeral range (32768 and up by default), so that the
@@ -375,6 +379,7 @@ impl Cluster {
             processes: Vec::new(),
             halted: Vec::new(),
             lb: None,
+            procnode: None,
         };
         let p = |name: &str| dir.join(name).display().to_string();
 
@@ -487,6 +492,25 @@ impl Cluster {
             .await?;
         if options.load_balancer_controller {
             cluster.lb = Some(tokio::spawn(crate::lb::run(client.clone())));
+        }
+        if let Some(images) = &options.process_node {
+            let labels = [
+                ("webServer", "yes"),
+                ("dbServer", "yes"),
+                ("cpuWorker", "yes"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            cluster.procnode = Some(
+                crate::procnode::ProcNode::start(
+                    client.clone(),
+                    dir.join("procnode"),
+                    images.clone(),
+                    labels,
+                )
+                .await?,
+            );
         }
         info!(
             dir = %dir.display(),
@@ -754,6 +778,9 @@ impl Cluster {
     /// Stops every process in reverse start order (kwok, scheduler, controller-manager,
     /// kube-apiserver, then etcd), waiting for each to exit.
     pub fn stop(&mut self) {
+        if let Some(mut node) = self.procnode.take() {
+            node.stop();
+        }
         if let Some(lb) = self.lb.take() {
             lb.abort();
         }

@@ -14,6 +14,7 @@
 pub mod cluster;
 pub mod lb;
 pub mod pki;
+pub mod procnode;
 pub mod services;
 pub mod support;
 

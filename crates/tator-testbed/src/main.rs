@@ -43,11 +43,26 @@ enum Cmd {
         /// Remove the folder after stopping (for throw-away test clusters).
         #[arg(long)]
         remove_dir: bool,
+        /// Run pods for real on a process node (needs `tests/tools/e2e-images.sh`) instead of
+        /// kwok's fake nodes.
+        #[arg(long)]
+        process_node: bool,
     },
     /// Start a cluster in the background (or reuse a running one) and print export lines.
     Up {
         #[arg(long)]
         dir: PathBuf,
+        /// Run pods for real on a process node (see `serve --process-node`).
+        #[arg(long)]
+        process_node: bool,
+    },
+    /// Internal: the last step of starting a process-node container (see procnode::init).
+    #[command(hide = true)]
+    ContainerInit {
+        /// Enter a running container (probes) instead of building its root.
+        #[arg(long)]
+        enter: bool,
+        plan: PathBuf,
     },
     /// Stop the cluster started by `up`.
     Down {
@@ -57,6 +72,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Runs before anything else: a single-threaded process that becomes the container.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("container-init") {
+        let enter = args.iter().any(|a| a == "--enter");
+        let plan = args.last().map(PathBuf::from).unwrap_or_default();
+        eprintln!("{}", tator_testbed::procnode::init::run(&plan, enter));
+        return ExitCode::from(127);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -70,8 +93,10 @@ fn main() -> ExitCode {
             dir,
             watch_stdin,
             remove_dir,
-        } => serve(&dir, watch_stdin, remove_dir),
-        Cmd::Up { dir } => up(&dir),
+            process_node,
+        } => serve(&dir, watch_stdin, remove_dir, process_node),
+        Cmd::Up { dir, process_node } => up(&dir, process_node),
+        Cmd::ContainerInit { .. } => Ok(()),
         Cmd::Down { dir } => down(&dir),
     };
     match result {
@@ -83,7 +108,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(dir: &Path, watch_stdin: bool, remove_dir: bool) -> anyhow::Result<()> {
+fn serve(
+    dir: &Path,
+    watch_stdin: bool,
+    remove_dir: bool,
+    process_node: bool,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -92,7 +122,12 @@ fn serve(dir: &Path, watch_stdin: bool, remove_dir: bool) -> anyhow::Result<()> 
         let _ = std::fs::remove_dir_all(dir.join("etcd"));
         std::fs::write(dir.join("pid"), std::process::id().to_string())?;
         let binaries = Binaries::locate()?;
-        let mut cluster = match Cluster::start(ClusterOptions::new(dir), binaries.clone()).await {
+        let mut options = ClusterOptions::new(dir);
+        if process_node {
+            options.nodes = Vec::new();
+            options.process_node = Some(tator_testbed::procnode::ImageSources::locate(&binaries)?);
+        }
+        let mut cluster = match Cluster::start(options, binaries.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 // Every process already stopped with the failed start: leave no pid behind.
@@ -190,7 +225,7 @@ fn print_exports(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn up(dir: &Path) -> anyhow::Result<()> {
+fn up(dir: &Path, process_node: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     if running_pid(dir).is_some() && dir.join(READY_FILE).is_file() {
         eprintln!(
@@ -208,6 +243,7 @@ fn up(dir: &Path) -> anyhow::Result<()> {
         .arg("serve")
         .arg("--dir")
         .arg(dir)
+        .args(process_node.then_some("--process-node"))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

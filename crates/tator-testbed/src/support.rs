@@ -77,6 +77,11 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts a new cluster in a fresh folder under the system temp folder and waits for it.
     pub fn start(label: &str) -> Result<Self, Error> {
+        Self::start_with(label, &[])
+    }
+
+    /// Like [`Self::start`], with more `testbed serve` arguments (`--process-node`).
+    pub fn start_with(label: &str, args: &[&str]) -> Result<Self, Error> {
         let root = std::env::temp_dir();
         let dir = root.join(format!(
             "tator-testbed-{}-{}-{}",
@@ -94,6 +99,7 @@ impl TestCluster {
             .arg(&dir)
             .arg("--watch-stdin")
             .arg("--remove-dir")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)

@@ -1,0 +1,274 @@
+//! End-to-end journeys: Tator's own processes, started from the pod specs the operator applied,
+//! on the test bed's process node (see `tator_testbed::procnode`), reached through the NGINX the
+//! operator configured at the LoadBalancer address the test bed assigned.
+//!
+//! Nothing about a pod is written here: a regression in what the operator applies breaks these
+//! tests. They need `make e2e-images` (Tator's source, venvs and UI packages as host folders).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::{collections::BTreeSet, path::Path, time::Duration};
+
+use k8s_openapi::api::{batch::v1::Job, core::v1::Service};
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde_json::Value;
+use tator_api::TatorDeployment;
+use tator_testbed::support::{
+    FIELD_MANAGER, TestCluster, install_crds, namespace, wait_for, workspace_root,
+};
+
+const HOST: &str = "tator.example.com";
+
+/// The last lines of every container log of the process node, for failure messages.
+fn logs(cluster: &TestCluster) -> String {
+    let mut out = String::new();
+    let pods = cluster.dir.join("procnode/pods");
+    let mut files: Vec<_> = walk(&pods);
+    files.sort();
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "log"))
+    {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        out.push_str(&format!(
+            "\n--- {}\n{tail}\n",
+            f.strip_prefix(&pods).unwrap_or(f).display()
+        ));
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if p.file_name()
+                .is_some_and(|n| n == "containers" || n == "volumes")
+            {
+                continue;
+            }
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn condition(td: &TatorDeployment, kind: &str) -> Option<(String, String, String)> {
+    td.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn apply_example(client: &Client, ns: &str, file: &str) -> String {
+    let text = std::fs::read_to_string(workspace_root().join(file)).unwrap();
+    let mut td: Value = serde_yaml::from_str(&text).unwrap();
+    td["metadata"]["namespace"] = Value::String(ns.to_string());
+    let name = td["metadata"]["name"].as_str().unwrap().to_string();
+    let api: Api<TatorDeployment> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&td),
+    )
+    .await
+    .unwrap();
+    name
+}
+
+/// The address and port NGINX answers on: the LoadBalancer Service's ingress address.
+async fn load_balancer(client: &Client, ns: &str, name: &str) -> String {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        "the NGINX LoadBalancer address",
+        Duration::from_secs(60),
+        || {
+            let svcs = svcs.clone();
+            async move {
+                let s = svcs
+                    .get(&format!("{name}-nginx"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ip = s
+                    .status
+                    .and_then(|s| s.load_balancer)
+                    .and_then(|l| l.ingress)
+                    .and_then(|i| i.into_iter().next())
+                    .and_then(|i| i.ip)
+                    .ok_or("no ingress address yet")?;
+                let port = s
+                    .spec
+                    .and_then(|s| s.ports)
+                    .and_then(|p| p.into_iter().next())
+                    .map(|p| p.port)
+                    .unwrap_or(80);
+                Ok(format!("{ip}:{port}"))
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn http() -> reqwest::Client {
+    // Plain HTTP only; reqwest still wants a TLS configuration.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+async fn get(c: &reqwest::Client, base: &str, path: &str) -> reqwest::Response {
+    c.get(format!("http://{base}{path}"))
+        .header("Host", HOST)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// Every `/static/...` URL a page links (src= and href=).
+fn static_links(html: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            if let Some(url) = part.split('"').next() {
+                if url.starts_with("/static/") {
+                    out.insert(url.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn isolation_headers(r: &reqwest::Response, what: &str) {
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        h("cross-origin-opener-policy").as_deref(),
+        Some("same-origin"),
+        "{what}: COOP"
+    );
+    assert_eq!(
+        h("cross-origin-embedder-policy").as_deref(),
+        Some("credentialless"),
+        "{what}: COEP"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimal_example_runs_tator_and_serves_its_pages() {
+    let cluster =
+        TestCluster::start_with("e2e", &["--process-node"]).expect("a cluster with a process node");
+    let client = cluster.client().await.unwrap();
+    install_crds(&client, &workspace_root().join("crds"))
+        .await
+        .unwrap();
+    let ns = namespace(&client, "e2e", true).await.unwrap();
+    let (_ctx, _task) = common::start_controller(&client, &ns);
+    let name = apply_example(&client, &ns, "deploy/examples/minimal.yaml").await;
+
+    // Journey 1: Ready means Tator's processes answer.
+    let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
+    let ready = wait_for(
+        "Ready=True with Tator's processes running",
+        Duration::from_secs(900),
+        || {
+            let tds = tds.clone();
+            let name = name.clone();
+            async move {
+                let td = tds.get(&name).await.map_err(|e| e.to_string())?;
+                match condition(&td, "Ready") {
+                    Some((s, _, _)) if s == "True" => Ok(td),
+                    other => Err(format!("Ready: {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let td = match ready {
+        Ok(td) => td,
+        Err(e) => panic!("{e}\nprocess logs:{}", logs(&cluster)),
+    };
+    assert_eq!(
+        td.status.as_ref().and_then(|s| s.observed_generation),
+        td.metadata.generation
+    );
+    // The migrations Job ran Tator's migrations against the empty database, and succeeded.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let migrated = jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|j| {
+            j.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.contains("migrat"))
+        })
+        .any(|j| j.status.and_then(|s| s.succeeded).unwrap_or(0) >= 1);
+    assert!(migrated, "a migrations Job succeeded{}", logs(&cluster));
+
+    // Journey 2: the login page, everything it links, the UI pages, and the isolation headers.
+    let base = load_balancer(&client, &ns, &name).await;
+    let c = http();
+    let login = get(&c, &base, "/accounts/login/").await;
+    assert_eq!(login.status(), 200, "login page{}", logs(&cluster));
+    isolation_headers(&login, "/accounts/login/");
+    let html = login.text().await.unwrap();
+    let links = static_links(&html);
+    assert!(
+        !links.is_empty(),
+        "the login page links static files:\n{html}"
+    );
+    for link in &links {
+        let r = get(&c, &base, link).await;
+        assert_eq!(r.status(), 200, "{link} (linked from the login page)");
+    }
+    for page in [
+        "/registration",
+        "/accept",
+        "/account-profile",
+        "/password-reset-request",
+        "/password-reset",
+        "/favicon.ico",
+    ] {
+        let r = get(&c, &base, page).await;
+        assert_eq!(r.status(), 200, "UI page {page}");
+        isolation_headers(&r, page);
+    }
+    let api = get(&c, &base, "/rest/Organizations").await;
+    isolation_headers(&api, "/rest/Organizations");
+    assert!(
+        matches!(api.status().as_u16(), 401 | 403),
+        "the API answers, and wants a login: {}",
+        api.status()
+    );
+}

@@ -2,7 +2,9 @@
 //!
 //! It uses the same validate and build stages as the controller and assumes the requested release
 //! is migrated and serving (the steady state). Generated Secrets are not rendered: their values
-//! are created once in the cluster.
+//! are created once in the cluster. What the controller reads from the cluster is not known here
+//! (Argo, prometheus-operator, the namespace's PodSecurity level, the default StorageClass that
+//! `WORKFLOW_STORAGE_CLASSES` falls back to without `workflows.storageClasses`).
 
 use kube::CustomResourceExt;
 use serde::Serialize;

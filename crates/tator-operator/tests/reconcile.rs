@@ -735,7 +735,9 @@ fn subset(rendered: &Value, live: &Value, path: &str) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn render_output_equals_what_the_cluster_received() {
     let env = Env::new("op-render").await;
+    // workflows.storageClasses: render cannot see the cluster's default StorageClass.
     env.create(json!({"version": "1.5.0", "domain": "tator.example.com", "aliases": ["tator.lab.example.com"],
+                      "workflows": {"storageClasses": ["standard"]},
                       "api": {"autoscaling": {"minReplicas": 2, "maxReplicas": 4}},
                       "nginx": {"maintenance": true, "service": {"annotations": {"example.com/lb": "x"}}}})).await;
     let td = env.wait_ready(Duration::from_secs(90)).await;

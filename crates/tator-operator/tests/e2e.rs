@@ -11,15 +11,19 @@ mod common;
 
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
-use k8s_openapi::api::{batch::v1::Job, core::v1::Service};
+use k8s_openapi::api::{
+    batch::v1::{CronJob, Job},
+    core::v1::Service,
+};
 use kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams},
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
 use serde_json::Value;
 use tator_api::TatorDeployment;
-use tator_testbed::support::{
-    FIELD_MANAGER, TestCluster, install_crds, namespace, wait_for, workspace_root,
+use tator_testbed::{
+    services::Postgres,
+    support::{FIELD_MANAGER, TestCluster, install_crds, namespace, wait_for, workspace_root},
 };
 
 const HOST: &str = "tator.example.com";
@@ -163,21 +167,24 @@ fn static_links(html: &str) -> BTreeSet<String> {
 }
 
 fn isolation_headers(r: &reqwest::Response, what: &str) {
-    let h = |n: &str| {
+    // Exactly one value each: a second copy (say, Django's COOP plus NGINX's) makes the browser
+    // read a list, which it ignores, and the page is not cross-origin isolated.
+    let values = |n: &str| {
         r.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+            .get_all(n)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect::<Vec<_>>()
     };
     assert_eq!(
-        h("cross-origin-opener-policy").as_deref(),
-        Some("same-origin"),
-        "{what}: COOP"
+        values("cross-origin-opener-policy"),
+        ["same-origin"],
+        "{what}: Cross-Origin-Opener-Policy"
     );
     assert_eq!(
-        h("cross-origin-embedder-policy").as_deref(),
-        Some("credentialless"),
-        "{what}: COEP"
+        values("cross-origin-embedder-policy"),
+        ["credentialless"],
+        "{what}: Cross-Origin-Embedder-Policy"
     );
 }
 
@@ -219,22 +226,13 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
         td.status.as_ref().and_then(|s| s.observed_generation),
         td.metadata.generation
     );
-    // The migrations Job ran Tator's migrations against the empty database, and succeeded.
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let migrated = jobs
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|j| {
-            j.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.contains("migrat"))
-        })
-        .any(|j| j.status.and_then(|s| s.succeeded).unwrap_or(0) >= 1);
-    assert!(migrated, "a migrations Job succeeded{}", logs(&cluster));
+    // The migrations Job ran Tator's migrations against the empty database before the API
+    // started (the Job is gone once it succeeded; the condition records it).
+    let migrations = condition(&td, "Migrations");
+    assert!(
+        matches!(&migrations, Some((s, r, _)) if s == "True" && r == "UpToDate"),
+        "Migrations: {migrations:?}"
+    );
 
     // Journey 2: the login page, everything it links, the UI pages, and the isolation headers.
     let base = load_balancer(&client, &ns, &name).await;
@@ -271,4 +269,117 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
         "the API answers, and wants a login: {}",
         api.status()
     );
+
+    // Journey 5: each maintenance CronJob's Job, made from its own spec, exits 0.
+    let crons: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let list = crons
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+        .await
+        .unwrap();
+    assert!(
+        list.items.len() >= 10,
+        "maintenance CronJobs: {}",
+        list.items.len()
+    );
+    let mut started = Vec::new();
+    for cron in &list.items {
+        let template = cron.spec.as_ref().unwrap().job_template.clone();
+        let job_name = format!("{}-once", cron.metadata.name.as_deref().unwrap());
+        let job = Job {
+            metadata: ObjectMeta {
+                name: Some(job_name.clone()),
+                labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
+                annotations: Some(
+                    [(
+                        "cronjob.kubernetes.io/instantiate".to_string(),
+                        "manual".to_string(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: template.spec,
+            status: None,
+        };
+        jobs.create(&PostParams::default(), &job).await.unwrap();
+        started.push(job_name);
+    }
+    let outcome = wait_for(
+        "every maintenance Job to finish",
+        Duration::from_secs(600),
+        || {
+            let jobs = jobs.clone();
+            let started = started.clone();
+            async move {
+                let mut pending = Vec::new();
+                let mut failed = Vec::new();
+                for n in &started {
+                    let j = jobs.get(n).await.map_err(|e| e.to_string())?;
+                    let st = j.status.unwrap_or_default();
+                    if st.succeeded.unwrap_or(0) >= 1 {
+                        continue;
+                    }
+                    if st
+                        .conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Failed" && c.status == "True")
+                    {
+                        failed.push(n.clone());
+                    } else {
+                        pending.push(n.clone());
+                    }
+                }
+                if !pending.is_empty() {
+                    return Err(format!("still running: {pending:?}"));
+                }
+                Ok(failed)
+            }
+        },
+    )
+    .await;
+    match outcome {
+        Ok(failed) => assert!(
+            failed.is_empty(),
+            "maintenance Jobs failed: {failed:?}{}",
+            logs(&cluster)
+        ),
+        Err(e) => panic!("{e}{}", logs(&cluster)),
+    }
+
+    // Journey 6 (the dump): the backup Job's archive restores into an empty database with
+    // PostgreSQL's own tools, and holds Tator's schema and its migration history.
+    let backups = cluster
+        .dir
+        .join(format!("procnode/claims/{ns}/{name}-shared/backup"));
+    let dump = std::fs::read_dir(&backups)
+        .unwrap_or_else(|e| panic!("{}: {e}", backups.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sql"))
+        .unwrap_or_else(|| panic!("no dump in {}", backups.display()));
+    let mut pg = Postgres::start("django", "restore-test", "tator_online").unwrap();
+    for ext in ["ltree", "postgis", "vector", "pg_trgm"] {
+        pg.psql(
+            "tator_online",
+            &format!("CREATE EXTENSION IF NOT EXISTS {ext}"),
+        )
+        .unwrap();
+    }
+    pg.restore("tator_online", &dump).unwrap();
+    let migrations: u32 = pg
+        .query(
+            "tator_online",
+            "SELECT count(*) FROM django_migrations WHERE app = 'main'",
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        migrations >= 1,
+        "the restored database has Tator's migrations"
+    );
+    let tables = pg.query("tator_online", "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('main_project', 'main_media', 'main_organization')").unwrap();
+    assert_eq!(tables, "3", "the restored database has Tator's tables");
 }

@@ -70,7 +70,12 @@ fn current_ingress(svc: &Service) -> Option<String> {
 /// Runs until the task is aborted.
 pub async fn run(client: Client) {
     let api: Api<Service> = Api::all(client.clone());
-    let alloc = Arc::new(Mutex::new(Allocator::default()));
+    // Each cluster starts at its own place in the block: with a process node, something listens
+    // on these addresses, and two clusters on one machine must not hand out the same one.
+    let alloc = Arc::new(Mutex::new(Allocator {
+        next: (std::process::id() % 4000) * 16,
+        ..Default::default()
+    }));
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .applied_objects();

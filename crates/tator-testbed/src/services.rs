@@ -214,6 +214,67 @@ impl Postgres {
         Ok(pg)
     }
 
+    /// Runs SQL as the superuser and returns what it printed (unaligned, tuples only).
+    pub fn query(&mut self, db: &str, sql: &str) -> Result<String, Error> {
+        let out = Command::new(format!("{PG_BIN}/psql"))
+            .env("PGPASSWORD", "superpass")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-tA", "-c", sql])
+            .output()
+            .map_err(|source| Error::Spawn {
+                process: "psql".into(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(Error::Binaries(format!(
+                "psql failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
+    /// Restores a `pg_dump -Fc` archive into `db` as the superuser, with this server's tools.
+    pub fn restore(&mut self, db: &str, archive: &Path) -> Result<(), Error> {
+        let out = Command::new(format!("{PG_BIN}/pg_restore"))
+            .env("PGPASSWORD", "superpass")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
+            .args(["--no-owner", "--exit-on-error"])
+            .arg(archive)
+            .output()
+            .map_err(|source| Error::Spawn {
+                process: "pg_restore".into(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Binaries(format!(
+                "pg_restore failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
     /// Runs SQL as the superuser.
     pub fn psql(&mut self, db: &str, sql: &str) -> Result<(), Error> {
         let out = Command::new(format!("{PG_BIN}/psql"))

@@ -127,10 +127,12 @@ pub const STREAMING_ROUTES: &str = "^/rest/(Localizations|Medias|States)";
 
 /// Headers of every Tator page, file and API answer. The annotator needs SharedArrayBuffer,
 /// which browsers give only to cross-origin-isolated pages. NGINX drops the server's
-/// `add_header`s in a location that has its own, so HSTS is repeated here on HTTPS.
+/// `add_header`s in a location that has its own, so HSTS is repeated here on HTTPS. The
+/// upstream's own copies are hidden: Django sends `Cross-Origin-Opener-Policy` too, and a
+/// header sent twice reads as a list, which browsers ignore (the page is then not isolated).
 fn isolation_headers(https: bool) -> String {
     let mut s = String::from(
-        "      add_header Cross-Origin-Opener-Policy same-origin;\n      add_header Cross-Origin-Embedder-Policy credentialless;\n",
+        "      proxy_hide_header Cross-Origin-Opener-Policy;\n      proxy_hide_header Cross-Origin-Embedder-Policy;\n      add_header Cross-Origin-Opener-Policy same-origin;\n      add_header Cross-Origin-Embedder-Policy credentialless;\n",
     );
     if https {
         s.push_str("      add_header Strict-Transport-Security \"max-age=31536000\" always;\n");
@@ -655,6 +657,11 @@ mod tests {
                     );
                     assert!(
                         body.contains("add_header Cross-Origin-Embedder-Policy credentialless;"),
+                        "{head}: {body}"
+                    );
+                    // Exactly one copy reaches the browser: the upstream's is hidden.
+                    assert!(
+                        body.contains("proxy_hide_header Cross-Origin-Opener-Policy;"),
                         "{head}: {body}"
                     );
                     // A location's own add_header hides the server's: HSTS is repeated on HTTPS.

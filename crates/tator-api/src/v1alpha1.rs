@@ -99,6 +99,12 @@ pub struct TatorDeploymentSpec {
     #[serde(default)]
     pub migrations: MigrationSettings,
 
+    /// The first Tator administrator (a Django superuser), created by the migrations Job once
+    /// the database is migrated, from a Secret: no exec into a pod. An administrator that
+    /// already exists is left as it is (change passwords in Tator itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminSettings>,
+
     /// PostgreSQL (with PostGIS, pgvector, ltree and pg_trgm): run in the cluster (the default) or
     /// a managed service.
     #[serde(default)]
@@ -1034,6 +1040,17 @@ impl Default for SharedVolume {
 
 fn default_shared_size() -> String {
     "100Gi".into()
+}
+
+/// Where the first administrator's credentials are.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSettings {
+    /// Secret in this namespace with the keys `username` and `password`, and optionally
+    /// `email` (default `<username>@<domain>`). Its values never appear in the Job's arguments,
+    /// logs or the status.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 /// The migrations Job.

@@ -11,6 +11,34 @@ use crate::validate::{ValidatedTator, VersionPlan};
 
 pub const MIGRATIONS: &str = "migrations";
 
+/// After the migrations: the first administrator, unless that user exists already. Django's
+/// `createsuperuser --noinput` reads DJANGO_SUPERUSER_{USERNAME,PASSWORD,EMAIL}.
+const ADMIN_SCRIPT: &str = " && export DJANGO_SUPERUSER_EMAIL=\"${DJANGO_SUPERUSER_EMAIL:-$DJANGO_SUPERUSER_USERNAME@$MAIN_HOST}\" \
+     && { out=$(python3 manage.py createsuperuser --noinput 2>&1) && echo \"administrator created\" \
+     || case \"$out\" in *'already taken'*) echo \"administrator exists: left as it is\" ;; \
+     *) echo \"$out\" >&2; exit 1 ;; esac; }";
+
+/// The administrator's credentials, from the Secret named in `spec.admin`.
+fn admin_env(secret: &str) -> Vec<EnvVar> {
+    let key = |name: &str, key: &str, optional: bool| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(k8s_openapi::api::core::v1::SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: optional.then_some(true),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    vec![
+        key("DJANGO_SUPERUSER_USERNAME", "username", false),
+        key("DJANGO_SUPERUSER_PASSWORD", "password", false),
+        key("DJANGO_SUPERUSER_EMAIL", "email", true),
+    ]
+}
+
 /// The migrations Job for `version`. Its name carries a hash of its spec, so a changed Job (a new
 /// image or podOverrides) is a new Job rather than a rejected update of an immutable one.
 pub fn job(t: &ValidatedTator, version: &str) -> Job {
@@ -22,13 +50,18 @@ pub fn job(t: &ValidatedTator, version: &str) -> Job {
         false,
     );
     c.command = Some(vec!["sh".into(), "-c".into()]);
-    c.args = Some(vec![
+    let mut script = String::from(
         "python3 manage.py makemigrations main && python3 manage.py makemigrations \
-         && python3 manage.py migrate && python3 manage.py collectstatic --noinput"
-            .into(),
-    ]);
+         && python3 manage.py migrate && python3 manage.py collectstatic --noinput",
+    );
+    let mut env = tator_env(t, version);
+    if let Some(admin) = &t.spec.admin {
+        script.push_str(ADMIN_SCRIPT);
+        env.extend(admin_env(&admin.secret_name));
+    }
+    c.args = Some(vec![script]);
     c.working_dir = Some("/tator_online".into());
-    c.env = Some(tator_env(t, version));
+    c.env = Some(env);
     let (volumes, mounts) = tator_volumes(t);
     c.volume_mounts = Some(mounts);
     c.resources = Some(resources_or(&s.pod, requirements("500m", "1Gi", "8Gi")));
@@ -231,5 +264,70 @@ pub fn decide(plan: VersionPlan, job: Option<Job>, state: JobState, deps_ready: 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{test_fixtures::minimal, validate::validate};
+
+    #[test]
+    fn the_first_administrator_comes_from_the_named_secret() {
+        let plain = job(&validate(&minimal("1.5.0")).unwrap(), "1.5.0");
+        let c = &plain
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        assert!(!c.args.as_ref().unwrap()[0].contains("createsuperuser"));
+
+        let mut td = minimal("1.5.0");
+        td.spec.admin = Some(tator_api::AdminSettings {
+            secret_name: "tator-admin".into(),
+        });
+        let j = job(&validate(&td).unwrap(), "1.5.0");
+        let c = &j
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        let script = &c.args.as_ref().unwrap()[0];
+        assert!(script.contains("python3 manage.py migrate"), "{script}");
+        assert!(script.ends_with("esac; }"), "{script}");
+        let migrate = script.find("manage.py migrate").unwrap();
+        assert!(
+            script.find("createsuperuser").unwrap() > migrate,
+            "{script}"
+        );
+        let from_secret = |name: &str| {
+            c.env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value_from.as_ref())
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .map(|r| (r.name.clone(), r.key.clone(), r.optional))
+        };
+        assert_eq!(
+            from_secret("DJANGO_SUPERUSER_USERNAME"),
+            Some(("tator-admin".into(), "username".into(), None))
+        );
+        assert_eq!(
+            from_secret("DJANGO_SUPERUSER_PASSWORD"),
+            Some(("tator-admin".into(), "password".into(), None))
+        );
+        assert_eq!(
+            from_secret("DJANGO_SUPERUSER_EMAIL"),
+            Some(("tator-admin".into(), "email".into(), Some(true)))
+        );
     }
 }

@@ -130,9 +130,10 @@ pub const STREAMING_ROUTES: &str = "^/rest/(Localizations|Medias|States)";
 /// `add_header`s in a location that has its own, so HSTS is repeated here on HTTPS. The
 /// upstream's own copies are hidden: Django sends `Cross-Origin-Opener-Policy` too, and a
 /// header sent twice reads as a list, which browsers ignore (the page is then not isolated).
+/// `always`: error answers (an API 400, a 404) are documents of the page's origin too.
 fn isolation_headers(https: bool) -> String {
     let mut s = String::from(
-        "      proxy_hide_header Cross-Origin-Opener-Policy;\n      proxy_hide_header Cross-Origin-Embedder-Policy;\n      add_header Cross-Origin-Opener-Policy same-origin;\n      add_header Cross-Origin-Embedder-Policy credentialless;\n",
+        "      proxy_hide_header Cross-Origin-Opener-Policy;\n      proxy_hide_header Cross-Origin-Embedder-Policy;\n      add_header Cross-Origin-Opener-Policy same-origin always;\n      add_header Cross-Origin-Embedder-Policy credentialless always;\n",
     );
     if https {
         s.push_str("      add_header Strict-Transport-Security \"max-age=31536000\" always;\n");
@@ -652,11 +653,13 @@ mod tests {
                 for (i, body) in c.split(&format!("{head} {{")).skip(1).enumerate() {
                     let body = body.split("\n    }").next().unwrap();
                     assert!(
-                        body.contains("add_header Cross-Origin-Opener-Policy same-origin;"),
+                        body.contains("add_header Cross-Origin-Opener-Policy same-origin always;"),
                         "{head}: {body}"
                     );
                     assert!(
-                        body.contains("add_header Cross-Origin-Embedder-Policy credentialless;"),
+                        body.contains(
+                            "add_header Cross-Origin-Embedder-Policy credentialless always;"
+                        ),
                         "{head}: {body}"
                     );
                     // Exactly one copy reaches the browser: the upstream's is hidden.

@@ -136,10 +136,10 @@ fn venv(dir: &Path) -> Vec<(PathBuf, String)> {
                 .find_map(|l| l.strip_prefix("home = ").map(|h| PathBuf::from(h.trim())))
         });
     // `home` is the interpreter's bin folder; its parent is the installation's prefix.
-    if let Some(prefix) = home.as_deref().and_then(Path::parent) {
-        if !prefix.starts_with("/usr") {
-            out.push((prefix.to_path_buf(), prefix.display().to_string()));
-        }
+    if let Some(prefix) = home.as_deref().and_then(Path::parent)
+        && !prefix.starts_with("/usr")
+    {
+        out.push((prefix.to_path_buf(), prefix.display().to_string()));
     }
     out
 }
@@ -154,6 +154,41 @@ pub fn argv(image: &Image, command: Option<&[String]>, args: Option<&[String]>) 
     let mut out = entry.to_vec();
     out.extend_from_slice(args.unwrap_or(default_args));
     out
+}
+
+impl ImageSources {
+    /// The folders of this checkout: `TATOR_E2E_DIR` or `tests/tools/e2e-images.sh --print-dir`,
+    /// the test-bed tools, and `tests/e2e/images`. Fails with the command to run when the
+    /// images were not built.
+    pub fn locate(binaries: &crate::Binaries) -> Result<Self, crate::Error> {
+        let root = crate::support::workspace_root();
+        let e2e_dir = match std::env::var_os("TATOR_E2E_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => {
+                let script = root.join("tests/tools/e2e-images.sh");
+                let out = std::process::Command::new("bash")
+                    .arg(&script)
+                    .arg("--print-dir")
+                    .output()
+                    .map_err(|source| crate::Error::Spawn {
+                        process: script.display().to_string(),
+                        source,
+                    })?;
+                PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+            }
+        };
+        if !e2e_dir.join(".complete").is_file() {
+            return Err(crate::Error::Binaries(format!(
+                "the end-to-end images are not built in {}; run `make e2e-images` (tests/tools/e2e-images.sh) first",
+                e2e_dir.display()
+            )));
+        }
+        Ok(Self {
+            e2e_dir,
+            tools_bin: binaries.bin_dir.clone(),
+            scripts_dir: root.join("tests/e2e/images"),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -213,40 +248,5 @@ mod tests {
                 .is_none()
         );
         assert!(s.image("cvisionai/tator_online:abc").is_some());
-    }
-}
-
-impl ImageSources {
-    /// The folders of this checkout: `TATOR_E2E_DIR` or `tests/tools/e2e-images.sh --print-dir`,
-    /// the test-bed tools, and `tests/e2e/images`. Fails with the command to run when the
-    /// images were not built.
-    pub fn locate(binaries: &crate::Binaries) -> Result<Self, crate::Error> {
-        let root = crate::support::workspace_root();
-        let e2e_dir = match std::env::var_os("TATOR_E2E_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => {
-                let script = root.join("tests/tools/e2e-images.sh");
-                let out = std::process::Command::new("bash")
-                    .arg(&script)
-                    .arg("--print-dir")
-                    .output()
-                    .map_err(|source| crate::Error::Spawn {
-                        process: script.display().to_string(),
-                        source,
-                    })?;
-                PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-            }
-        };
-        if !e2e_dir.join(".complete").is_file() {
-            return Err(crate::Error::Binaries(format!(
-                "the end-to-end images are not built in {}; run `make e2e-images` (tests/tools/e2e-images.sh) first",
-                e2e_dir.display()
-            )));
-        }
-        Ok(Self {
-            e2e_dir,
-            tools_bin: binaries.bin_dir.clone(),
-            scripts_dir: root.join("tests/e2e/images"),
-        })
     }
 }

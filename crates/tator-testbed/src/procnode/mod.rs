@@ -52,6 +52,9 @@ pub use images::ImageSources;
 use net::{Backend, Netns};
 use pod::{ContainerState, PodRun, PodState};
 
+/// Service annotation with the DNS names of its load-balancer address (external-dns).
+pub const EXTERNAL_DNS: &str = "external-dns.alpha.kubernetes.io/hostname";
+
 /// Name of the process node.
 pub const NODE_NAME: &str = "procnode-0";
 
@@ -326,31 +329,29 @@ async fn serve(shared: Arc<Shared>) {
                 }
             };
             let finished = r.run.state.borrow().finished.is_some();
-            if gone || finished {
-                if let Some(r) = running.remove(&k) {
-                    let _ = r.stop.send(true);
-                    let deleting = current
-                        .get(&k)
-                        .filter(|p| p.uid().as_deref() == Some(r.uid.as_str()))
-                        .cloned();
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        for t in r.tasks {
-                            let _ = t.await;
-                        }
-                        r.run.netns.remove();
-                        if let Some(p) =
-                            deleting.filter(|p| p.metadata.deletion_timestamp.is_some())
-                        {
-                            // The kubelet's last word: the pod's processes are gone.
-                            let api: Api<Pod> =
-                                Api::namespaced(client, &p.namespace().unwrap_or_default());
-                            let _ = api
-                                .delete(&p.name_any(), &DeleteParams::default().grace_period(0))
-                                .await;
-                        }
-                    });
-                }
+            if (gone || finished)
+                && let Some(r) = running.remove(&k)
+            {
+                let _ = r.stop.send(true);
+                let deleting = current
+                    .get(&k)
+                    .filter(|p| p.uid().as_deref() == Some(r.uid.as_str()))
+                    .cloned();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for t in r.tasks {
+                        let _ = t.await;
+                    }
+                    r.run.netns.remove();
+                    if let Some(p) = deleting.filter(|p| p.metadata.deletion_timestamp.is_some()) {
+                        // The kubelet's last word: the pod's processes are gone.
+                        let api: Api<Pod> =
+                            Api::namespaced(client, &p.namespace().unwrap_or_default());
+                        let _ = api
+                            .delete(&p.name_any(), &DeleteParams::default().grace_period(0))
+                            .await;
+                    }
+                });
             }
         }
         // Start new pods.
@@ -480,7 +481,9 @@ impl Proxy {
         // address -> backends, and the names every pod resolves.
         let mut by_addr: BTreeMap<SocketAddr, Vec<Backend>> = BTreeMap::new();
         let mut lb: BTreeMap<SocketAddr, Vec<Backend>> = BTreeMap::new();
-        let mut names: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new(); // ns -> name -> ip
+        let mut names: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        // external-dns names -> load-balancer address
+        let mut public: BTreeMap<String, String> = BTreeMap::new(); // ns -> name -> ip
         for svc in services {
             let Some(spec) = &svc.spec else { continue };
             let ns = svc.namespace().unwrap_or_default();
@@ -496,6 +499,23 @@ impl Proxy {
             } else {
                 spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok())
             };
+            let lb_ips: Vec<IpAddr> = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref().and_then(|i| i.parse().ok()))
+                .collect();
+            // The DNS names external-dns would publish for the load balancer's address: how
+            // pods (and people) reach an installation by its public name, as in a cluster whose
+            // DNS points the name at the load balancer.
+            if let (Some(ip), Some(hosts)) = (lb_ips.first(), svc.annotations().get(EXTERNAL_DNS)) {
+                for h in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                    public.insert(h.to_string(), ip.to_string());
+                }
+            }
             if let Some(ip) = svc_ip {
                 let n = names.entry(ns.clone()).or_default();
                 for form in [
@@ -526,27 +546,16 @@ impl Proxy {
                 let Ok(port_no) = u16::try_from(port.port) else {
                     continue;
                 };
-                if !headless {
-                    if let Some(ip) = svc_ip {
-                        by_addr
-                            .entry(SocketAddr::new(ip, port_no))
-                            .or_default()
-                            .extend(backends.clone());
-                    }
+                if !headless && let Some(ip) = svc_ip {
+                    by_addr
+                        .entry(SocketAddr::new(ip, port_no))
+                        .or_default()
+                        .extend(backends.clone());
                 }
-                for ing in svc
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.load_balancer.as_ref())
-                    .and_then(|l| l.ingress.as_ref())
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(ip) = ing.ip.as_deref().and_then(|i| i.parse::<IpAddr>().ok()) {
-                        lb.entry(SocketAddr::new(ip, port_no))
-                            .or_default()
-                            .extend(backends.clone());
-                    }
+                for ip in &lb_ips {
+                    lb.entry(SocketAddr::new(*ip, port_no))
+                        .or_default()
+                        .extend(backends.clone());
                 }
                 // Headless Services (and StatefulSet pod names) resolve to pod addresses.
                 if headless {
@@ -638,6 +647,9 @@ impl Proxy {
                     }
                 }
             }
+            for (name, ip) in &public {
+                list.insert(name.clone(), ip.clone());
+            }
             let spec = r.run.pod.spec.as_ref();
             let hostname = spec
                 .and_then(|s| s.hostname.clone())
@@ -649,6 +661,12 @@ impl Proxy {
             }
         }
         for (addr, backends) in lb {
+            // Load-balancer addresses answer on the host and, as kube-proxy arranges, in pods.
+            for r in running.values() {
+                if !backends.iter().any(|b| b.pod == r.run.key) {
+                    routes.insert((r.run.key.clone(), addr), backends.clone());
+                }
+            }
             routes.insert((String::new(), addr), backends);
         }
         {

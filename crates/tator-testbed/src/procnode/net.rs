@@ -72,11 +72,11 @@ impl Netns {
         std::thread::Builder::new()
             .name("netns".into())
             .spawn(move || {
-                if let Some(f) = file {
-                    if let Err(e) = setns(&f, CloneFlags::CLONE_NEWNET) {
-                        let _ = ready_tx.send(Err(io::Error::other(e)));
-                        return;
-                    }
+                if let Some(f) = file
+                    && let Err(e) = setns(&f, CloneFlags::CLONE_NEWNET)
+                {
+                    let _ = ready_tx.send(Err(io::Error::other(e)));
+                    return;
                 }
                 let _ = ready_tx.send(Ok(()));
                 while let Ok(req) = rx.recv() {

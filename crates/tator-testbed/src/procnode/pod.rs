@@ -622,11 +622,11 @@ impl ProbeCtx {
         let started = Instant::now();
         let name = c.name.clone();
         // Startup probe first: readiness and liveness wait for it.
-        if let Some(p) = &c.startup_probe {
-            if !self.until(c, p, started, true).await {
-                signal_init(self.outer, nix::sys::signal::Signal::SIGKILL);
-                return;
-            }
+        if let Some(p) = &c.startup_probe
+            && !self.until(c, p, started, true).await
+        {
+            signal_init(self.outer, nix::sys::signal::Signal::SIGKILL);
+            return;
         }
         set(&self.run, None, &name, |s| {
             s.started_at = s.started_at.or(Some(now()))
@@ -641,11 +641,11 @@ impl ProbeCtx {
             let c = c.clone();
             tokio::spawn(async move { me.readiness(&c, &p, started).await })
         });
-        if let Some(p) = liveness {
-            if !self.until(c, &p, started, false).await {
-                warn!(pod = %self.run.key, container = %name, "liveness probe failed: restarting");
-                signal_init(self.outer, nix::sys::signal::Signal::SIGKILL);
-            }
+        if let Some(p) = liveness
+            && !self.until(c, &p, started, false).await
+        {
+            warn!(pod = %self.run.key, container = %name, "liveness probe failed: restarting");
+            signal_init(self.outer, nix::sys::signal::Signal::SIGKILL);
         }
         if let Some(t) = ready_task {
             let _ = t.await;

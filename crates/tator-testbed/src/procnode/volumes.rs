@@ -188,18 +188,18 @@ pub async fn prepare(
                         token(client, ns, &sa, t.audience.as_deref(), t.expiration_seconds).await?;
                     write_file(&dir, &t.path, tok.as_bytes(), mode)?;
                 }
-                if let Some(cm) = &src.config_map {
-                    if let Some(d) = config_map_data(client, ns, &cm.name).await? {
-                        for (p, data, m) in items_or_all(d, cm.items.as_ref(), mode) {
-                            write_file(&dir, &p, &data, m)?;
-                        }
+                if let Some(cm) = &src.config_map
+                    && let Some(d) = config_map_data(client, ns, &cm.name).await?
+                {
+                    for (p, data, m) in items_or_all(d, cm.items.as_ref(), mode) {
+                        write_file(&dir, &p, &data, m)?;
                     }
                 }
-                if let Some(s) = &src.secret {
-                    if let Some(d) = secret_data(client, ns, &s.name).await? {
-                        for (p, data, m) in items_or_all(d, s.items.as_ref(), mode) {
-                            write_file(&dir, &p, &data, m)?;
-                        }
+                if let Some(s) = &src.secret
+                    && let Some(d) = secret_data(client, ns, &s.name).await?
+                {
+                    for (p, data, m) in items_or_all(d, s.items.as_ref(), mode) {
+                        write_file(&dir, &p, &data, m)?;
                     }
                 }
                 if let Some(d) = &src.downward_api {

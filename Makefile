@@ -86,8 +86,8 @@ test-faults: tools build
 	tests/tools/test-summary.sh $$log || status=1; rm -f $$log; \
 	exit $$status
 
-cluster-up: tools build
-	@$(TATOR_TESTBED_BIN) up --dir $(CLUSTER_DIR)
+cluster-up: tools build e2e-images
+	@$(TATOR_TESTBED_BIN) up --process-node --dir $(CLUSTER_DIR)
 
 cluster-down:
 	@if [ -f $(DEMO_DIR)/operator.pid ] && kill -0 $$(cat $(DEMO_DIR)/operator.pid) 2>/dev/null; then \

@@ -11,8 +11,7 @@
 #                  tests use them), then build as usual
 #   --no-client    skip tator-client-venv/, tator-client/ and tator-transcode/ (the transcode
 #                  worker and service); a later run without the flag adds them
-#   --no-pgvector  skip building pgvector into the system PostgreSQL 15 (needs root and
-#                  postgresql-server-dev-15)
+#   --no-pgvector  skip building pgvector (needs postgresql-server-dev-15)
 #
 # Layout of e2e-<key>/ (each part is built once; .parts/<part> marks it done; .complete is written
 # last and lists the parts built; a part without its mark is deleted and rebuilt):
@@ -25,7 +24,8 @@
 #   tator-client-venv/   venv with containers/tator_client/requirements.txt and tator (tator-py) 1.5.0
 #   tator-client/scripts the tator_client image's /scripts (Tator's scripts/transcoder)
 #   tator-transcode/     tator-transcode's source, with its venv in tator-transcode/venv
-# and, outside it, pgvector 0.4.4 installed into /usr/share/postgresql/15 and /usr/lib/postgresql/15.
+#   pgvector/            pgvector 0.4.4 for PostgreSQL 15, staged (DESTDIR) as a tree below /:
+#                        the files the tator_postgis image adds to PostgreSQL
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -78,8 +78,12 @@ if [[ -n $print_only ]]; then
   exit 0
 fi
 
+# pgvector is staged into $out/pgvector (make install DESTDIR=...), a tree of the files the
+# tator_postgis image adds to PostgreSQL; the process node's image table binds them into that
+# image's containers only. The host's PostgreSQL stays as Debian ships it (no pgvector), which
+# the dependency-check tests rely on.
 pgvector_installed() {
-  grep -qx "default_version = '$pgvector_version'" "$pg_extension_dir/vector.control" 2>/dev/null
+  grep -qx "default_version = '$pgvector_version'" "$out/pgvector$pg_extension_dir/vector.control" 2>/dev/null
 }
 
 if [[ -n $prune ]]; then
@@ -310,12 +314,13 @@ build_transcode() {
 
 build_pgvector() {
   [[ -x $pg_config ]] || { log "pgvector: $pg_config is missing: apt-get install postgresql-server-dev-15 (or pass --no-pgvector)"; return 1; }
-  [[ -w $pg_extension_dir ]] || { log "pgvector: cannot write $pg_extension_dir (run as root, or pass --no-pgvector)"; return 1; }
+  reset_part pgvector
   unpack "$pgvector_archive" "$scratch"
   # with_llvm=no: no JIT bitcode, so clang is not needed; serial make (shared CPUs).
   make -s -C "$scratch/pgvector-$pgvector_version" PG_CONFIG="$pg_config" with_llvm=no >&2
-  make -s -C "$scratch/pgvector-$pgvector_version" PG_CONFIG="$pg_config" with_llvm=no install >&2
-  pgvector_installed || { log "pgvector: $pg_extension_dir/vector.control is not version $pgvector_version after install"; return 1; }
+  make -s -C "$scratch/pgvector-$pgvector_version" PG_CONFIG="$pg_config" with_llvm=no \
+    DESTDIR="$out/pgvector" install >&2
+  pgvector_installed || { log "pgvector: $out/pgvector$pg_extension_dir/vector.control is not version $pgvector_version after install"; return 1; }
 }
 
 total=$EPOCHREALTIME
@@ -330,7 +335,7 @@ for part in "${parts[@]}"; do
   esac
 done
 if [[ -n $want_pgvector ]]; then
-  if pgvector_installed; then log "pgvector: $pgvector_version already in $pg_extension_dir"; else step pgvector build_pgvector; fi
+  if pgvector_installed; then log "pgvector: $pgvector_version already staged in $out/pgvector"; else step pgvector build_pgvector; fi
 fi
 ls "$out/.parts" >"$out/.complete"
 log "all done in $(awk -v a="$total" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s: $out"

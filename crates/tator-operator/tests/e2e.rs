@@ -450,14 +450,21 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
         .find(|p| p.extension().is_some_and(|x| x == "sql"))
         .unwrap_or_else(|| panic!("no dump in {}", backups.display()));
     let mut pg = Postgres::start("django", "restore-test", "tator_online").unwrap();
-    for ext in ["ltree", "postgis", "vector", "pg_trgm"] {
+    // Debian's PostgreSQL has no pgvector (only the tator_postgis image does), and Tator 1.5.0's
+    // tables have no vector column: its extension entry is left out.
+    for ext in ["ltree", "postgis", "pg_trgm"] {
         pg.psql(
             "tator_online",
             &format!("CREATE EXTENSION IF NOT EXISTS {ext}"),
         )
         .unwrap();
     }
-    pg.restore("tator_online", &dump).unwrap();
+    pg.restore(
+        "tator_online",
+        &dump,
+        &["EXTENSION - vector", "COMMENT - EXTENSION vector"],
+    )
+    .unwrap();
     let migrations: u32 = pg
         .query(
             "tator_online",

@@ -79,10 +79,13 @@ impl ImageSources {
             // PostgreSQL with PostGIS and pgvector (Debian's PostgreSQL 15, pgvector built by
             // e2e-images.sh) behind the postgres image's entrypoint.
             "tator_postgis" | "postgres" | "postgis" => Image {
-                files: vec![(
+                files: [(
                     self.scripts_dir.join("postgres-entrypoint.sh"),
-                    "/usr/local/bin/docker-entrypoint.sh".into(),
-                )],
+                    "/usr/local/bin/docker-entrypoint.sh".to_string(),
+                )]
+                .into_iter()
+                .chain(staged_files(&e2e("pgvector")))
+                .collect(),
                 env: vec![
                     (
                         "PATH".into(),
@@ -123,6 +126,25 @@ impl ImageSources {
         };
         Some(image)
     }
+}
+
+/// Every file of a staged install (`make install DESTDIR=<dir>`), at its path below `/`: how
+/// the tator_postgis image's pgvector reaches its containers and no other process.
+fn staged_files(dir: &Path) -> Vec<(PathBuf, String)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if let Ok(rel) = p.strip_prefix(root) {
+                out.push((p.clone(), format!("/{}", rel.display())));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
 }
 
 /// A venv and the Python installation it was made from, bound at their own paths (a venv's

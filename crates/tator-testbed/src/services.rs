@@ -203,6 +203,15 @@ impl Postgres {
             child,
             _dir: dir,
         };
+        // The port opens a moment before the server takes queries ("the database system is
+        // starting up"): wait until one answers.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while let Err(e) = pg.query("postgres", "SELECT 1") {
+            if std::time::Instant::now() > deadline {
+                return Err(e);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         pg.psql(
             "postgres",
             &format!("CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}'"),

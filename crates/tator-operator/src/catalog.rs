@@ -11,24 +11,8 @@
 
 /// Maintenance jobs (keys of `build::maintenance::JOBS`) of releases whose `compose/gunicorn.cron`
 /// and `compose/postgis.cron` are those of 1.5.0. `move-backups` runs only with a backup bucket.
-pub const CRONS_1_5: &[&str] = &[
-    "sizer",
-    "prune-temporary-files",
-    "prune-media",
-    "prune-localizations",
-    "prune-states",
-    "prune-leaves",
-    "prune-files",
-    "backup-database",
-    "move-backups",
-    "archive-media",
-    "backup-media",
-    "request-restoration",
-    "finish-restoration",
-    "expire-invitations",
-    "expire-announcements",
-    "expire-password-resets",
-];
+/// For 1.5.0 that is every job the API accepts; a later release with other crontabs lists its own.
+pub const CRONS_1_5: &[&str] = tator_api::MAINTENANCE_JOB_NAMES;
 
 /// What a release needs from the pods around it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -304,35 +304,7 @@ impl Postgres {
 
     /// Runs SQL as the superuser.
     pub fn psql(&mut self, db: &str, sql: &str) -> Result<(), Error> {
-        let out = Command::new(format!("{PG_BIN}/psql"))
-            .env("PGPASSWORD", "superpass")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .output()
-            .map_err(|source| Error::Spawn {
-                process: "psql".into(),
-                source,
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(Error::Binaries(format!(
-                "psql failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )))
-        }
+        self.query(db, sql).map(|_| ())
     }
 }
 

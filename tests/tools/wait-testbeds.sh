@@ -20,3 +20,17 @@ while [[ -n $(running) ]]; do
   fi
   sleep 0.5
 done
+# A process node's containers die with their supervisor; anything still running from Tator's
+# images (their folders are in the e2e cache) leaked, and fails the run.
+cache=${TATOR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tator-operator}
+leaked() {
+  pgrep -af -- "$cache/e2e-|testbed container-init|/tator_online/|nodemon" | grep -v -e pgrep -e wait-testbeds || true
+}
+while [[ -n $(leaked) ]]; do
+  if ((SECONDS > deadline)); then
+    echo "process-node containers still running after their cluster stopped:" >&2
+    leaked | sed 's/^/  /' >&2
+    exit 1
+  fi
+  sleep 0.5
+done

@@ -264,6 +264,10 @@ fn switch_and_exec(plan: &ContainerPlan) -> Result<std::convert::Infallible, Str
     setgroups(&groups).map_err(|e| err("setgroups", e))?;
     setgid(Gid::from_raw(plan.gid)).map_err(|e| err("setgid", e))?;
     setuid(Uid::from_raw(plan.uid)).map_err(|e| err("setuid", e))?;
+    // A change of user clears the parent-death signal that `unshare --kill-child` set: set it
+    // again, so the container (and with it its PID namespace) dies with its `unshare`.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| err("prctl(PR_SET_PDEATHSIG)", e))?;
     let Some(program) = plan.argv.first() else {
         return Err(err("the plan", "no command"));
     };

@@ -66,9 +66,14 @@ pub struct Shared {
     pub testbed_exe: PathBuf,
     /// PIDs of the `unshare` processes that hold running containers.
     pids: Mutex<BTreeSet<u32>>,
+    /// Set when the node stops: no container starts or restarts after that.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
     fn register(&self, pid: u32) {
         if let Ok(mut p) = self.pids.lock() {
             p.insert(pid);
@@ -111,6 +116,7 @@ impl ProcNode {
             images,
             testbed_exe,
             pids: Mutex::new(BTreeSet::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let task = tokio::spawn(serve(shared.clone()));
         Ok(Self { shared, task })
@@ -119,30 +125,33 @@ impl ProcNode {
     /// Stops every container: SIGTERM to each container's first process, up to 10 s, then
     /// SIGKILL (which ends the container's whole PID namespace).
     pub fn stop(&mut self) {
+        // First no more starts or restarts (the pods' tasks run on until the runtime ends).
+        self.shared.stopping.store(true, Ordering::SeqCst);
         self.task.abort();
-        let pids: Vec<u32> = self
-            .shared
-            .pids
-            .lock()
-            .map(|p| p.iter().copied().collect())
-            .unwrap_or_default();
-        for pid in &pids {
-            pod::signal_init(*pid, nix::sys::signal::Signal::SIGTERM);
-        }
+        let registered = || -> Vec<u32> {
+            self.shared
+                .pids
+                .lock()
+                .map(|p| p.iter().copied().collect())
+                .unwrap_or_default()
+        };
         let alive = |pid: u32| {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
                 && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .unwrap_or_default()
                     .contains(") Z ")
         };
+        for pid in registered() {
+            pod::signal_init(pid, nix::sys::signal::Signal::SIGTERM);
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while pids.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
+        while registered().into_iter().any(alive) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
-        for pid in &pids {
-            pod::signal_init(*pid, nix::sys::signal::Signal::SIGKILL);
+        for pid in registered() {
+            pod::signal_init(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }

@@ -172,7 +172,7 @@ async fn supervise(
     let policy = restart_policy(&run.pod);
     loop {
         let code = container_once(&shared, &run, &c, &vols, None).await;
-        if stopped(&run) {
+        if stopped(&run) || shared.stopping() {
             return;
         }
         let again = match policy.as_str() {
@@ -323,6 +323,9 @@ async fn container_once(
     vols: &BTreeMap<String, PathBuf>,
     init: Option<usize>,
 ) -> Option<i32> {
+    if shared.stopping() {
+        return None;
+    }
     let image_ref = c.image.clone().unwrap_or_default();
     let Some(image) = shared.images.image(&image_ref) else {
         set(run, init, &c.name, |s| {

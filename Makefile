@@ -96,7 +96,8 @@ cluster-down:
 	  echo "operator stopped"; fi; rm -f $(DEMO_DIR)/operator.pid
 	@if [ -x $(TATOR_TESTBED_BIN) ]; then $(TATOR_TESTBED_BIN) down --dir $(CLUSTER_DIR); fi
 
-demo: tools build e2e-images
+demo: build e2e-images
+	@tests/tools/build.sh --demo >/dev/null
 	@tests/tools/demo.sh
 
 ## Benchmarks on a fresh local control plane with the release build; writes docs/benchmarks.md.

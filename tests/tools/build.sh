@@ -4,16 +4,19 @@
 # tests/tools/*/go.mod, into a cache folder outside the clone keyed by the pinned versions.
 # A second run with the same pins is a no-op.
 #
-# Usage: tests/tools/build.sh [--oldest] [--print-bin]
+# Usage: tests/tools/build.sh [--oldest] [--print-bin] [--demo]
 #   --print-bin  only print the bin folder the current pins map to (builds nothing)
+#   --demo       only what `make demo` needs: no promtool or kstatus (test-only checkers)
 #   --oldest     the oldest supported Kubernetes release instead (tests/tools/kubernetes-oldest,
 #                for make test-compat): its own control-plane binaries, the other tools linked
 set -euo pipefail
 
 oldest=
 print_only=
+demo=
 for arg in "$@"; do
   case "$arg" in
+    --demo) demo=1 ;;
     --oldest) oldest=1 ;;
     --print-bin) print_only=1 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
@@ -89,7 +92,7 @@ ln -sfn "$weed_dir/weed" "$bin/weed"
 # own module version, like weed; the bin folder gets a link to it.
 prom_version=$(pin prometheus github.com/prometheus/prometheus)
 prom_dir="$cache_root/prometheus-${prom_version}"
-if [[ ! -x "$prom_dir/promtool" ]]; then
+if [[ -z $demo && ! -x "$prom_dir/promtool" ]]; then
   mkdir -p "$prom_dir"
   log "building promtool from github.com/prometheus/prometheus/cmd/promtool (about 4 minutes the first time)"
   start=$SECONDS
@@ -97,13 +100,13 @@ if [[ ! -x "$prom_dir/promtool" ]]; then
   mv "$prom_dir/promtool.tmp" "$prom_dir/promtool"
   log "built promtool in $((SECONDS - start)) s"
 fi
-ln -sfn "$prom_dir/promtool" "$bin/promtool"
+[[ -x "$prom_dir/promtool" ]] && ln -sfn "$prom_dir/promtool" "$bin/promtool"
 
 # The kstatus helper (tests/tools/kstatus: Flux's readiness library behind a stdin/stdout CLI) is
 # cached under a hash of its sources, so editing it rebuilds only it; the bin folder gets a link.
 kstatus_hash=$(cat "$here/kstatus/go.mod" "$here/kstatus/go.sum" "$here/kstatus/main.go" | sha256sum | cut -c1-16)
 kstatus_dir="$cache_root/kstatus-${kstatus_hash}"
-if [[ ! -x "$kstatus_dir/kstatus" ]]; then
+if [[ -z $demo && ! -x "$kstatus_dir/kstatus" ]]; then
   mkdir -p "$kstatus_dir"
   log "building kstatus from tests/tools/kstatus (sigs.k8s.io/cli-utils)"
   start=$SECONDS
@@ -111,7 +114,7 @@ if [[ ! -x "$kstatus_dir/kstatus" ]]; then
   mv "$kstatus_dir/kstatus.tmp" "$kstatus_dir/kstatus"
   log "built kstatus in $((SECONDS - start)) s"
 fi
-ln -sfn "$kstatus_dir/kstatus" "$bin/kstatus"
+[[ -x "$kstatus_dir/kstatus" ]] && ln -sfn "$kstatus_dir/kstatus" "$bin/kstatus"
 
 # kwok refuses to start without stages: keep the ones shipped in its module beside the binaries.
 stages="$cache_root/$key/kwok-stages.yaml"

@@ -50,6 +50,19 @@ fn items_or_all(
     }
 }
 
+/// Writes a ConfigMap's or Secret's data (all keys, or the listed items) as files.
+fn write_items(
+    dir: &Path,
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: i32,
+) -> Result<(), String> {
+    for (p, bytes, m) in items_or_all(data, items, default_mode) {
+        write_file(dir, &p, &bytes, m)?;
+    }
+    Ok(())
+}
+
 async fn config_map_data(
     client: &Client,
     ns: &str,
@@ -144,9 +157,7 @@ pub async fn prepare(
             let mode = cm.default_mode.unwrap_or(0o644);
             match config_map_data(client, ns, &cm.name).await? {
                 Some(d) => {
-                    for (p, data, m) in items_or_all(d, cm.items.as_ref(), mode) {
-                        write_file(&dir, &p, &data, m)?;
-                    }
+                    write_items(&dir, d, cm.items.as_ref(), mode)?;
                 }
                 None if cm.optional == Some(true) => {}
                 None => return Err(format!("configmap \"{}\" not found", cm.name)),
@@ -156,9 +167,7 @@ pub async fn prepare(
             let name = s.secret_name.clone().unwrap_or_default();
             match secret_data(client, ns, &name).await? {
                 Some(d) => {
-                    for (p, data, m) in items_or_all(d, s.items.as_ref(), mode) {
-                        write_file(&dir, &p, &data, m)?;
-                    }
+                    write_items(&dir, d, s.items.as_ref(), mode)?;
                 }
                 None if s.optional == Some(true) => {}
                 None => return Err(format!("secret \"{name}\" not found")),
@@ -191,16 +200,12 @@ pub async fn prepare(
                 if let Some(cm) = &src.config_map
                     && let Some(d) = config_map_data(client, ns, &cm.name).await?
                 {
-                    for (p, data, m) in items_or_all(d, cm.items.as_ref(), mode) {
-                        write_file(&dir, &p, &data, m)?;
-                    }
+                    write_items(&dir, d, cm.items.as_ref(), mode)?;
                 }
                 if let Some(s) = &src.secret
                     && let Some(d) = secret_data(client, ns, &s.name).await?
                 {
-                    for (p, data, m) in items_or_all(d, s.items.as_ref(), mode) {
-                        write_file(&dir, &p, &data, m)?;
-                    }
+                    write_items(&dir, d, s.items.as_ref(), mode)?;
                 }
                 if let Some(d) = &src.downward_api {
                     for item in d.items.iter().flatten() {

@@ -272,18 +272,21 @@ mod tests {
     use super::*;
     use crate::{test_fixtures::minimal, validate::validate};
 
-    #[test]
-    fn the_first_administrator_comes_from_the_named_secret() {
-        let plain = job(&validate(&minimal("1.5.0")).unwrap(), "1.5.0");
-        let c = &plain
-            .spec
+    fn migrate(j: &Job) -> &Container {
+        &j.spec
             .as_ref()
             .unwrap()
             .template
             .spec
             .as_ref()
             .unwrap()
-            .containers[0];
+            .containers[0]
+    }
+
+    #[test]
+    fn the_first_administrator_comes_from_the_named_secret() {
+        let plain = job(&validate(&minimal("1.5.0")).unwrap(), "1.5.0");
+        let c = migrate(&plain);
         assert!(!c.args.as_ref().unwrap()[0].contains("createsuperuser"));
 
         let mut td = minimal("1.5.0");
@@ -291,15 +294,7 @@ mod tests {
             secret_name: "tator-admin".into(),
         });
         let j = job(&validate(&td).unwrap(), "1.5.0");
-        let c = &j
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0];
+        let c = migrate(&j);
         let script = &c.args.as_ref().unwrap()[0];
         assert!(script.contains("python3 manage.py migrate"), "{script}");
         assert!(script.ends_with("esac; }"), "{script}");

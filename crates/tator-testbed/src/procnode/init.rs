@@ -250,7 +250,7 @@ fn switch_and_exec(plan: &ContainerPlan) -> Result<std::convert::Infallible, Str
     // /dev/stdout or /dev/stderr again (NGINX does), which checks the pipe's owner.
     for fd in [std::io::stdout().as_fd(), std::io::stderr().as_fd()] {
         let is_pipe = nix::sys::stat::fstat(fd)
-            .map(|st| st.st_mode & 0o170000 == libc_fifo())
+            .map(|st| st.st_mode & S_IFMT == S_IFIFO)
             .unwrap_or(false);
         if is_pipe {
             let _ = nix::unistd::fchown(
@@ -294,10 +294,9 @@ fn switch_and_exec(plan: &ContainerPlan) -> Result<std::convert::Infallible, Str
     execve(&file, &argv, &env).map_err(|e| err(format!("exec {}", resolved.display()), e))
 }
 
-/// `S_IFIFO` (the file-type bits of a pipe).
-const fn libc_fifo() -> u32 {
-    0o010000
-}
+/// The file-type bits of a mode, and their value for a pipe.
+const S_IFMT: u32 = 0o170000;
+const S_IFIFO: u32 = 0o010000;
 
 /// The program a container runtime would start for `program` with the container's `PATH`.
 pub fn resolve(program: &str, path: &str, cwd: &str) -> Option<PathBuf> {

@@ -402,7 +402,8 @@ fn start_pod(shared: &Arc<Shared>, p: &Pod, n: u32) -> Result<Running, String> {
     let netns = Arc::new(Netns::create(&dir.join("netns")).map_err(|e| e.to_string())?);
     let ip = Ipv4Addr::new(127, 244, ((n >> 8) & 0xff) as u8, (n & 0xff) as u8).to_string();
     let hosts_file = dir.join("hosts");
-    std::fs::write(&hosts_file, "127.0.0.1\tlocalhost\n").map_err(|e| e.to_string())?;
+    let hosts_text = "127.0.0.1\tlocalhost\n".to_string();
+    std::fs::write(&hosts_file, &hosts_text).map_err(|e| e.to_string())?;
     let spec = p.spec.clone().unwrap_or_default();
     let states = |cs: &[k8s_openapi::api::core::v1::Container]| {
         cs.iter()
@@ -427,6 +428,7 @@ fn start_pod(shared: &Arc<Shared>, p: &Pod, n: u32) -> Result<Running, String> {
         dir,
         netns,
         hosts_file,
+        hosts_text: Mutex::new(hosts_text),
         state,
         stop: stop_rx,
     });
@@ -664,9 +666,13 @@ impl Proxy {
                 .and_then(|s| s.hostname.clone())
                 .unwrap_or_else(|| r.run.pod.name_any());
             let text = net::hosts_file(&r.run.ip, &hostname, &list);
-            if std::fs::read_to_string(&r.run.hosts_file).ok().as_deref() != Some(text.as_str()) {
+            if let Ok(mut last) = r.run.hosts_text.lock()
+                && *last != text
+            {
                 // Written in place: the file is bound into the pod's containers.
-                let _ = std::fs::write(&r.run.hosts_file, text);
+                if std::fs::write(&r.run.hosts_file, &text).is_ok() {
+                    *last = text;
+                }
             }
         }
         for (addr, backends) in lb {

@@ -151,9 +151,6 @@ pub struct Backend {
     pub addr: SocketAddr,
 }
 
-/// What one listening address forwards to; rebuilt from the cluster's Services and pods.
-pub type Routes = BTreeMap<SocketAddr, Vec<Backend>>;
-
 /// Lines of `/etc/hosts` for the names a pod resolves.
 pub fn hosts_file(pod_ip: &str, pod_hostname: &str, names: &BTreeMap<String, String>) -> String {
     let mut out = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");

@@ -64,6 +64,8 @@ pub struct PodRun {
     pub dir: PathBuf,
     pub netns: Arc<Netns>,
     pub hosts_file: PathBuf,
+    /// What `hosts_file` holds now (the proxy rewrites it only when this differs).
+    pub hosts_text: std::sync::Mutex<String>,
     pub state: watch::Sender<PodState>,
     pub stop: watch::Receiver<bool>,
 }

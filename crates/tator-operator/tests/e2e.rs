@@ -118,6 +118,33 @@ async fn apply_example(client: &Client, ns: &str, file: &str) -> String {
     name
 }
 
+/// `helm install` of the operator's chart into `ns`, waiting for the operator to be ready.
+fn install_operator(cluster: &TestCluster, ns: &str) {
+    let chart = workspace_root().join("charts/tator-operator");
+    let out = common::helm(
+        &cluster.dir,
+        Some(&cluster.kubeconfig),
+        &[
+            "install",
+            "tator-operator",
+            chart.to_str().unwrap(),
+            "--namespace",
+            ns,
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    );
+    let ok = out.status.success();
+    assert!(
+        ok,
+        "helm install: {}{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        logs(cluster)
+    );
+}
+
 /// The address and port NGINX answers on: the LoadBalancer Service's ingress address.
 async fn load_balancer(client: &Client, ns: &str, name: &str) -> String {
     let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
@@ -280,14 +307,24 @@ fn isolation_headers(r: &reqwest::Response, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minimal_example_runs_tator_and_serves_its_pages() {
-    let cluster =
-        TestCluster::start_with("e2e", &["--process-node"]).expect("a cluster with a process node");
+    let cluster = TestCluster::start_with(
+        "e2e",
+        &[
+            "--process-node",
+            "--operator-bin",
+            env!("CARGO_BIN_EXE_tator-operator"),
+        ],
+    )
+    .expect("a cluster with a process node");
     let client = cluster.client().await.unwrap();
     install_crds(&client, &workspace_root().join("crds"))
         .await
         .unwrap();
     let ns = namespace(&client, "e2e", true).await.unwrap();
-    let (_ctx, _task) = common::start_controller(&client, &ns);
+    // The operator runs in the cluster as its chart installs it (two replicas, leader election,
+    // the chart's ServiceAccount and Role): it reaches the API server through the `kubernetes`
+    // Service and Tator's REST API through the API Service, as it does in a real cluster.
+    install_operator(&cluster, &ns);
     let name = apply_example(&client, &ns, "deploy/examples/minimal.yaml").await;
 
     // Journey 1: Ready means Tator's processes answer.
@@ -614,4 +651,106 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
         .unwrap_or_default()
         .to_string();
     assert!(!thumb.is_empty(), "thumbnail path: {files}");
+
+    // Journey 4: a bucket in spec.buckets is registered in Tator by the operator (in the
+    // cluster, through the API Service), with the administrator's token from a Secret.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    for (secret, data) in [
+        ("tator-api-token", vec![("token", token.clone())]),
+        (
+            "reef-archive-credentials",
+            vec![
+                ("accessKeyId", "reef-archive".to_string()),
+                ("secretAccessKey", "reef-archive-secret".to_string()),
+            ],
+        ),
+    ] {
+        let s = Secret {
+            metadata: ObjectMeta {
+                name: Some(secret.into()),
+                ..Default::default()
+            },
+            string_data: Some(data.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+            ..Default::default()
+        };
+        secrets.create(&PostParams::default(), &s).await.unwrap();
+    }
+    let bucket_spec = serde_json::json!({
+        "apiVersion": "tator.io/v1alpha1",
+        "kind": "TatorDeployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "apiAccess": {"tokenSecret": {"name": "tator-api-token", "key": "token"}},
+            "buckets": [{
+                "name": "reef-archive",
+                "organization": org,
+                "storeType": "MINIO",
+                "endpoint": format!("http://{name}-seaweedfs:8333"),
+                "credentialsSecret": "reef-archive-credentials",
+            }],
+        },
+    });
+    tds.patch(
+        &name,
+        &PatchParams::apply("e2e-buckets"),
+        &Patch::Apply(&bucket_spec),
+    )
+    .await
+    .unwrap();
+    let registered = wait_for(
+        "the operator to register spec.buckets in Tator",
+        Duration::from_secs(120),
+        || {
+            let tds = tds.clone();
+            let name = name.clone();
+            async move {
+                let td = tds.get(&name).await.map_err(|e| e.to_string())?;
+                let status = td.status.clone().unwrap_or_default();
+                match (condition(&td, "BucketsRegistered"), status.buckets.first()) {
+                    (Some((s, _, _)), Some(b)) if s == "True" => Ok(b.clone()),
+                    (c, _) => Err(format!("BucketsRegistered: {c:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let registered = match registered {
+        Ok(b) => b,
+        Err(e) => panic!("{e}{}", logs(&cluster)),
+    };
+    assert_eq!(
+        (registered.name.as_str(), registered.organization),
+        ("reef-archive", org)
+    );
+    let (s, listed) = rest(
+        &c,
+        &base,
+        reqwest::Method::GET,
+        &format!("/rest/Buckets/{org}"),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "buckets: {listed}");
+    let in_tator: Vec<(i64, String, String)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["id"].as_i64().unwrap_or_default(),
+                b["name"].as_str().unwrap_or_default().to_string(),
+                b["endpoint_url"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        in_tator,
+        [(
+            registered.id,
+            "reef-archive".to_string(),
+            format!("http://{name}-seaweedfs:8333")
+        )],
+        "Tator's /rest/Buckets/{org} holds the registration recorded in status"
+    );
 }

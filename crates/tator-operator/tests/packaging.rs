@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -31,23 +30,17 @@ use kube::{
 use serde_json::{Value, json};
 use tator_api::TatorDeployment;
 use tator_operator::controller::{self, Context, Settings};
-use tator_testbed::{
-    Binaries,
-    support::{
-        TestCluster, install_crds, namespace, shared_client, shared_dir, shared_kubeconfig,
-        unused_port, wait_for, workspace_root,
-    },
+use tator_testbed::support::{
+    TestCluster, install_crds, namespace, shared_client, shared_dir, shared_kubeconfig,
+    unused_port, wait_for, workspace_root,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+use common::{helm, ok, run, tools_bin};
+
 // ---------------------------------------------------------------------------------------------
 // Tools
-
-fn tools_bin() -> PathBuf {
-    Binaries::locate()
-        .expect("the test-bed binaries (make tools)")
-        .bin_dir
-}
 
 fn chart() -> PathBuf {
     workspace_root().join("charts/tator-operator")
@@ -63,51 +56,6 @@ fn scratch() -> tempfile::TempDir {
         .prefix("tator-packaging-")
         .tempdir()
         .unwrap()
-}
-
-/// Runs a command with `stdin`, returning its output (whatever its exit status).
-fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
-    let what = format!("{cmd:?}");
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(text.as_bytes()).unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `helm` with its caches in `dir` and, when given, a kubeconfig.
-fn helm(dir: &Path, kubeconfig: Option<&Path>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(tools_bin().join("helm"));
-    cmd.args(args)
-        .env("HELM_CACHE_HOME", dir.join("helm/cache"))
-        .env("HELM_CONFIG_HOME", dir.join("helm/config"))
-        .env("HELM_DATA_HOME", dir.join("helm/data"));
-    match kubeconfig {
-        Some(k) => cmd.env("KUBECONFIG", k),
-        None => cmd.env_remove("KUBECONFIG"),
-    };
-    run(cmd, None)
 }
 
 fn template(dir: &Path, ns: &str, sets: &[&str]) -> String {

@@ -47,6 +47,10 @@ enum Cmd {
         /// kwok's fake nodes.
         #[arg(long)]
         process_node: bool,
+        /// With --process-node: the tator-operator binary that stands for the operator's image
+        /// (for the operator installed in the cluster by its chart).
+        #[arg(long, requires = "process_node")]
+        operator_bin: Option<PathBuf>,
     },
     /// Start a cluster in the background (or reuse a running one) and print export lines.
     Up {
@@ -55,6 +59,9 @@ enum Cmd {
         /// Run pods for real on a process node (see `serve --process-node`).
         #[arg(long)]
         process_node: bool,
+        /// See `serve --operator-bin`.
+        #[arg(long, requires = "process_node")]
+        operator_bin: Option<PathBuf>,
     },
     /// Internal: the last step of starting a process-node container (see procnode::init).
     #[command(hide = true)]
@@ -94,8 +101,19 @@ fn main() -> ExitCode {
             watch_stdin,
             remove_dir,
             process_node,
-        } => serve(&dir, watch_stdin, remove_dir, process_node),
-        Cmd::Up { dir, process_node } => up(&dir, process_node),
+            operator_bin,
+        } => serve(
+            &dir,
+            watch_stdin,
+            remove_dir,
+            process_node,
+            operator_bin.as_deref(),
+        ),
+        Cmd::Up {
+            dir,
+            process_node,
+            operator_bin,
+        } => up(&dir, process_node, operator_bin.as_deref()),
         Cmd::ContainerInit { .. } => Ok(()),
         Cmd::Down { dir } => down(&dir),
     };
@@ -113,6 +131,7 @@ fn serve(
     watch_stdin: bool,
     remove_dir: bool,
     process_node: bool,
+    operator_bin: Option<&Path>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -125,7 +144,9 @@ fn serve(
         let mut options = ClusterOptions::new(dir);
         if process_node {
             options.nodes = Vec::new();
-            options.process_node = Some(tator_testbed::procnode::ImageSources::locate(&binaries)?);
+            let mut images = tator_testbed::procnode::ImageSources::locate(&binaries)?;
+            images.operator_bin = operator_bin.map(Path::to_path_buf);
+            options.process_node = Some(images);
         }
         let mut cluster = match Cluster::start(options, binaries.clone()).await {
             Ok(c) => c,
@@ -225,7 +246,7 @@ fn print_exports(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn up(dir: &Path, process_node: bool) -> anyhow::Result<()> {
+fn up(dir: &Path, process_node: bool, operator_bin: Option<&Path>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     if running_pid(dir).is_some() && dir.join(READY_FILE).is_file() {
         eprintln!(
@@ -244,6 +265,11 @@ fn up(dir: &Path, process_node: bool) -> anyhow::Result<()> {
         .arg("--dir")
         .arg(dir)
         .args(process_node.then_some("--process-node"))
+        .args(
+            operator_bin
+                .map(|b| vec![std::ffi::OsStr::new("--operator-bin"), b.as_os_str()])
+                .unwrap_or_default(),
+        )
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

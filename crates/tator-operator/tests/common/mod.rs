@@ -1,13 +1,22 @@
 //! Set-up shared by the operator's integration tests; each test file includes it with
 //! `mod common;`.
 
-#![allow(dead_code, clippy::expect_used)]
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::Arc,
+    time::Duration,
+};
 
 use kube::Client;
 use tator_operator::controller::{self, Context, Settings};
-use tator_testbed::support::{install_crds, shared_client, workspace_root};
+use tator_testbed::{
+    Binaries,
+    support::{install_crds, shared_client, workspace_root},
+};
 
 /// The shared test cluster, with this repository's CRDs (`crds/`) installed.
 pub async fn cluster() -> Client {
@@ -31,4 +40,57 @@ pub fn start_controller(client: &Client, ns: &str) -> (Arc<Context>, tokio::task
     let ctx = Arc::new(Context::new(client.clone(), settings));
     let task = tokio::spawn(controller::run(ctx.clone()));
     (ctx, task)
+}
+
+// Tools the tests run (kubectl, helm) from the test-bed's tools folder.
+
+pub fn tools_bin() -> PathBuf {
+    Binaries::locate()
+        .expect("the test-bed binaries (make tools)")
+        .bin_dir
+}
+
+/// Runs a command with `stdin`, returning its output (whatever its exit status).
+pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    let what = format!("{cmd:?}");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `helm` with its caches in `dir` and, when given, a kubeconfig.
+pub fn helm(dir: &Path, kubeconfig: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(tools_bin().join("helm"));
+    cmd.args(args)
+        .env("HELM_CACHE_HOME", dir.join("helm/cache"))
+        .env("HELM_CONFIG_HOME", dir.join("helm/config"))
+        .env("HELM_DATA_HOME", dir.join("helm/data"));
+    match kubeconfig {
+        Some(k) => cmd.env("KUBECONFIG", k),
+        None => cmd.env_remove("KUBECONFIG"),
+    };
+    run(cmd, None)
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{ConfigMap, Container, Pod, Secret},
+    api::core::v1::{ConfigMap, Container, Pod, Secret, Service},
     apimachinery::pkg::api::resource::Quantity,
 };
 use kube::{Api, Client};
@@ -137,6 +137,34 @@ fn secret_value(s: &Secret, key: &str) -> Option<String> {
     s.string_data.as_ref().and_then(|d| d.get(key)).cloned()
 }
 
+/// `KUBERNETES_SERVICE_HOST`/`_PORT` (and `_PORT_HTTPS`) of the `default/kubernetes` Service.
+async fn kubernetes_service(client: &Client) -> Result<Vec<(String, String)>, ConfigError> {
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc = api
+        .get_opt("kubernetes")
+        .await
+        .map_err(|e| ConfigError(format!("reading Service default/kubernetes: {e}")))?;
+    let spec = svc.and_then(|s| s.spec);
+    let host = spec.as_ref().and_then(|s| s.cluster_ip.clone());
+    let port = spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|p| {
+            p.iter()
+                .find(|p| p.name.as_deref() == Some("https"))
+                .or(p.first())
+        })
+        .map(|p| p.port.to_string());
+    Ok(match (host, port) {
+        (Some(h), Some(p)) => vec![
+            ("KUBERNETES_SERVICE_HOST".into(), h),
+            ("KUBERNETES_SERVICE_PORT".into(), p.clone()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS".into(), p),
+        ],
+        _ => Vec::new(),
+    })
+}
+
 /// The container's environment after the image's (`base`): the pod's `envFrom`, then `env`.
 pub async fn resolve(
     client: &Client,
@@ -156,6 +184,11 @@ pub async fn resolve(
     }
     for (k, v) in base {
         set(&mut vars, k.clone(), v.clone(), &mut order);
+    }
+    // What the kubelet gives every container: where the API server's Service is (in-cluster
+    // clients such as the operator find the API server with these).
+    for (k, v) in kubernetes_service(client).await? {
+        set(&mut vars, k, v, &mut order);
     }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();

@@ -21,6 +21,8 @@ pub struct ImageSources {
     pub tools_bin: PathBuf,
     /// `tests/e2e/images` of this repository (small entrypoint scripts).
     pub scripts_dir: PathBuf,
+    /// The tator-operator binary standing for the operator's image (`--operator-bin`).
+    pub operator_bin: Option<PathBuf>,
 }
 
 /// One image as provided here.
@@ -122,6 +124,19 @@ impl ImageSources {
                 entrypoint: vec!["weed".into()],
                 ..Default::default()
             },
+            // The operator (Dockerfile: distroless, the binary at /usr/local/bin, uid 65532),
+            // when the cluster was given a binary for it.
+            "tator-operator" => Image {
+                files: vec![(
+                    self.operator_bin.clone()?,
+                    "/usr/local/bin/tator-operator".into(),
+                )],
+                env: vec![("PATH".into(), SYSTEM_PATH.into())],
+                workdir: "/".into(),
+                entrypoint: vec!["/usr/local/bin/tator-operator".into()],
+                cmd: vec!["run".into()],
+                passwd: vec!["nonroot:x:65532:65532::/home/nonroot:/sbin/nologin".into()],
+            },
             _ => return None,
         };
         Some(image)
@@ -209,6 +224,7 @@ impl ImageSources {
             e2e_dir,
             tools_bin: binaries.bin_dir.clone(),
             scripts_dir: root.join("tests/e2e/images"),
+            operator_bin: None,
         })
     }
 }
@@ -264,11 +280,20 @@ mod tests {
             e2e_dir: "/e".into(),
             tools_bin: "/t".into(),
             scripts_dir: "/s".into(),
+            operator_bin: None,
         };
         assert!(
             s.image("docker.elastic.co/elasticsearch/elasticsearch:8")
                 .is_none()
         );
         assert!(s.image("cvisionai/tator_online:abc").is_some());
+        // The operator's image exists only when a binary stands for it.
+        assert!(s.image("cvisionai/tator-operator:0.1.0").is_none());
+        let with = ImageSources {
+            operator_bin: Some("/bin/op".into()),
+            ..s
+        };
+        let op = with.image("cvisionai/tator-operator:0.1.0").unwrap();
+        assert_eq!(op.files[0].1, "/usr/local/bin/tator-operator");
     }
 }

@@ -464,6 +464,19 @@ fn selects(svc: &Service, p: &Pod) -> bool {
     sel.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// The API server behind the `default/kubernetes` Service: the address it advertises
+/// (127.0.0.1, which an EndpointSlice may not hold, so the Service has none) and its secure port
+/// (the Service's target port), reached from the host's network namespace.
+fn api_server(target: &IntOrString) -> Option<Backend> {
+    let IntOrString::Int(port) = target else {
+        return None;
+    };
+    Some(Backend {
+        pod: String::new(), // the host's namespace
+        addr: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), u16::try_from(*port).ok()?),
+    })
+}
+
 fn target_port(p: &Pod, port: &IntOrString) -> Option<u16> {
     match port {
         IntOrString::Int(n) => u16::try_from(*n).ok(),
@@ -543,7 +556,7 @@ impl Proxy {
                     .target_port
                     .clone()
                     .unwrap_or(IntOrString::Int(port.port));
-                let backends: Vec<Backend> = members
+                let mut backends: Vec<Backend> = members
                     .iter()
                     .filter_map(|r| {
                         let p = target_port(&r.run.pod, &tp)?;
@@ -554,6 +567,9 @@ impl Proxy {
                         })
                     })
                     .collect();
+                if ns == "default" && name == "kubernetes" {
+                    backends.extend(api_server(&tp));
+                }
                 let Ok(port_no) = u16::try_from(port.port) else {
                     continue;
                 };

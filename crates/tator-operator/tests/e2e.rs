@@ -12,6 +12,7 @@ mod common;
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use k8s_openapi::api::{
+    apps::v1::Deployment,
     batch::v1::{CronJob, Job},
     core::v1::{Secret, Service},
 };
@@ -22,7 +23,7 @@ use kube::{
 use serde_json::Value;
 use tator_api::TatorDeployment;
 use tator_testbed::{
-    services::Postgres,
+    browser::{Browser, BrowserOptions},
     support::{FIELD_MANAGER, TestCluster, install_crds, namespace, wait_for, workspace_root},
 };
 
@@ -212,9 +213,22 @@ async fn rest(
     token: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
+    rest_at(c, base, HOST, method, path, token, body).await
+}
+
+/// A REST call to the installation whose domain is `host`, at `base` (its load balancer).
+async fn rest_at(
+    c: &reqwest::Client,
+    base: &str,
+    host: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut r = c
         .request(method.clone(), format!("http://{base}{path}"))
-        .header("Host", HOST);
+        .header("Host", host);
     if !token.is_empty() {
         r = r.header("Authorization", format!("Token {token}"));
     }
@@ -329,26 +343,7 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
 
     // Journey 1: Ready means Tator's processes answer.
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
-    let ready = wait_for(
-        "Ready=True with Tator's processes running",
-        Duration::from_secs(900),
-        || {
-            let tds = tds.clone();
-            let name = name.clone();
-            async move {
-                let td = tds.get(&name).await.map_err(|e| e.to_string())?;
-                match condition(&td, "Ready") {
-                    Some((s, _, _)) if s == "True" => Ok(td),
-                    other => Err(format!("Ready: {other:?}")),
-                }
-            }
-        },
-    )
-    .await;
-    let td = match ready {
-        Ok(td) => td,
-        Err(e) => panic!("{e}\nprocess logs:{}", logs(&cluster)),
-    };
+    let td = wait_ready(&cluster, &client, &ns, &name).await;
     assert_eq!(
         td.status.as_ref().and_then(|s| s.observed_generation),
         td.metadata.generation
@@ -398,126 +393,6 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
         status.is_client_error() && body.contains("credentials were not provided"),
         "Tator's REST API answers and wants a login: {status} {body}"
     );
-
-    // Journey 5: each maintenance CronJob's Job, made from its own spec, exits 0.
-    let crons: Api<CronJob> = Api::namespaced(client.clone(), &ns);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let list = crons
-        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
-        .await
-        .unwrap();
-    assert!(
-        list.items.len() >= 10,
-        "maintenance CronJobs: {}",
-        list.items.len()
-    );
-    let mut started = Vec::new();
-    for cron in &list.items {
-        let template = cron.spec.as_ref().unwrap().job_template.clone();
-        let job_name = format!("{}-once", cron.metadata.name.as_deref().unwrap());
-        let job = Job {
-            metadata: ObjectMeta {
-                name: Some(job_name.clone()),
-                labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
-                annotations: Some(
-                    [(
-                        "cronjob.kubernetes.io/instantiate".to_string(),
-                        "manual".to_string(),
-                    )]
-                    .into(),
-                ),
-                ..Default::default()
-            },
-            spec: template.spec,
-            status: None,
-        };
-        jobs.create(&PostParams::default(), &job).await.unwrap();
-        started.push(job_name);
-    }
-    let outcome = wait_for(
-        "every maintenance Job to finish",
-        Duration::from_secs(600),
-        || {
-            let jobs = jobs.clone();
-            let started = started.clone();
-            async move {
-                let mut pending = Vec::new();
-                let mut failed = Vec::new();
-                for n in &started {
-                    let j = jobs.get(n).await.map_err(|e| e.to_string())?;
-                    let st = j.status.unwrap_or_default();
-                    if st.succeeded.unwrap_or(0) >= 1 {
-                        continue;
-                    }
-                    if st
-                        .conditions
-                        .iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Failed" && c.status == "True")
-                    {
-                        failed.push(n.clone());
-                    } else {
-                        pending.push(n.clone());
-                    }
-                }
-                if !pending.is_empty() {
-                    return Err(format!("still running: {pending:?}"));
-                }
-                Ok(failed)
-            }
-        },
-    )
-    .await;
-    match outcome {
-        Ok(failed) => assert!(
-            failed.is_empty(),
-            "maintenance Jobs failed: {failed:?}{}",
-            logs(&cluster)
-        ),
-        Err(e) => panic!("{e}{}", logs(&cluster)),
-    }
-
-    // Journey 6 (the dump): the backup Job's archive restores into an empty database with
-    // PostgreSQL's own tools, and holds Tator's schema and its migration history.
-    let backups = cluster
-        .dir
-        .join(format!("procnode/claims/{ns}/{name}-shared/backup"));
-    let dump = std::fs::read_dir(&backups)
-        .unwrap_or_else(|e| panic!("{}: {e}", backups.display()))
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "sql"))
-        .unwrap_or_else(|| panic!("no dump in {}", backups.display()));
-    let mut pg = Postgres::start("django", "restore-test", "tator_online").unwrap();
-    // Debian's PostgreSQL has no pgvector (only the tator_postgis image does), and Tator 1.5.0's
-    // tables have no vector column: its extension entry is left out.
-    for ext in ["ltree", "postgis", "pg_trgm"] {
-        pg.psql(
-            "tator_online",
-            &format!("CREATE EXTENSION IF NOT EXISTS {ext}"),
-        )
-        .unwrap();
-    }
-    pg.restore(
-        "tator_online",
-        &dump,
-        &["EXTENSION - vector", "COMMENT - EXTENSION vector"],
-    )
-    .unwrap();
-    let migrations: u32 = pg
-        .query(
-            "tator_online",
-            "SELECT count(*) FROM django_migrations WHERE app = 'main'",
-        )
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        migrations >= 1,
-        "the restored database has Tator's migrations"
-    );
-    let tables = pg.query("tator_online", "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('main_project', 'main_media', 'main_organization')").unwrap();
-    assert_eq!(tables, "3", "the restored database has Tator's tables");
 
     // Journey 3: the administrator from the Secret logs in, creates an organization and a
     // project, and uploads an image the way Tator's clients do (a presigned PUT through
@@ -753,4 +628,476 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
         )],
         "Tator's /rest/Buckets/{org} holds the registration recorded in status"
     );
+
+    // Journey 7: a real browser loads the login page, logs in and opens the project.
+    browser_journey(&cluster, &base, project).await;
+
+    // Journey 5: each maintenance CronJob's Job, made from its own spec, exits 0 (after the
+    // upload, so that the nightly backup holds the project).
+    let dump = maintenance_jobs_run(&cluster, &client, &ns, &name).await;
+
+    // Journey 6: the nightly dump restores into an empty database, and a Tator started on it
+    // serves the project with the same token.
+    restore_and_serve(&cluster, &client, &ns, &name, &dump, &token, project).await;
+}
+
+/// Journey 7: Debian's Chromium, headless, through NGINX at the installation's name: the login
+/// page, the administrator's login, the projects page it leads to and the project's page load with
+/// no failed request and no console error, cross-origin isolated (what the annotator's
+/// SharedArrayBuffer needs). The name resolves to the load balancer; every other name fails, so
+/// nothing leaves the machine.
+async fn browser_journey(cluster: &TestCluster, base: &str, project: i64) {
+    let origin = format!("http://{HOST}");
+    let browser = Browser::start(BrowserOptions {
+        dir: cluster.dir.clone(),
+        hosts: vec![(HOST.to_string(), base.to_string())],
+        // Chromium isolates only secure contexts; a real installation is served over HTTPS.
+        secure_origins: vec![origin.clone()],
+    })
+    .await
+    .unwrap();
+    let page = browser.new_page().await.unwrap();
+    let timeout = Duration::from_secs(90);
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        panic!("{what}: {e}{}", logs(cluster));
+    };
+    if let Err(e) = page
+        .goto(&format!("{origin}/accounts/login/"), timeout)
+        .await
+    {
+        fail("the login page", &e);
+    }
+    let isolated = page.eval("crossOriginIsolated").await.unwrap();
+    assert_eq!(
+        isolated,
+        Value::Bool(true),
+        "the login page is cross-origin isolated"
+    );
+    let login = format!(
+        "document.querySelector('#id_username').value = {};
+         document.querySelector('#id_password').value = {};
+         document.querySelector('form.login__form').submit();",
+        Value::String(ADMIN.into()),
+        Value::String(ADMIN_PASSWORD.into())
+    );
+    if let Err(e) = page.eval_and_wait_navigation(&login, timeout).await {
+        fail("logging in", &e);
+    }
+    let path = page.eval("location.pathname").await.unwrap();
+    assert_eq!(path, Value::String("/projects".into()), "after the login");
+    if let Err(e) = page
+        .goto(&format!("{origin}/{project}/project-detail"), timeout)
+        .await
+    {
+        fail("the project page", &e);
+    }
+    let isolated = page.eval("crossOriginIsolated").await.unwrap();
+    assert_eq!(
+        isolated,
+        Value::Bool(true),
+        "the project page is cross-origin isolated"
+    );
+    let report = page.report();
+    assert!(
+        report.failed_requests.is_empty() && report.console_errors.is_empty(),
+        "the browser saw failed requests {:#?} and console errors {:#?}",
+        report.failed_requests,
+        report.console_errors
+    );
+    let elsewhere: Vec<&String> = report
+        .requests
+        .iter()
+        .filter(|u| {
+            !(u.starts_with(&format!("{origin}/"))
+                || u.starts_with("data:")
+                || u.starts_with("blob:"))
+        })
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "requests to other hosts: {elsewhere:#?}"
+    );
+}
+
+/// Waits for `Ready=True` of the TatorDeployment `name`, with the process logs on failure.
+async fn wait_ready(
+    cluster: &TestCluster,
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> TatorDeployment {
+    let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), ns);
+    let ready = wait_for(
+        "Ready=True with Tator's processes running",
+        Duration::from_secs(900),
+        || {
+            let tds = tds.clone();
+            let name = name.to_string();
+            async move {
+                let td = tds.get(&name).await.map_err(|e| e.to_string())?;
+                match condition(&td, "Ready") {
+                    Some((s, _, _)) if s == "True" => Ok(td),
+                    other => Err(format!("Ready: {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    match ready {
+        Ok(td) => td,
+        Err(e) => panic!("{name}: {e}\nprocess logs:{}", logs(cluster)),
+    }
+}
+
+/// Waits for a Job to succeed; panics with the process logs when it fails.
+async fn wait_job(cluster: &TestCluster, jobs: &Api<Job>, name: &str) {
+    let outcome = wait_for(&format!("Job {name}"), Duration::from_secs(300), || {
+        let jobs = jobs.clone();
+        let name = name.to_string();
+        async move {
+            let st = jobs
+                .get(&name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            if st.succeeded.unwrap_or(0) >= 1 {
+                return Ok(true);
+            }
+            let failed = st
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Failed" && c.status == "True");
+            if failed {
+                Ok(false)
+            } else {
+                Err(format!("{st:?}"))
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => panic!("Job {name} failed{}", logs(cluster)),
+        Err(e) => panic!("{e}{}", logs(cluster)),
+    }
+}
+
+/// Journey 6. The dump goes into an empty database of a PostgreSQL server standing for a managed
+/// one (the PostGIS image, started here as a plain Deployment), restored by a Job made from the
+/// backup CronJob's own spec (its image's pg_restore, its volumes). A second TatorDeployment uses
+/// that server as `postgres.external`: once Ready, it serves the project and the media of journey
+/// 3 to the administrator's token, which the restored database holds.
+async fn restore_and_serve(
+    cluster: &TestCluster,
+    client: &Client,
+    ns: &str,
+    name: &str,
+    dump: &str,
+    token: &str,
+    project: i64,
+) {
+    const DB: &str = "managed-db";
+    const DB_PASSWORD: &str = "e2e-Managed-Db-1";
+    const RESTORED: &str = "restored";
+    const RESTORED_HOST: &str = "restored.example.com";
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": DB},
+        "stringData": {"username": "tator", "password": DB_PASSWORD},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let restricted = serde_json::json!({
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+    });
+    let db: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": DB},
+        "spec": {
+            "selector": {"matchLabels": {"app": DB}},
+            "template": {
+                "metadata": {"labels": {"app": DB}},
+                "spec": {
+                    "securityContext": {
+                        "runAsNonRoot": true, "runAsUser": 999, "runAsGroup": 999, "fsGroup": 999,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [{
+                        "name": "postgres",
+                        "image": "postgis/postgis:15-3.4",
+                        "env": [
+                            {"name": "POSTGRES_USER", "valueFrom": {"secretKeyRef": {"name": DB, "key": "username"}}},
+                            {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": DB, "key": "password"}}},
+                            {"name": "POSTGRES_DB", "value": "tator_online"},
+                            {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+                        ],
+                        "ports": [{"name": "postgres", "containerPort": 5432}],
+                        "readinessProbe": {
+                            "exec": {"command": ["pg_isready", "-h", "127.0.0.1", "-U", "tator", "-d", "tator_online"]},
+                            "periodSeconds": 2,
+                        },
+                        "securityContext": restricted,
+                        // The socket folder (the image's /var/run/postgresql) on a volume, as
+                        // the operator's own PostgreSQL pod has it.
+                        "volumeMounts": [
+                            {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+                            {"name": "run", "mountPath": "/var/run/postgresql"},
+                        ],
+                    }],
+                    "volumes": [{"name": "data", "emptyDir": {}}, {"name": "run", "emptyDir": {}}],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &db)
+        .await
+        .unwrap();
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": DB},
+        "spec": {"selector": {"app": DB}, "ports": [{"name": "postgres", "port": 5432, "targetPort": "postgres"}]},
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let up = wait_for(
+        "the managed database stand-in",
+        Duration::from_secs(120),
+        || {
+            let deployments = deployments.clone();
+            async move {
+                let d = deployments.get(DB).await.map_err(|e| e.to_string())?;
+                match d.status.and_then(|s| s.ready_replicas) {
+                    Some(n) if n >= 1 => Ok(()),
+                    other => Err(format!("ready replicas: {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    if let Err(e) = up {
+        panic!("{e}{}", logs(cluster));
+    }
+
+    // The restore: the backup CronJob's Job with pg_restore in place of pg_dump.
+    let crons: Api<CronJob> = Api::namespaced(client.clone(), ns);
+    let backup = crons
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={name},tator.io/maintenance-job=backup-database"
+        )))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .next()
+        .expect("the backup CronJob");
+    let mut spec = backup.spec.unwrap().job_template.spec.unwrap();
+    let pod = spec.template.spec.as_mut().unwrap();
+    let container = &mut pod.containers[0];
+    container.command = Some(
+        [
+            "pg_restore",
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "--dbname=tator_online",
+            dump,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    );
+    container.args = None;
+    container.env = Some(
+        serde_json::from_value(serde_json::json!([
+            {"name": "PGHOST", "value": format!("{DB}.{ns}.svc")},
+            {"name": "PGPORT", "value": "5432"},
+            {"name": "PGSSLMODE", "value": "disable"},
+            {"name": "PGUSER", "valueFrom": {"secretKeyRef": {"name": DB, "key": "username"}}},
+            {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": DB, "key": "password"}}},
+        ]))
+        .unwrap(),
+    );
+    container.env_from = None;
+    spec.backoff_limit = Some(0);
+    let job = Job {
+        metadata: ObjectMeta {
+            name: Some("restore".into()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    wait_job(cluster, &jobs, "restore").await;
+
+    // A second installation on the restored database (managed PostgreSQL).
+    let td = serde_json::json!({
+        "apiVersion": "tator.io/v1alpha1",
+        "kind": "TatorDeployment",
+        "metadata": {"name": RESTORED, "namespace": ns},
+        "spec": {
+            "version": "1.5.0",
+            "domain": RESTORED_HOST,
+            "postgres": {"external": {
+                "host": format!("{DB}.{ns}.svc"),
+                "port": 5432,
+                "sslMode": "disable",
+                "credentialsSecret": {"name": DB},
+            }},
+        },
+    });
+    let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), ns);
+    tds.patch(
+        RESTORED,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&td),
+    )
+    .await
+    .unwrap();
+    let td = wait_ready(cluster, client, ns, RESTORED).await;
+    let migrations = condition(&td, "Migrations");
+    assert!(
+        matches!(&migrations, Some((s, r, _)) if s == "True" && r == "UpToDate"),
+        "Migrations on the restored database: {migrations:?}"
+    );
+    let base = load_balancer(client, ns, RESTORED).await;
+    let c = http();
+    let (s, p) = rest_at(
+        &c,
+        &base,
+        RESTORED_HOST,
+        reqwest::Method::GET,
+        &format!("/rest/Project/{project}"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, p["name"].as_str()),
+        (200, Some("Reef survey")),
+        "the restored installation serves the project: {p}"
+    );
+    let (s, media) = rest_at(
+        &c,
+        &base,
+        RESTORED_HOST,
+        reqwest::Method::GET,
+        &format!("/rest/Medias/{project}"),
+        token,
+        None,
+    )
+    .await;
+    let names: Vec<&str> = media
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!((s, names), (200, vec!["reef.png"]), "media: {media}");
+}
+
+/// Journey 5: a Job from each maintenance CronJob exits 0. Returns the backup's dump (its path
+/// on the shared volume, from the backup folder).
+async fn maintenance_jobs_run(
+    cluster: &TestCluster,
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> String {
+    let crons: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let list = crons
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+        .await
+        .unwrap();
+    assert!(
+        list.items.len() >= 10,
+        "maintenance CronJobs: {}",
+        list.items.len()
+    );
+    let mut started = Vec::new();
+    for cron in &list.items {
+        let template = cron.spec.as_ref().unwrap().job_template.clone();
+        let job_name = format!("{}-once", cron.metadata.name.as_deref().unwrap());
+        let job = Job {
+            metadata: ObjectMeta {
+                name: Some(job_name.clone()),
+                labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
+                annotations: Some(
+                    [(
+                        "cronjob.kubernetes.io/instantiate".to_string(),
+                        "manual".to_string(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: template.spec,
+            status: None,
+        };
+        jobs.create(&PostParams::default(), &job).await.unwrap();
+        started.push(job_name);
+    }
+    let outcome = wait_for(
+        "every maintenance Job to finish",
+        Duration::from_secs(600),
+        || {
+            let jobs = jobs.clone();
+            let started = started.clone();
+            async move {
+                let mut pending = Vec::new();
+                let mut failed = Vec::new();
+                for n in &started {
+                    let j = jobs.get(n).await.map_err(|e| e.to_string())?;
+                    let st = j.status.unwrap_or_default();
+                    if st.succeeded.unwrap_or(0) >= 1 {
+                        continue;
+                    }
+                    if st
+                        .conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Failed" && c.status == "True")
+                    {
+                        failed.push(n.clone());
+                    } else {
+                        pending.push(n.clone());
+                    }
+                }
+                if !pending.is_empty() {
+                    return Err(format!("still running: {pending:?}"));
+                }
+                Ok(failed)
+            }
+        },
+    )
+    .await;
+    match outcome {
+        Ok(failed) => assert!(
+            failed.is_empty(),
+            "maintenance Jobs failed: {failed:?}{}",
+            logs(&cluster)
+        ),
+        Err(e) => panic!("{e}{}", logs(&cluster)),
+    }
+
+    let backups = cluster
+        .dir
+        .join(format!("procnode/claims/{ns}/{name}-shared/backup"));
+    let dump = std::fs::read_dir(&backups)
+        .unwrap_or_else(|e| panic!("{}: {e}", backups.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sql"))
+        .unwrap_or_else(|| panic!("no dump in {}", backups.display()));
+    format!("/backup/{}", dump.file_name().unwrap().to_string_lossy())
 }

@@ -11,6 +11,7 @@
 //! the clone). Test support (a cluster shared per test binary, namespaces, CRD installation,
 //! waiting with useful messages) is in [`support`].
 
+pub mod browser;
 pub mod cluster;
 pub mod lb;
 pub mod pki;

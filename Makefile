@@ -96,8 +96,13 @@ cluster-down:
 	  echo "operator stopped"; fi; rm -f $(DEMO_DIR)/operator.pid
 	@if [ -x $(TATOR_TESTBED_BIN) ]; then $(TATOR_TESTBED_BIN) down --dir $(CLUSTER_DIR); fi
 
-demo: build e2e-images
-	@tests/tools/build.sh --demo >/dev/null
+## The end-to-end images (downloads, mostly) are built while cargo and Go compile.
+demo:
+	@tests/tools/shared-inputs.sh --check
+	@log=$$(mktemp); tests/tools/e2e-images.sh >$$log 2>&1 & images=$$!; status=0; \
+	cargo build --workspace --bins && tests/tools/build.sh --demo >/dev/null || status=$$?; \
+	wait $$images || { echo "tests/tools/e2e-images.sh failed:"; cat $$log; status=1; }; \
+	rm -f $$log; exit $$status
 	@tests/tools/demo.sh
 
 ## Benchmarks on a fresh local control plane with the release build; writes docs/benchmarks.md.

@@ -6,7 +6,7 @@
 #
 # Usage: tests/tools/build.sh [--oldest] [--print-bin] [--demo]
 #   --print-bin  only print the bin folder the current pins map to (builds nothing)
-#   --demo       only what `make demo` needs: no promtool or kstatus (test-only checkers)
+#   --demo       only what `make demo` needs: no helm, promtool or kstatus (used by tests only)
 #   --oldest     the oldest supported Kubernetes release instead (tests/tools/kubernetes-oldest,
 #                for make test-compat): its own control-plane binaries, the other tools linked
 set -euo pipefail
@@ -69,7 +69,7 @@ stamp+=" -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/vers
 build etcd etcd go.etcd.io/etcd/server/v3
 build kubernetes kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$stamp"
 build kubernetes kubectl k8s.io/kubernetes/cmd/kubectl "$stamp"
-build helm helm helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=${helm_version}"
+[[ -n $demo ]] || build helm helm helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=${helm_version}"
 build kwok kwok sigs.k8s.io/kwok/cmd/kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${kwok_version#v}"
 build kubernetes kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$stamp"
 build kubernetes kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$stamp"

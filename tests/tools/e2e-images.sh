@@ -19,8 +19,9 @@
 #                        scripts, workflows, manage.py, generated main/version.py, and an empty
 #                        main/migrations/ as the mount point of the migrations volume)
 #   tator-venv/          Python venv with containers/tator/requirements.txt (its python runs it all)
-#   tator_ui/            /tator_online of the tator_ui image: ui/ (npm ci --ignore-scripts, plus the
-#                        offline half of its postinstall) and scripts/packages/tator-js/src
+#   tator_ui/            /tator_online of the tator_ui image: ui/ (npm ci --ignore-scripts, the
+#                        offline half of its postinstall, npm run build, npm prune) and
+#                        scripts/packages/tator-js/src
 #   tator-client-venv/   venv with containers/tator_client/requirements.txt and tator (tator-py) 1.5.0
 #   tator-client/scripts the tator_client image's /scripts (Tator's scripts/transcoder)
 #   tator-transcode/     tator-transcode's source, with its venv in tator-transcode/venv
@@ -247,6 +248,9 @@ build_tator_ui() {
   # half (scripts/download_legacy_bundles.sh) downloads legacy applet bundles from S3: skipped;
   # ui/legacy/ stays absent, so /static/<file of a legacy bundle> answers 404.
   (cd "$dst/ui" && bash ./scripts/convert_deps_to_esm.sh >"$scratch/esm.log" 2>&1) || { cat "$scratch/esm.log" >&2; return 1; }
+  # Tator's Makefile (ui-image): `npm run build` writes the index.js of every folder of src/ (the
+  # modules each page imports), then `npm prune --production`.
+  (cd "$dst/ui" && npm run build --silent >&2 && npm prune --omit=dev --no-audit --no-fund --loglevel=error >&2)
   check_ui_server "$dst/ui"
   mv "$dst" "$out/tator_ui"
   mark tator_ui
@@ -270,7 +274,7 @@ check_ui_server() { # check_ui_server <ui dir>
   pid=$!
   for ((i = 0; i < 150; i++)); do
     ok=1
-    for url in "$base/ui/src/js/util/utilities.js" "$base/ui/node_modules/libtess/libtess.mjs" "$base/annotation.js"; do
+    for url in "$base/ui/src/js/util/utilities.js" "$base/ui/src/js/projects/index.js" "$base/ui/node_modules/libtess/libtess.mjs" "$base/annotation.js"; do
       curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null || { ok=; break; }
     done
     [[ -z $ok ]] || break

@@ -1013,8 +1013,8 @@ async fn maintenance_jobs_run(
     ns: &str,
     name: &str,
 ) -> String {
-    let crons: Api<CronJob> = Api::namespaced(client.clone(), &ns);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let crons: Api<CronJob> = Api::namespaced(client.clone(), ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let list = crons
         .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
         .await
@@ -1085,9 +1085,9 @@ async fn maintenance_jobs_run(
         Ok(failed) => assert!(
             failed.is_empty(),
             "maintenance Jobs failed: {failed:?}{}",
-            logs(&cluster)
+            logs(cluster)
         ),
-        Err(e) => panic!("{e}{}", logs(&cluster)),
+        Err(e) => panic!("{e}{}", logs(cluster)),
     }
 
     let backups = cluster

@@ -253,55 +253,6 @@ impl Postgres {
         }
     }
 
-    /// Restores a `pg_dump -Fc` archive into `db` as the superuser, with this server's tools,
-    /// leaving out the archive's entries whose table-of-contents line contains one of `skip`
-    /// (for example `EXTENSION - vector`: Debian's PostgreSQL has no pgvector).
-    pub fn restore(&mut self, db: &str, archive: &Path, skip: &[&str]) -> Result<(), Error> {
-        let run = |args: &[&str]| -> Result<String, Error> {
-            let out = Command::new(format!("{PG_BIN}/pg_restore"))
-                .env("PGPASSWORD", "superpass")
-                .args(args)
-                .arg(archive)
-                .output()
-                .map_err(|source| Error::Spawn {
-                    process: "pg_restore".into(),
-                    source,
-                })?;
-            if out.status.success() {
-                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-            } else {
-                Err(Error::Binaries(format!(
-                    "pg_restore failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )))
-            }
-        };
-        let list: String = run(&["-l"])?
-            .lines()
-            .filter(|l| !skip.iter().any(|s| l.contains(s)))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let list_file = archive.with_extension("list");
-        std::fs::write(&list_file, list).map_err(io_err(&list_file))?;
-        let port = self.port.to_string();
-        let list_arg = list_file.display().to_string();
-        run(&[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "--no-owner",
-            "--exit-on-error",
-            "-L",
-            &list_arg,
-        ])
-        .map(|_| ())
-    }
-
     /// Runs SQL as the superuser.
     pub fn psql(&mut self, db: &str, sql: &str) -> Result<(), Error> {
         self.query(db, sql).map(|_| ())

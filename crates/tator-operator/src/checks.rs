@@ -422,6 +422,8 @@ pub async fn check_elasticsearch(target: &ElasticsearchTarget) -> Result<String,
     let builder = reqwest::Client::builder()
         .timeout(CHECK_TIMEOUT)
         .no_proxy()
+        // Basic auth must not follow a redirect to another place.
+        .redirect(reqwest::redirect::Policy::none())
         .tls_backend_preconfigured(tls);
     let client = builder
         .build()
@@ -463,9 +465,10 @@ pub async fn check_elasticsearch(target: &ElasticsearchTarget) -> Result<String,
             format!("the cluster answered {status}"),
         ));
     }
-    let body: serde_json::Value = resp
-        .json()
+    let body = crate::bounded::body(resp, crate::bounded::BODY_MAX)
         .await
+        .map_err(|e| CheckError::new("Unhealthy", format!("unreadable health answer: {e}")))?;
+    let body: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| CheckError::new("Unhealthy", format!("unreadable health answer: {e}")))?;
     match body["status"].as_str() {
         Some(s @ ("green" | "yellow")) => Ok(format!("cluster health is {s}")),
@@ -518,6 +521,7 @@ pub async fn check_s3(target: &S3Target) -> Result<String, CheckError> {
     let client = reqwest::Client::builder()
         .timeout(CHECK_TIMEOUT)
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| CheckError::new("TLSError", e.to_string()))?;
@@ -550,7 +554,10 @@ pub async fn check_s3(target: &S3Target) -> Result<String, CheckError> {
         list.with_max_keys(0);
         let url = list.sign(CHECK_TIMEOUT * 12);
         let code = match client.get(url).send().await {
-            Ok(r) => r.text().await.ok().and_then(|b| s3_error_code(&b)),
+            Ok(r) => crate::bounded::body(r, crate::bounded::BODY_MAX)
+                .await
+                .ok()
+                .and_then(|b| s3_error_code(&String::from_utf8_lossy(&b))),
             Err(_) => None,
         };
         return Err(match code.as_deref() {

@@ -178,7 +178,8 @@ async fn publish(
     let ev = Event {
         type_,
         reason: reason.into(),
-        note: Some(note),
+        // The Events API refuses a longer note, and the record would be lost.
+        note: Some(crate::bounded::one_line(&note, crate::bounded::MESSAGE_MAX)),
         action: "Reconcile".into(),
         secondary: None,
     };

@@ -5,6 +5,7 @@
 //! [`status`] (conditions computed from what was applied); [`controller`] wires them to watches.
 
 pub mod apply;
+pub mod bounded;
 pub mod build;
 pub mod cache;
 pub mod catalog;

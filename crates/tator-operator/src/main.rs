@@ -103,12 +103,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `text` to standard output; a reader that stops early (`render ... | head`) is not an
+/// error (print! would panic on the closed pipe).
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn run_cli() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Crd => {
-            print!("{}", render::crd_yaml()?);
-            Ok(())
-        }
+        Cmd::Crd => write_stdout(&render::crd_yaml()?),
         Cmd::Render { file } => {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?
@@ -116,8 +124,7 @@ fn run_cli() -> anyhow::Result<()> {
                 std::fs::read_to_string(&file)
                     .with_context(|| format!("reading {}", file.display()))?
             };
-            print!("{}", render::render(&text)?);
-            Ok(())
+            write_stdout(&render::render(&text)?)
         }
         Cmd::Run(args) => {
             let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)

@@ -137,7 +137,15 @@ impl Api<'_> {
             )),
         })?;
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        let text = match crate::bounded::body(resp, crate::bounded::BODY_MAX).await {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => {
+                return Err(CallError {
+                    reason: "ApiError",
+                    message: format!("{what} answered {status}; {e}"),
+                });
+            }
+        };
         if status.is_success() {
             return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
         }
@@ -370,6 +378,9 @@ fn http_client() -> Result<reqwest::Client, String> {
             reqwest::Client::builder()
                 .timeout(CHECK_TIMEOUT)
                 .no_proxy()
+                // A redirect could send the token and the credentials in the body elsewhere,
+                // https to http included.
+                .redirect(reqwest::redirect::Policy::none())
                 .tls_backend_preconfigured(tls)
                 .build()
                 .map_err(|e| e.to_string())

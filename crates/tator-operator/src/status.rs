@@ -726,7 +726,7 @@ pub fn with_conditions(
                 type_: c.type_.clone(),
                 status: s.into(),
                 reason: c.reason.clone(),
-                message: c.message.clone(),
+                message: crate::bounded::one_line(&c.message, crate::bounded::MESSAGE_MAX),
                 last_transition_time: since,
                 observed_generation: Some(generation),
             }

@@ -655,6 +655,27 @@ async fn rendered_chart_and_examples_pass_a_server_side_dry_run() {
     assert!(examples >= 3, "{examples} examples");
 }
 
+/// `tator-operator render ... | head`: a reader that stops early ends the output quietly (exit
+/// 0, no panic). The read end is closed before the operator writes, so every write fails.
+#[test]
+fn render_into_a_closed_pipe_exits_quietly() {
+    let mut child = Command::new(operator_bin())
+        .args(["render", "-f"])
+        .arg(workspace_root().join("deploy/examples/minimal.yaml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("panicked"),
+        "{}: {stderr}",
+        out.status
+    );
+}
+
 /// Argo CD's and Flux's CRDs are not available here: the GitOps examples are checked for shape
 /// and for the paths they point at.
 #[test]

@@ -461,6 +461,8 @@ pub fn postgres(
     c.args = Some(postgres_args(&resources));
     c.resources = Some(resources);
     let spec = PodSpec {
+        // Nothing in this pod calls the Kubernetes API: no token in it.
+        automount_service_account_token: Some(false),
         containers: vec![c],
         volumes: Some(vec![
             Volume {
@@ -542,6 +544,8 @@ pub fn postgres(
             requirements("100m", "128Mi", "512Mi"),
         ));
         let spec = PodSpec {
+            // Nothing in this pod calls the Kubernetes API: no token in it.
+            automount_service_account_token: Some(false),
             containers: vec![c],
             security_context: Some(pod_security(PGBOUNCER_UID)),
             ..Default::default()
@@ -603,6 +607,8 @@ pub fn redis(t: &ValidatedTator) -> (Vec<Deployment>, Vec<Service>) {
     c.liveness_probe = Some(exec_probe(&probe, 20, 20));
     c.resources = Some(resources_or(&r.pod, requirements("100m", "256Mi", "2Gi")));
     let spec = PodSpec {
+        // Nothing in this pod calls the Kubernetes API: no token in it.
+        automount_service_account_token: Some(false),
         containers: vec![c],
         volumes: Some(vec![Volume {
             name: "data".into(),
@@ -712,6 +718,8 @@ pub fn elasticsearch(t: &ValidatedTator) -> (Vec<StatefulSet>, Vec<Service>) {
     });
     c.resources = Some(resources_or(&es.pod, requirements("500m", "2Gi", "4Gi")));
     let spec = PodSpec {
+        // Nothing in this pod calls the Kubernetes API: no token in it.
+        automount_service_account_token: Some(false),
         containers: vec![c],
         security_context: Some(pod_security(ES_UID)),
         ..Default::default()

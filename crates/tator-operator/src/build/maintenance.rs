@@ -244,6 +244,8 @@ fn tator_pod(t: &ValidatedTator, version: &str, command: &str) -> PodSpec {
     c.volume_mounts = Some(mounts);
     c.resources = Some(resources_or(&m.pod, default_resources()));
     PodSpec {
+        // Nothing in this pod calls the Kubernetes API: no token in it.
+        automount_service_account_token: Some(false),
         containers: vec![c],
         volumes: Some(volumes),
         ..Default::default()
@@ -309,6 +311,8 @@ fn pg_dump_pod(t: &ValidatedTator, version: &str) -> PodSpec {
     c.volume_mounts = Some(mounts);
     c.resources = Some(resources_or(&m.pod, default_resources()));
     PodSpec {
+        // Nothing in this pod calls the Kubernetes API: no token in it.
+        automount_service_account_token: Some(false),
         containers: vec![c],
         volumes: Some(volumes),
         ..Default::default()

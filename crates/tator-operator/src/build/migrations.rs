@@ -66,6 +66,8 @@ pub fn job(t: &ValidatedTator, version: &str) -> Job {
     c.volume_mounts = Some(mounts);
     c.resources = Some(resources_or(&s.pod, requirements("500m", "1Gi", "8Gi")));
     let spec = PodSpec {
+        // Nothing in this pod calls the Kubernetes API: no token in it.
+        automount_service_account_token: Some(false),
         init_containers: Some(vec![extensions_container(t, version)]),
         containers: vec![c],
         volumes: Some(volumes),

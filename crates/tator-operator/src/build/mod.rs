@@ -311,6 +311,64 @@ mod tests {
         (t, r)
     }
 
+    /// Only Tator's API and workers may call the Kubernetes API (algorithm workflows): every
+    /// other pod of the minimal spec (UI, NGINX, data tier, object store, migrations, crons) gets
+    /// no ServiceAccount token.
+    #[test]
+    fn pods_that_never_call_the_api_get_no_token() {
+        let (t, rollout) = steady(&minimal("1.5.0"));
+        let mut pods: Vec<(String, Option<bool>)> = Vec::new();
+        let mut web = build(&t, &rollout);
+        web.jobs.push(migrations::job(&t, "1.5.0"));
+        for c in [web, build_data(&t)] {
+            let named = |m: &kube::api::ObjectMeta,
+                         p: Option<&k8s_openapi::api::core::v1::PodSpec>| {
+                (
+                    m.name.clone().unwrap_or_default(),
+                    p.and_then(|p| p.automount_service_account_token),
+                )
+            };
+            for d in &c.deployments {
+                pods.push(named(
+                    &d.metadata,
+                    d.spec.as_ref().and_then(|s| s.template.spec.as_ref()),
+                ));
+            }
+            for s in &c.stateful_sets {
+                pods.push(named(
+                    &s.metadata,
+                    s.spec.as_ref().and_then(|s| s.template.spec.as_ref()),
+                ));
+            }
+            for j in &c.jobs {
+                pods.push(named(
+                    &j.metadata,
+                    j.spec.as_ref().and_then(|s| s.template.spec.as_ref()),
+                ));
+            }
+            for cj in &c.cron_jobs {
+                let pod = cj
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.job_template.spec.as_ref())
+                    .and_then(|s| s.template.spec.as_ref());
+                pods.push(named(&cj.metadata, pod));
+            }
+        }
+        assert!(pods.iter().any(|(n, _)| n.contains("migrat")), "{pods:?}");
+        assert!(
+            pods.iter().any(|(n, _)| n.ends_with("-postgres")),
+            "{pods:?}"
+        );
+        for (name, automount) in &pods {
+            let calls_api =
+                ["tator-api", "tator-db-worker", "tator-image-worker"].contains(&name.as_str());
+            if !calls_api {
+                assert_eq!(*automount, Some(false), "{name} mounts a token");
+            }
+        }
+    }
+
     #[test]
     fn minimal_spec_builds_the_web_tier() {
         let (t, r) = steady(&minimal("1.5.0"));

@@ -449,6 +449,8 @@ pub fn deployment(t: &ValidatedTator, conf: &str) -> Deployment {
     let mut containers = vec![c];
     containers.extend(super::monitoring::nginx_exporter(t));
     let spec = PodSpec {
+        // Nothing in this pod calls the Kubernetes API: no token in it.
+        automount_service_account_token: Some(false),
         containers,
         volumes: Some(volumes),
         security_context: Some(pod_security(NGINX_UID)),

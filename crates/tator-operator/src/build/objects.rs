@@ -600,6 +600,8 @@ pub fn store(t: &ValidatedTator) -> (Vec<StatefulSet>, Vec<Service>) {
         requirements("250m", "512Mi", "2Gi"),
     ));
     let spec = PodSpec {
+        // Nothing in this pod calls the Kubernetes API: no token in it.
+        automount_service_account_token: Some(false),
         containers: vec![c],
         volumes: Some(vec![
             Volume {
@@ -707,6 +709,8 @@ pub fn bucket_job(t: &ValidatedTator) -> Option<Job> {
     }]);
     c.resources = Some(requirements("50m", "64Mi", "256Mi"));
     let spec = PodSpec {
+        // Nothing in this pod calls the Kubernetes API: no token in it.
+        automount_service_account_token: Some(false),
         containers: vec![c],
         volumes: Some(vec![Volume {
             name: "tmp".into(),

@@ -205,6 +205,8 @@ pub fn ui_deployment(t: &ValidatedTator, version: &str) -> Deployment {
     c.liveness_probe = Some(tcp_probe(UI_PORT, 30, 20, 6));
     c.resources = Some(resources_or(&s.pod, requirements("250m", "512Mi", "2Gi")));
     let spec = PodSpec {
+        // Nothing in this pod calls the Kubernetes API: no token in it.
+        automount_service_account_token: Some(false),
         containers: vec![c],
         security_context: Some(pod_security(TATOR_UID)),
         topology_spread_constraints: Some(spread(t, UI)),

@@ -40,7 +40,8 @@ pub use maintenance::*;
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
-    validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters: child object names are derived from it")
+    validation = Rule::new("size(self.metadata.name) <= 38").message("metadata.name must be at most 38 characters: child object names and labels are derived from it"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be lowercase letters, digits and hyphens, starting with a letter: it names the installation's Services")
 )]
 #[x_kube(validation = Rule::new("!has(self.buckets) || size(self.buckets) == 0 || has(self.apiAccess)").message("buckets need apiAccess: the operator registers them through Tator's REST API"))]
 #[x_kube(validation = Rule::new("!has(self.jobClusters) || self.jobClusters.filter(c, c.runs.exists(r, r == 'transcode')).size() <= 1").message("at most one job cluster runs transcode: Tator's backend has one remote transcode cluster"))]

@@ -13,8 +13,10 @@ use tator_api::{PodSettings, TatorDeployment, TatorDeploymentSpec};
 
 use crate::error::Error;
 
-/// Longest TatorDeployment name: child names append up to 23 characters.
-pub const MAX_NAME_LEN: usize = 40;
+/// Longest TatorDeployment name (also a CEL rule of the CRD): a StatefulSet's pods carry the
+/// label `controller-revision-hash: <statefulset>-<10 characters>`, at most 63 characters, and
+/// the longest StatefulSet is `<name>-elasticsearch`.
+pub const MAX_NAME_LEN: usize = 38;
 
 /// A TatorDeployment whose spec has passed every check, with defaults applied.
 #[derive(Clone, Debug)]
@@ -134,6 +136,17 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
             "metadata.name {name:?} is longer than {MAX_NAME_LEN} characters"
         )));
     }
+    // A DNS-1035 label, as the Service names derived from it must be (no dots, no leading digit).
+    let label = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !label {
+        return Err(Error::InvalidSpec(format!(
+            "metadata.name {name:?} must be lowercase letters, digits and hyphens, starting with a letter"
+        )));
+    }
     let namespace = td
         .namespace()
         .ok_or_else(|| Error::InvalidSpec("a TatorDeployment must be namespaced".into()))?;
@@ -211,6 +224,22 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
 mod tests {
     use super::*;
     use crate::test_fixtures::minimal;
+
+    #[test]
+    fn names_must_make_valid_service_names() {
+        for (name, ok) in [
+            ("tator", true),
+            ("lab-2", true),
+            ("lab.tator", false),
+            ("2lab", false),
+            ("lab-", false),
+            ("Lab", false),
+        ] {
+            let mut td = minimal("1.5.0");
+            td.metadata.name = Some(name.into());
+            assert_eq!(validate(&td).is_ok(), ok, "{name}");
+        }
+    }
 
     #[test]
     fn plans_follow_serving_version() {

@@ -668,7 +668,7 @@ async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
         assert!(update.is_err(), "case {i} was accepted as an update");
     }
     // A name too long for the children's names.
-    let long = "t".repeat(41);
+    let long = "t".repeat(39);
     let err = create_raw(
         &client,
         &ns,
@@ -677,7 +677,7 @@ async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
     )
     .await
     .unwrap_err();
-    assert!(err.contains("at most 40 characters"), "{err}");
+    assert!(err.contains("at most 38 characters"), "{err}");
 
     // Dangling Secret references pass the API server; status says what is missing, and nothing
     // the installation already has is deleted or rewritten.

@@ -673,7 +673,7 @@ async fn invalid_manifests_are_rejected_with_the_cel_message() {
     // A name too long for the children's names.
     let long: TatorDeployment = serde_json::from_value(
         json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
-        "metadata": {"name": "a".repeat(41)}, "spec": minimal()}),
+        "metadata": {"name": "a".repeat(39)}, "spec": minimal()}),
     )
     .unwrap();
     let err = tds
@@ -681,7 +681,22 @@ async fn invalid_manifests_are_rejected_with_the_cel_message() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("at most 40 characters"), "{err}");
+    assert!(err.contains("at most 38 characters"), "{err}");
+    // Dots make invalid Service names.
+    let dotted: TatorDeployment = serde_json::from_value(
+        json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+        "metadata": {"name": "lab.tator"}, "spec": minimal()}),
+    )
+    .unwrap();
+    let err = tds
+        .create(&PostParams::default(), &dotted)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("lowercase letters, digits and hyphens"),
+        "{err}"
+    );
     // Immutable: the storage class of the shared volume.
     let ok: TatorDeployment = serde_json::from_value(
         json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",

@@ -744,7 +744,7 @@ mod tests {
     #[test]
     fn long_instance_names_stay_within_the_cron_job_limit() {
         let mut td = minimal("1.5.0");
-        td.metadata.name = Some("a".repeat(40));
+        td.metadata.name = Some("a".repeat(crate::validate::MAX_NAME_LEN));
         let t = validate(&td).unwrap();
         let mut seen = std::collections::BTreeSet::new();
         for j in JOBS {
@@ -755,7 +755,10 @@ mod tests {
         }
         // Two long names with the same beginning do not collide.
         let mut other = td.clone();
-        other.metadata.name = Some(format!("{}b", "a".repeat(39)));
+        other.metadata.name = Some(format!(
+            "{}b",
+            "a".repeat(crate::validate::MAX_NAME_LEN - 1)
+        ));
         let o = validate(&other).unwrap();
         assert_ne!(
             cron_job_name(&t, "expire-password-resets"),

@@ -311,6 +311,72 @@ mod tests {
         (t, r)
     }
 
+    /// With the longest name the CRD allows, every example builds children whose names and
+    /// labels the API server and the controllers accept: names and label values of at most 63
+    /// characters, a StatefulSet's `controller-revision-hash` label (`<name>-<10 characters>`)
+    /// too, CronJobs of at most 52, Services as DNS-1035 labels.
+    #[test]
+    fn the_longest_allowed_name_gives_valid_children() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let mut td: tator_api::TatorDeployment = serde_yaml::from_str(&text).unwrap();
+            let mut meta = minimal("1.5.0").metadata;
+            meta.name = Some("a".repeat(crate::validate::MAX_NAME_LEN));
+            td.metadata = meta;
+            let (t, rollout) = steady(&td);
+            let mut web = build(&t, &rollout);
+            web.jobs.push(migrations::job(&t, "1.5.0"));
+            let data = build_data(&t);
+            let mut labels: Vec<(String, String)> = Vec::new();
+            let mut names: Vec<(String, usize)> = Vec::new();
+            let mut meta = |m: &kube::api::ObjectMeta, max: usize| {
+                names.push((m.name.clone().unwrap_or_default(), max));
+                for (k, v) in m.labels.iter().flatten() {
+                    labels.push((k.clone(), v.clone()));
+                }
+            };
+            for c in [&web, &data] {
+                for d in &c.deployments {
+                    meta(&d.metadata, 63);
+                }
+                for s in &c.stateful_sets {
+                    meta(&s.metadata, 63 - 11);
+                }
+                for s in &c.services {
+                    meta(&s.metadata, 63);
+                }
+                for j in &c.jobs {
+                    meta(&j.metadata, 63);
+                }
+                for cj in &c.cron_jobs {
+                    meta(&cj.metadata, maintenance::MAX_CRONJOB_NAME);
+                }
+                for o in c.config_maps.iter().map(|o| &o.metadata) {
+                    meta(o, 253);
+                }
+            }
+            for (name, max) in &names {
+                assert!(name.len() <= *max, "{name}: {} > {max}", name.len());
+            }
+            for (k, v) in &labels {
+                assert!(v.len() <= 63, "label {k}={v}: {} characters", v.len());
+            }
+            for s in web.services.iter().chain(&data.services) {
+                let n = s.metadata.name.clone().unwrap_or_default();
+                assert!(
+                    n.starts_with(|c: char| c.is_ascii_lowercase())
+                        && n.chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                    "Service name {n}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked >= 5, "{checked} examples");
+    }
+
     /// Only Tator's API and workers may call the Kubernetes API (algorithm workflows): every
     /// other pod of the minimal spec (UI, NGINX, data tier, object store, migrations, crons) gets
     /// no ServiceAccount token.

@@ -13,6 +13,7 @@ pub mod checks;
 pub mod client;
 pub mod controller;
 pub mod crd_install;
+pub mod cron;
 pub mod dependencies;
 pub mod error;
 pub mod health;

@@ -203,6 +203,17 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
     )?;
     check_overrides("monitoring.grafana", &spec.monitoring.grafana.pod)?;
     check_overrides("maintenance.pod", &spec.maintenance.pod)?;
+    // A CronJob the API server refuses would block every later apply: refused here instead.
+    for (job, o) in &spec.maintenance.jobs {
+        if let Some(s) = &o.schedule {
+            crate::cron::check_schedule(s)
+                .map_err(|e| Error::InvalidSpec(format!("maintenance.jobs.{job}.schedule {e}")))?;
+        }
+    }
+    if let Some(zone) = &spec.maintenance.time_zone {
+        crate::cron::check_time_zone(zone)
+            .map_err(|e| Error::InvalidSpec(format!("maintenance.timeZone {e}")))?;
+    }
     Ok(ValidatedTator {
         name,
         namespace,

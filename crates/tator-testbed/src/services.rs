@@ -133,9 +133,16 @@ fn on_a_free_port<T>(mut start: impl FnMut(u32) -> Result<T, Error>) -> Result<T
     loop {
         attempt += 1;
         match start(attempt) {
-            Err(Error::Exited { tail, .. })
+            // The whole log: a Go server's fatal error is followed by its goroutines' stacks,
+            // which push the message out of the tail.
+            Err(Error::Exited { log, tail, .. })
                 if attempt < 4
-                    && (tail.contains("not available") || tail.contains("already in use")) => {}
+                    && [
+                        tail.as_str(),
+                        &std::fs::read_to_string(&log).unwrap_or_default(),
+                    ]
+                    .iter()
+                    .any(|t| t.contains("not available") || t.contains("already in use")) => {}
             other => return other,
         }
     }

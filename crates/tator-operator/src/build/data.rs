@@ -588,7 +588,10 @@ pub fn redis(t: &ValidatedTator) -> (Vec<Deployment>, Vec<Service>) {
             "REDIS_PASSWORD",
             &key_ref(&t.child_name(REDIS), "password"),
         )]);
-        args.push_str(" --requirepass \"$REDIS_PASSWORD\"");
+        // The password reaches redis-server as configuration on its standard input (`-`), not
+        // on its command line, which every process on the node can read.
+        args = args.replacen("exec redis-server ", "exec redis-server - ", 1);
+        args.push_str(" <<EOF\nrequirepass \"$REDIS_PASSWORD\"\nEOF");
         probe =
             "REDISCLI_AUTH=\"$REDIS_PASSWORD\" redis-cli -h 127.0.0.1 ping | grep -q PONG".into();
     }
@@ -779,6 +782,23 @@ mod tests {
             .command
             .unwrap();
         assert!(cmd[2].contains("--maxmemory 1gb "), "{}", cmd[2]);
+    }
+
+    /// The password is configuration on standard input, never an argument of redis-server
+    /// (anyone on the node can read a process's arguments).
+    #[test]
+    fn the_redis_password_is_not_on_the_command_line() {
+        let mut td = minimal("1.5.0");
+        td.spec.redis.in_cluster.as_mut().unwrap().auth = true;
+        let (d, _) = redis(&validate(&td).unwrap());
+        let script = first_container(&d[0].spec.as_ref().unwrap().template)
+            .command
+            .unwrap()[2]
+            .clone();
+        let (command, stdin) = script.split_once(" <<EOF\n").expect("a here-document");
+        assert!(command.starts_with("exec redis-server - "), "{script}");
+        assert!(!command.contains("REDIS_PASSWORD"), "{script}");
+        assert_eq!(stdin, "requirepass \"$REDIS_PASSWORD\"\nEOF");
     }
 
     #[test]

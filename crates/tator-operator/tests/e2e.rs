@@ -779,9 +779,31 @@ async fn wait_job(cluster: &TestCluster, jobs: &Api<Job>, name: &str) {
     .await;
     match outcome {
         Ok(true) => {}
-        Ok(false) => panic!("Job {name} failed{}", logs(cluster)),
-        Err(e) => panic!("{e}{}", logs(cluster)),
+        Ok(false) => panic!("Job {name} failed{}", job_logs(cluster, name)),
+        Err(e) => panic!("{e}{}", job_logs(cluster, name)),
     }
+}
+
+/// The whole logs (up to 300 lines each) of the pods of Job `job`.
+fn job_logs(cluster: &TestCluster, job: &str) -> String {
+    let pods = cluster.dir.join("procnode/pods");
+    let mut out = String::new();
+    for f in walk(&pods) {
+        let pod_dir = f
+            .strip_prefix(&pods)
+            .ok()
+            .and_then(|p| p.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !pod_dir.contains(&format!("_{job}-")) || f.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(300)..].join("\n");
+        out.push_str(&format!("\n--- {}\n{tail}\n", f.display()));
+    }
+    out
 }
 
 /// Journey 6. The dump goes into an empty database of a PostgreSQL server standing for a managed
@@ -928,6 +950,8 @@ async fn restore_and_serve(
         .unwrap(),
     );
     container.env_from = None;
+    // One attempt: a retry would restore over what the failed one left.
+    pod.restart_policy = Some("Never".into());
     spec.backoff_limit = Some(0);
     let job = Job {
         metadata: ObjectMeta {

@@ -387,6 +387,12 @@ async fn serve(shared: Arc<Shared>) {
         }
         let services: Vec<Arc<Service>> = svcs.state();
         proxy.update(&running, &services, &host).await;
+        // Every pod now has its hosts file and its Service listeners: its containers may start.
+        for r in running.values() {
+            r.run
+                .network
+                .send_if_modified(|ready| !std::mem::replace(ready, true));
+        }
     }
 }
 
@@ -431,6 +437,7 @@ fn start_pod(shared: &Arc<Shared>, p: &Pod, n: u32) -> Result<Running, String> {
         hosts_text: Mutex::new(hosts_text),
         state,
         stop: stop_rx,
+        network: watch::channel(false).0,
     });
     let tasks = vec![
         tokio::spawn(pod::report(shared.clone(), run.clone())),

@@ -68,6 +68,10 @@ pub struct PodRun {
     pub hosts_text: std::sync::Mutex<String>,
     pub state: watch::Sender<PodState>,
     pub stop: watch::Receiver<bool>,
+    /// Set once the proxy has written the pod's hosts file and listens on every Service address
+    /// in its network namespace: no container starts before (kube-proxy and DNS are in place
+    /// before a real pod's containers run; a process started earlier failed to resolve names).
+    pub network: watch::Sender<bool>,
 }
 
 async fn stopping(stop: &mut watch::Receiver<bool>) {
@@ -93,6 +97,12 @@ fn restart_policy(pod: &Pod) -> String {
 pub async fn run(shared: Arc<Shared>, run: Arc<PodRun>) {
     let pod = &run.pod;
     let spec = pod.spec.clone().unwrap_or_default();
+    let mut network = run.network.subscribe();
+    let mut stop = run.stop.clone();
+    tokio::select! {
+        _ = network.wait_for(|ready| *ready) => {}
+        _ = stopping(&mut stop) => return,
+    }
     let claims = shared.dir.join("claims");
     let vols = match volumes::prepare(&shared.client, pod, &run.dir, &claims, &run.ip).await {
         Ok(v) => v,

@@ -749,31 +749,27 @@ async fn wait_ready(
     }
 }
 
+/// Whether a Job succeeded (`Some(true)`), failed (`Some(false)`) or is still running (`None`).
+fn finished(job: &Job) -> Option<bool> {
+    let st = job.status.as_ref()?;
+    if st.succeeded.unwrap_or(0) >= 1 {
+        return Some(true);
+    }
+    st.conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Failed" && c.status == "True")
+        .then_some(false)
+}
+
 /// Waits for a Job to succeed; panics with the process logs when it fails.
 async fn wait_job(cluster: &TestCluster, jobs: &Api<Job>, name: &str) {
     let outcome = wait_for(&format!("Job {name}"), Duration::from_secs(300), || {
         let jobs = jobs.clone();
         let name = name.to_string();
         async move {
-            let st = jobs
-                .get(&name)
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            if st.succeeded.unwrap_or(0) >= 1 {
-                return Ok(true);
-            }
-            let failed = st
-                .conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "Failed" && c.status == "True");
-            if failed {
-                Ok(false)
-            } else {
-                Err(format!("{st:?}"))
-            }
+            let job = jobs.get(&name).await.map_err(|e| e.to_string())?;
+            finished(&job).ok_or_else(|| format!("{:?}", job.status))
         }
     })
     .await;
@@ -1082,19 +1078,10 @@ async fn maintenance_jobs_run(
                 let mut failed = Vec::new();
                 for n in &started {
                     let j = jobs.get(n).await.map_err(|e| e.to_string())?;
-                    let st = j.status.unwrap_or_default();
-                    if st.succeeded.unwrap_or(0) >= 1 {
-                        continue;
-                    }
-                    if st
-                        .conditions
-                        .iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Failed" && c.status == "True")
-                    {
-                        failed.push(n.clone());
-                    } else {
-                        pending.push(n.clone());
+                    match finished(&j) {
+                        Some(true) => {}
+                        Some(false) => failed.push(n.clone()),
+                        None => pending.push(n.clone()),
                     }
                 }
                 if !pending.is_empty() {

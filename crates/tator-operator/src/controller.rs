@@ -15,10 +15,11 @@ use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::{CronJob, Job},
-    core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount},
+    core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Service, ServiceAccount},
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{PartialObjectMeta, Patch, PatchParams},
@@ -35,6 +36,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::cache::{CacheWriters, Caches, Generations, Slim};
 use crate::metrics::Metrics;
+use crate::watched::Watched;
 use crate::{
     apply::{self, FIELD_MANAGER},
     build::{
@@ -214,12 +216,18 @@ async fn write_status(
 }
 
 /// One reconcile of one TatorDeployment.
-pub async fn reconcile(td: Arc<TatorDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let span = info_span!("reconcile", tator = %key(&td), generation = td.meta().generation.unwrap_or_default());
+pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let td = match obj.as_ref() {
+        Watched::Decoded(td) => td,
+        Watched::Undecodable(u) => {
+            return undecodable(&ctx, &u.metadata, u.status.as_ref(), &u.error).await;
+        }
+    };
+    let span = info_span!("reconcile", tator = %key(td), generation = td.meta().generation.unwrap_or_default());
     ctx.reconciles.fetch_add(1, Ordering::Relaxed);
     ctx.metrics.reconciles.inc();
     let started = std::time::Instant::now();
-    let result = pipeline(&td, &ctx).instrument(span).await;
+    let result = pipeline(td, &ctx).instrument(span).await;
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -235,9 +243,86 @@ pub async fn reconcile(td: Arc<TatorDeployment>, ctx: Arc<Context>) -> Result<Ac
         && !e.is_permanent()
     {
         // Invalid specs announce themselves once, from the pipeline, when their status is written.
-        publish(&ctx, &td, EventType::Warning, e.category(), e.to_string()).await;
+        publish(&ctx, td, EventType::Warning, e.category(), e.to_string()).await;
+        report_failure(&ctx, td, e).await;
     }
     result
+}
+
+/// An object that could not be decoded: its status says why (InvalidSpec), nothing is applied
+/// or deleted, and it waits for a change. The other installations are not affected.
+async fn undecodable(
+    ctx: &Context,
+    metadata: &ObjectMeta,
+    previous: Option<&TatorDeploymentStatus>,
+    error: &str,
+) -> Result<Action, Error> {
+    let name = metadata.name.clone().unwrap_or_default();
+    let ns = metadata.namespace.clone().unwrap_or_default();
+    let message = format!(
+        "the object could not be read ({error}); free-form fields such as podOverrides must stay within the decoder's nesting limit. Nothing was applied or deleted"
+    );
+    warn!(tator = %format!("{ns}/{name}"), error, "a TatorDeployment could not be decoded");
+    let generation = metadata.generation.unwrap_or_default();
+    let st = status::invalid_spec(previous, generation, "InvalidSpec", &message);
+    if status::differs(previous, &st) {
+        let api: Api<TatorDeployment> = Api::namespaced(ctx.client.clone(), &ns);
+        let body = json!({
+            "apiVersion": TatorDeployment::api_version(&()),
+            "kind": TatorDeployment::kind(&()),
+            "status": st,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(Error::Status)?;
+        let reference = ObjectReference {
+            api_version: Some(TatorDeployment::api_version(&()).into()),
+            kind: Some(TatorDeployment::kind(&()).into()),
+            name: Some(name),
+            namespace: Some(ns),
+            uid: metadata.uid.clone(),
+            resource_version: metadata.resource_version.clone(),
+            ..Default::default()
+        };
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: "InvalidSpec".into(),
+            note: Some(crate::bounded::one_line(
+                &message,
+                crate::bounded::MESSAGE_MAX,
+            )),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+            warn!(error = %e, "could not publish an Event");
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// A reconcile that failed part-way says so in the status: Ready=False with the error's
+/// category as reason, naming the object, and observedGeneration left behind, so `kubectl wait`
+/// and GitOps tools see why the spec is not what runs (a new object gets its first status).
+async fn report_failure(ctx: &Context, td: &TatorDeployment, e: &Error) {
+    // A status that cannot be written cannot report itself; a deleted object has no status.
+    if matches!(e, Error::Status(_)) || td.meta().deletion_timestamp.is_some() {
+        return;
+    }
+    let st = status::reconcile_failed(
+        td.status.as_ref(),
+        td.meta().generation.unwrap_or_default(),
+        e.category(),
+        &e.to_string(),
+        e.refused(),
+    );
+    if let Err(e) = write_status(ctx, td, &st).await {
+        warn!(tator = %key(td), error = %e, "could not record a failed reconcile in the status");
+    }
 }
 
 /// fetch → validate → build → apply → status.
@@ -704,9 +789,14 @@ async fn finalize(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
 }
 
 /// Permanent errors wait for a spec change; transient ones back off exponentially.
-pub fn error_policy(td: Arc<TatorDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
-    let n = ctx.failures(&key(&td), false);
-    warn!(tator = %key(&td), category = error.category(), error = %error, attempt = n, "reconcile failed");
+pub fn error_policy(obj: Arc<Watched>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    );
+    let n = ctx.failures(&key, false);
+    warn!(tator = %key, category = error.category(), error = %error, attempt = n, "reconcile failed");
     error.action(n)
 }
 
@@ -745,7 +835,7 @@ pub async fn run(ctx: Arc<Context>) {
     let settings = ctx.settings.clone();
     let ns = settings.namespace.clone();
     let ns = ns.as_deref();
-    let tds: Api<TatorDeployment> = api_for(&client, ns);
+    let tds: Api<Watched> = api_for(&client, ns);
     let (reader, writer) = reflector::store();
     // Only spec changes (generation) trigger from the resource itself: our own status writes do not.
     let trigger = watcher(tds, watcher::Config::default())
@@ -760,9 +850,13 @@ pub async fn run(ctx: Arc<Context>) {
         .ok()
         .and_then(|mut r| r.take());
     let store = reader.clone();
-    let extra = futures::stream::iter(extra)
-        .flatten()
-        .filter_map(move |r| futures::future::ready(store.get(&r).map(|td| Ok((*td).clone()))));
+    let extra = futures::stream::iter(extra).flatten().filter_map(
+        move |r: reflector::ObjectRef<TatorDeployment>| {
+            let mut watched = reflector::ObjectRef::<Watched>::new(&r.name);
+            watched.namespace = r.namespace;
+            futures::future::ready(store.get(&watched).map(|o| Ok((*o).clone())))
+        },
+    );
     let trigger = futures::stream::select(trigger, extra);
     let writers = ctx.cache_writers.lock().ok().and_then(|mut w| w.take());
     let Some(w) = writers else {

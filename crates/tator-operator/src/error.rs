@@ -15,7 +15,7 @@ pub enum Error {
     UnknownRelease(String),
 
     /// Reading the cluster failed.
-    #[error("could not read {what}: {source}")]
+    #[error("could not read {what}: {}", brief(.source))]
     Fetch {
         what: String,
         #[source]
@@ -23,7 +23,7 @@ pub enum Error {
     },
 
     /// Server-side apply of a child failed.
-    #[error("could not apply {kind} {name}: {source}")]
+    #[error("could not apply {kind} {name}: {}", brief(.source))]
     Apply {
         kind: &'static str,
         name: String,
@@ -32,7 +32,7 @@ pub enum Error {
     },
 
     /// Deleting an orphaned child failed.
-    #[error("could not delete orphaned {kind} {name}: {source}")]
+    #[error("could not delete orphaned {kind} {name}: {}", brief(.source))]
     Prune {
         kind: &'static str,
         name: String,
@@ -41,7 +41,7 @@ pub enum Error {
     },
 
     /// Writing the status failed.
-    #[error("could not write status: {0}")]
+    #[error("could not write status: {}", brief(.0))]
     Status(#[source] kube::Error),
 
     /// An object could not be serialized (a bug).
@@ -51,6 +51,15 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// A Kubernetes client error for people: the API server's message (its Display repeats the
+/// whole status structure), or the transport error.
+pub fn brief(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    }
 }
 
 impl Error {
@@ -84,6 +93,18 @@ impl Error {
             self,
             Self::InvalidSpec(_) | Self::UnknownRelease(_) | Self::Serialize { .. }
         )
+    }
+
+    /// The API server refused an object as invalid (400, 422): retrying the same object cannot
+    /// succeed, so the status says Stalled (the operator still retries, as an admission webhook
+    /// or a quota may change).
+    pub fn refused(&self) -> bool {
+        match self {
+            Self::Apply { source, .. } | Self::Prune { source, .. } => {
+                matches!(source, kube::Error::Api(s) if s.code == 400 || s.code == 422)
+            }
+            _ => false,
+        }
     }
 
     /// What the controller does after this error, given how many times in a row it failed.

@@ -20,10 +20,12 @@ pub mod health;
 pub mod job_clusters;
 pub mod metrics;
 pub mod objstore;
+pub mod quantity;
 pub mod registration;
 pub mod render;
 pub mod status;
 pub mod validate;
+pub mod watched;
 
 #[cfg(test)]
 pub(crate) mod test_fixtures {

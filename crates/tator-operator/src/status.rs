@@ -763,6 +763,51 @@ pub fn invalid_spec(
     with_conditions(status, &conds, previous, generation)
 }
 
+/// A status for a reconcile that failed part-way (an apply, a prune or a read of the cluster):
+/// the last known state with `Ready=False` and `reason` (ApplyFailed, PruneFailed, FetchFailed)
+/// naming what failed. `observedGeneration` stays where it was, since this generation was not
+/// fully handled; the other conditions keep theirs. `refused`: the API server refused the object
+/// itself (invalid), so retrying cannot help until something changes: Stalled, phase Failed.
+/// Otherwise the operator retries: Reconciling, phase Progressing.
+pub fn reconcile_failed(
+    previous: Option<&TatorDeploymentStatus>,
+    generation: i64,
+    reason: &str,
+    message: &str,
+    refused: bool,
+) -> TatorDeploymentStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.phase = Some(if refused { "Failed" } else { "Progressing" }.into());
+    let stalled = if refused {
+        Cond::new("Stalled", true, reason, message)
+    } else {
+        Cond::new("Stalled", false, reason, "")
+    };
+    let reconciling = if refused {
+        Cond::new("Reconciling", false, reason, "")
+    } else {
+        Cond::new("Reconciling", true, reason, format!("retrying: {message}"))
+    };
+    let fresh = [
+        Cond::new("Ready", false, reason, message),
+        reconciling,
+        stalled,
+    ];
+    let stamped = with_conditions(
+        TatorDeploymentStatus::default(),
+        &fresh,
+        previous,
+        generation,
+    );
+    let kept = status
+        .conditions
+        .iter()
+        .filter(|c| !matches!(c.type_.as_str(), "Ready" | "Reconciling" | "Stalled"))
+        .cloned();
+    status.conditions = stamped.conditions.into_iter().chain(kept).collect();
+    status
+}
+
 /// Whether two statuses differ in anything but condition timestamps.
 pub fn differs(a: Option<&TatorDeploymentStatus>, b: &TatorDeploymentStatus) -> bool {
     let Some(a) = a else { return true };

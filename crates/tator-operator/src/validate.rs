@@ -203,6 +203,12 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
     )?;
     check_overrides("monitoring.grafana", &spec.monitoring.grafana.pod)?;
     check_overrides("maintenance.pod", &spec.maintenance.pod)?;
+    // A quantity the API server refuses would fail every apply: refused here instead.
+    let as_json = serde_json::to_value(&spec).map_err(|e| Error::Serialize {
+        what: "the spec".into(),
+        source: e,
+    })?;
+    crate::quantity::check_spec(&as_json).map_err(Error::InvalidSpec)?;
     // A CronJob the API server refuses would block every later apply: refused here instead.
     for (job, o) in &spec.maintenance.jobs {
         if let Some(s) = &o.schedule {

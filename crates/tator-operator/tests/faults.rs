@@ -9,6 +9,11 @@
 //! - 27 invalid manifests, sent raw: each is rejected by the API server with a clear message,
 //!   and rejected updates of a running installation delete nothing. Dangling Secret references
 //!   are reported in status conditions, and delete nothing either.
+//! - Failures stay with their object and reach its status: an object nested too deeply to decode
+//!   gets `InvalidSpec` while the others keep reconciling; a quantity the API server would refuse
+//!   is `InvalidSpec` before anything is applied; a change the API server refuses gives
+//!   `Ready=False`, `ApplyFailed` naming the object, `Stalled`, and a first status for a new
+//!   object; nothing is deleted or replaced.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -46,6 +51,7 @@ use tator_operator::{
     client::counted_client,
     controller::{self, Context, Settings},
     render,
+    watched::Watched,
 };
 use tator_testbed::{
     services::Seaweed,
@@ -713,6 +719,204 @@ async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = uids(&client, &ns).await;
+    for (key, uid) in &before {
+        assert_eq!(after.get(key), Some(uid), "{key:?} was deleted or replaced");
+    }
+    task.abort();
+}
+
+/// The Ready, Stalled and Reconciling conditions and observedGeneration of `name`, read as the
+/// controller reads it (an object too deeply nested to decode still shows its status).
+async fn outcome(client: &Client, ns: &str, name: &str) -> Result<Outcome, String> {
+    let api: Api<Watched> = Api::namespaced(client.clone(), ns);
+    let obj = api.get(name).await.map_err(|e| e.to_string())?;
+    let (status, generation) = match &obj {
+        Watched::Decoded(td) => (td.status.clone(), td.metadata.generation),
+        Watched::Undecodable(u) => (u.status.clone(), u.metadata.generation),
+    };
+    let status = status.ok_or("no status yet")?;
+    let cond = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    Ok(Outcome {
+        ready: cond("Ready").ok_or("no Ready condition")?,
+        stalled: cond("Stalled").map(|c| c.0),
+        observed: status.observed_generation,
+        generation,
+    })
+}
+
+#[derive(Debug)]
+struct Outcome {
+    ready: (String, String, String),
+    stalled: Option<String>,
+    observed: Option<i64>,
+    generation: Option<i64>,
+}
+
+/// Waits until `name`'s Ready condition has `reason` and its message contains `needle`.
+async fn wait_reason(client: &Client, ns: &str, name: &str, reason: &str, needle: &str) -> Outcome {
+    wait_for(
+        &format!("{name}: Ready reason {reason}"),
+        Duration::from_secs(60),
+        || async {
+            let o = outcome(client, ns, name).await?;
+            (o.ready.1 == reason && o.ready.2.contains(needle))
+                .then_some(())
+                .ok_or(format!("{o:?}"))
+        },
+    )
+    .await
+    .unwrap();
+    outcome(client, ns, name).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_reach_the_status_and_stay_with_their_object() {
+    let client = common::cluster().await;
+    let ns = namespace(&client, "faults-status", true).await.unwrap();
+    let (_ctx, task) = common::start_controller(&client, &ns);
+    let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
+    let spec = json!({"version": "1.5.0", "domain": "tator.example.com"});
+    create_raw(
+        &client,
+        &ns,
+        json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+               "metadata": {"name": "tator"}, "spec": spec}),
+    )
+    .await
+    .unwrap();
+    wait_for("Ready", Duration::from_secs(90), || converged(&client, &ns))
+        .await
+        .unwrap();
+    let before = uids(&client, &ns).await;
+
+    // Free-form overrides nested deeper than the decoder allows pass the API server. That object
+    // alone is reported; the list and watch of all the others still decode.
+    let depth = 150;
+    let overrides = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
+    assert!(
+        serde_json::from_str::<Value>(&overrides).is_err(),
+        "serde_json decodes {depth} levels now: pick a deeper nesting"
+    );
+    let raw = format!(
+        r#"{{"apiVersion":"tator.io/v1alpha1","kind":"TatorDeployment","metadata":{{"name":"deep"}},"spec":{{"version":"1.5.0","domain":"deep.example.com","api":{{"podOverrides":{overrides}}}}}}}"#
+    );
+    let request = http::Request::post(format!(
+        "/apis/tator.io/v1alpha1/namespaces/{ns}/tatordeployments"
+    ))
+    .header("Content-Type", "application/json")
+    .body(raw.into_bytes())
+    .unwrap();
+    client.request_text(request).await.unwrap();
+    let o = wait_reason(&client, &ns, "deep", "InvalidSpec", "could not be read").await;
+    assert_eq!(o.stalled.as_deref(), Some("True"), "{o:?}");
+
+    // The other installation keeps reconciling: a change is applied and observed.
+    tds.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"api": {"replicas": 3}}})),
+    )
+    .await
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    wait_for("the change applied", Duration::from_secs(60), || async {
+        let d = deployments
+            .get("tator-api")
+            .await
+            .map_err(|e| e.to_string())?;
+        let replicas = d.spec.and_then(|s| s.replicas);
+        (replicas == Some(3))
+            .then_some(())
+            .ok_or(format!("{replicas:?}"))
+    })
+    .await
+    .unwrap();
+    wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
+        .await
+        .unwrap();
+
+    // A quantity the API server would refuse is refused before anything is applied.
+    tds.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"api": {"resources": {"limits": {"memory": "12 parsecs"}}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let o = wait_reason(
+        &client,
+        &ns,
+        "tator",
+        "InvalidSpec",
+        "spec.api.resources.limits.memory \"12 parsecs\" is not a quantity",
+    )
+    .await;
+    assert_eq!(o.ready.0, "False", "{o:?}");
+    tds.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"api": {"resources": null}}})),
+    )
+    .await
+    .unwrap();
+    wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
+        .await
+        .unwrap();
+
+    // A change the API server refuses: Ready=False with ApplyFailed naming the object, Stalled
+    // (retrying the same object cannot help), and observedGeneration left behind.
+    let refused =
+        json!({"api": {"podOverrides": {"metadata": {"labels": {"team": "x".repeat(70)}}}}});
+    tds.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": refused})),
+    )
+    .await
+    .unwrap();
+    let o = wait_reason(&client, &ns, "tator", "ApplyFailed", "Deployment tator-api").await;
+    assert_eq!(o.ready.0, "False", "{o:?}");
+    assert_eq!(o.stalled.as_deref(), Some("True"), "{o:?}");
+    assert!(o.observed < o.generation, "{o:?}");
+    // A new object with the same problem gets a first status that says so.
+    let mut fresh = json!({"version": "1.5.0", "domain": "fresh.example.com"});
+    fresh["api"] = refused["api"].clone();
+    create_raw(
+        &client,
+        &ns,
+        json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+               "metadata": {"name": "fresh"}, "spec": fresh}),
+    )
+    .await
+    .unwrap();
+    let o = wait_reason(&client, &ns, "fresh", "ApplyFailed", "Deployment fresh-api").await;
+    assert_eq!(o.stalled.as_deref(), Some("True"), "{o:?}");
+    // The API server's answer, once and on one line (not the whole error structure).
+    assert_eq!(
+        o.ready.2.matches("must be no more than 63").count(),
+        1,
+        "{o:?}"
+    );
+    // Reverted: Ready again, and nothing of the installation was deleted or replaced.
+    tds.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"api": {"podOverrides": null}}})),
+    )
+    .await
+    .unwrap();
+    wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
+        .await
+        .unwrap();
     let after = uids(&client, &ns).await;
     for (key, uid) in &before {
         assert_eq!(after.get(key), Some(uid), "{key:?} was deleted or replaced");

@@ -597,6 +597,7 @@ async fn requests(
             namespace: Some(ns.into()),
             concurrency: 4,
             resync: Duration::from_secs(600),
+            ..Settings::default()
         },
     ));
     let task = tokio::spawn(controller::run(ctx.clone()));

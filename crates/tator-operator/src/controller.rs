@@ -59,6 +59,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Requeue interval once Ready (a safety net: watches drive the work).
     pub resync: Duration,
+    /// What `podOverrides` may change.
+    pub overrides: crate::overrides::Policy,
 }
 
 impl Default for Settings {
@@ -67,6 +69,7 @@ impl Default for Settings {
             namespace: None,
             concurrency: 4,
             resync: Duration::from_secs(600),
+            overrides: crate::overrides::Policy::default(),
         }
     }
 }
@@ -341,7 +344,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         return Ok(Action::await_change());
     }
     // validate
-    let mut t = match validate::validate(td) {
+    let mut t = match validate::validate_with(td, ctx.settings.overrides) {
         Ok(t) => t,
         Err(e) => {
             let generation = td.meta().generation.unwrap_or_default();

@@ -20,6 +20,7 @@ pub mod health;
 pub mod job_clusters;
 pub mod metrics;
 pub mod objstore;
+pub mod overrides;
 pub mod quantity;
 pub mod registration;
 pub mod render;

@@ -74,6 +74,11 @@ struct RunArgs {
     /// between nodes); less than --lease-duration.
     #[arg(long, default_value_t = 3)]
     lease_grace: u64,
+    /// What podOverrides may change: `restricted` (PodSecurity restricted, no Secret references,
+    /// never the operator's labels or service account) or `unrestricted` (anything but the
+    /// operator's labels, service account and generated containers).
+    #[arg(long, env = "OVERRIDES_POLICY", value_enum, default_value_t = tator_operator::overrides::Policy::Restricted)]
+    overrides_policy: tator_operator::overrides::Policy,
     /// Identity in the Lease (default: POD_NAME, else host name and a random suffix).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -192,6 +197,7 @@ async fn operate(
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
         resync: Duration::from_secs(600),
+        overrides: args.overrides_policy,
     };
     let ctx = Arc::new(controller::Context::with_metrics(
         client.clone(),

@@ -9,9 +9,10 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 use semver::Version;
-use tator_api::{PodSettings, TatorDeployment, TatorDeploymentSpec};
+use tator_api::{TatorDeployment, TatorDeploymentSpec};
 
 use crate::error::Error;
+use crate::overrides::Policy;
 
 /// Longest TatorDeployment name (also a CEL rule of the CRD): a StatefulSet's pods carry the
 /// label `controller-revision-hash: <statefulset>-<10 characters>`, at most 63 characters, and
@@ -117,19 +118,46 @@ fn parse_version(v: &str, what: &str) -> Result<Version, Error> {
         .map_err(|e| Error::InvalidSpec(format!("{what} {v:?} is not a release number: {e}")))
 }
 
-fn check_overrides(component: &str, pod: &PodSettings) -> Result<(), Error> {
-    if let Some(overrides) = &pod.pod_overrides {
-        serde_json::from_value::<PodTemplateSpec>(overrides.clone()).map_err(|e| {
-            Error::InvalidSpec(format!(
-                "{component}.podOverrides is not a valid PodTemplateSpec: {e}"
-            ))
-        })?;
+/// `podOverrides` must parse as a PodTemplateSpec and stay within the policy.
+fn check_overrides(path: &str, overrides: &serde_json::Value, policy: Policy) -> Result<(), Error> {
+    if overrides.is_null() {
+        return Ok(());
     }
-    Ok(())
+    serde_json::from_value::<PodTemplateSpec>(overrides.clone())
+        .map_err(|e| Error::InvalidSpec(format!("{path} is not a valid PodTemplateSpec: {e}")))?;
+    crate::overrides::check(path, overrides, policy).map_err(Error::InvalidSpec)
 }
 
-/// Checks a TatorDeployment and applies defaults.
+/// Every `podOverrides` in a spec (as JSON), with its path (`api.podOverrides`).
+fn find_overrides<'a>(
+    v: &'a serde_json::Value,
+    path: &str,
+    out: &mut Vec<(String, &'a serde_json::Value)>,
+) {
+    if let serde_json::Value::Object(map) = v {
+        for (k, child) in map {
+            let here = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k == "podOverrides" {
+                out.push((here, child));
+            } else {
+                find_overrides(child, &here, out);
+            }
+        }
+    }
+}
+
+/// Checks a TatorDeployment and applies defaults, with the default overrides policy
+/// (`restricted`).
 pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
+    validate_with(td, Policy::default())
+}
+
+/// Checks a TatorDeployment and applies defaults; `policy` bounds what `podOverrides` may change.
+pub fn validate_with(td: &TatorDeployment, policy: Policy) -> Result<ValidatedTator, Error> {
     let name = td.name_any();
     if name.len() > MAX_NAME_LEN {
         return Err(Error::InvalidSpec(format!(
@@ -188,27 +216,18 @@ pub fn validate(td: &TatorDeployment) -> Result<ValidatedTator, Error> {
             "api.autoscaling.minReplicas must not exceed maxReplicas".into(),
         ));
     }
-    check_overrides("api", &spec.api.pod)?;
-    check_overrides("workers.db", &spec.workers.db.pod)?;
-    check_overrides("workers.image", &spec.workers.image.pod)?;
-    check_overrides("ui", &spec.ui.pod)?;
-    check_overrides("nginx", &spec.nginx.pod)?;
-    check_overrides("migrations", &spec.migrations.pod)?;
-    check_overrides("logging.filebeat", &spec.logging.filebeat.pod)?;
-    check_overrides("logging.kibana", &spec.logging.kibana.pod)?;
-    check_overrides("monitoring.prometheus", &spec.monitoring.prometheus.pod)?;
-    check_overrides(
-        "monitoring.statsdExporter",
-        &spec.monitoring.statsd_exporter,
-    )?;
-    check_overrides("monitoring.grafana", &spec.monitoring.grafana.pod)?;
-    check_overrides("maintenance.pod", &spec.maintenance.pod)?;
     // A quantity the API server refuses would fail every apply: refused here instead.
     let as_json = serde_json::to_value(&spec).map_err(|e| Error::Serialize {
         what: "the spec".into(),
         source: e,
     })?;
     crate::quantity::check_spec(&as_json).map_err(Error::InvalidSpec)?;
+    // Every component's podOverrides, wherever it sits in the spec.
+    let mut overrides = Vec::new();
+    find_overrides(&as_json, "", &mut overrides);
+    for (path, value) in overrides {
+        check_overrides(&path, value, policy)?;
+    }
     // A CronJob the API server refuses would block every later apply: refused here instead.
     for (job, o) in &spec.maintenance.jobs {
         if let Some(s) = &o.schedule {

@@ -13,7 +13,8 @@
 //!   gets `InvalidSpec` while the others keep reconciling; a quantity the API server would refuse
 //!   is `InvalidSpec` before anything is applied; a change the API server refuses gives
 //!   `Ready=False`, `ApplyFailed` naming the object, `Stalled`, and a first status for a new
-//!   object; nothing is deleted or replaced.
+//!   object; overrides beyond PodSecurity `restricted` or at the service account are
+//!   `InvalidSpec`; nothing is deleted or replaced.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -363,6 +364,7 @@ async fn api_server_and_etcd_restarts_cause_no_storm_and_no_deletes() {
             namespace: Some(ns.clone()),
             concurrency: 2,
             resync: Duration::from_secs(600),
+            ..Settings::default()
         },
     ));
     let task = tokio::spawn(controller::run(ctx.clone()));
@@ -871,6 +873,56 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
     wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
         .await
         .unwrap();
+
+    // Overrides beyond PodSecurity restricted, or at the operator's service account, are
+    // refused before anything is applied.
+    for (overrides, needle) in [
+        (
+            json!({"spec": {"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}}),
+            "api.podOverrides.spec.volumes[0].hostPath goes beyond",
+        ),
+        (
+            json!({"spec": {"serviceAccountName": "tator-operator"}}),
+            "api.podOverrides.spec.serviceAccountName",
+        ),
+    ] {
+        tds.patch(
+            "tator",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"api": {"podOverrides": overrides}}})),
+        )
+        .await
+        .unwrap();
+        wait_reason(&client, &ns, "tator", "InvalidSpec", needle).await;
+        tds.patch(
+            "tator",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"api": {"podOverrides": null}}})),
+        )
+        .await
+        .unwrap();
+        wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
+            .await
+            .unwrap();
+    }
+    let api_pods = deployments
+        .get("tator-api")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.template.spec)
+        .unwrap();
+    assert!(
+        api_pods
+            .volumes
+            .iter()
+            .flatten()
+            .all(|v| v.host_path.is_none())
+    );
+    assert_ne!(
+        api_pods.service_account_name.as_deref(),
+        Some("tator-operator")
+    );
 
     // A change the API server refuses: Ready=False with ApplyFailed naming the object, Stalled
     // (retrying the same object cannot help), and observedGeneration left behind.

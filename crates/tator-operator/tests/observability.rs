@@ -345,6 +345,7 @@ impl Env {
             namespace: Some(ns.clone()),
             concurrency: 2,
             resync: Duration::from_secs(600),
+            ..Settings::default()
         };
         let ctx = Arc::new(Context::new(client.clone(), settings));
         let task = tokio::spawn(controller::run(ctx));

@@ -1246,6 +1246,7 @@ fn start_controller(client: &Client, ns: &str) -> tokio::task::JoinHandle<()> {
             namespace: Some(ns.to_string()),
             concurrency: 2,
             resync: Duration::from_secs(600),
+            ..Settings::default()
         },
     ));
     tokio::spawn(controller::run(ctx))

@@ -36,6 +36,7 @@ pub fn start_controller(client: &Client, ns: &str) -> (Arc<Context>, tokio::task
         namespace: Some(ns.to_string()),
         concurrency: 2,
         resync: Duration::from_secs(600),
+        ..Settings::default()
     };
     let ctx = Arc::new(Context::new(client.clone(), settings));
     let task = tokio::spawn(controller::run(ctx.clone()));

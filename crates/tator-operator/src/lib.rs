@@ -18,6 +18,7 @@ pub mod dependencies;
 pub mod error;
 pub mod health;
 pub mod job_clusters;
+pub mod leader;
 pub mod metrics;
 pub mod objstore;
 pub mod overrides;

@@ -13,7 +13,6 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
 };
 use kube::{Api, Client, Resource, api::ListParams};
-use kube_lease_manager::LeaseManagerBuilder;
 use tator_api::{TatorDeployment, labels};
 use tator_operator::{
     client::{RequestCounts, counted_client_with},
@@ -70,8 +69,9 @@ struct RunArgs {
     /// standby.
     #[arg(long, default_value_t = 10)]
     lease_duration: u64,
-    /// Seconds before expiry at which the leader renews its Lease (also the clock skew tolerated
-    /// between nodes); less than --lease-duration.
+    /// Seconds before the Lease could be taken at which a leader that cannot renew steps down
+    /// (the clock drift tolerated); less than --lease-duration. The leader renews every third of
+    /// the difference.
     #[arg(long, default_value_t = 3)]
     lease_grace: u64,
     /// What podOverrides may change: `restricted` (PodSecurity restricted, no Secret references,
@@ -230,39 +230,45 @@ async fn lead(
 }
 
 /// Leader election on a Lease: stand by until the Lease is ours, run the controller while it stays
-/// ours, release it on SIGTERM. A leader that cannot renew stops at once and exits with an error
-/// (its pod restarts and stands again), so two replicas never act together.
+/// ours, release it on SIGTERM. A leader that cannot renew within its renew deadline (its own
+/// clock; transient errors are retried until then) stops the controller before a standby could
+/// take the Lease, and exits with an error (its pod restarts and stands again), so two replicas
+/// never act together.
 async fn elected(
     args: &RunArgs,
     client: Client,
     ctx: Arc<controller::Context>,
     health: &Arc<HealthState>,
 ) -> anyhow::Result<()> {
+    use tator_operator::leader::{Attempt, Elector, Settings};
     let namespace = args
         .lease_namespace
         .clone()
         .or_else(|| args.namespace.clone())
         .unwrap_or_else(|| "default".into());
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_duration)
-        .with_grace(args.lease_grace)
-        .build()
-        .await
-        .with_context(|| format!("preparing the Lease {namespace}/{}", args.lease_name))?;
+    let mut elector = Elector::new(
+        client.clone(),
+        Settings::new(
+            &args.lease_name,
+            &namespace,
+            &identity,
+            args.lease_duration,
+            args.lease_grace,
+        ),
+    );
+    let retry = elector.settings().retry;
     health.set_role(Role::Standby);
     info!(lease = %args.lease_name, %namespace, %identity, "standing by for the lease");
     let mut shutdown = shutdown_signal();
     loop {
         tokio::select! {
-            changed = manager.changed() => match changed {
-                Ok(true) => break,
-                Ok(false) => {}
+            attempt = elector.try_acquire_or_renew(retry) => match attempt {
+                Ok(Attempt::Held) => break,
+                Ok(Attempt::HeldBy(_)) => tokio::time::sleep(retry).await,
                 Err(e) => {
                     warn!(error = %e, "could not read the lease; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(retry).await;
                 }
             },
             () = &mut shutdown => {
@@ -276,10 +282,27 @@ async fn elected(
     health.set_role(Role::Leader);
     let renew = async {
         loop {
-            match manager.changed().await {
-                Ok(true) => {}
-                Ok(false) => return "another replica holds the lease".to_string(),
-                Err(e) => return format!("could not renew the lease: {e}"),
+            tokio::time::sleep(retry).await;
+            loop {
+                let remaining = elector.remaining();
+                if remaining.is_zero() {
+                    return format!(
+                        "could not renew the lease within {} s",
+                        elector.settings().renew_deadline.as_secs()
+                    );
+                }
+                match elector.try_acquire_or_renew(remaining.min(retry)).await {
+                    Ok(Attempt::Held) => break,
+                    Ok(Attempt::HeldBy(other)) => {
+                        return format!("{other} holds the lease");
+                    }
+                    Err(e) => {
+                        // Ridden out until the renew deadline.
+                        warn!(error = %e, remaining_ms = remaining.as_millis(), "could not renew the lease; retrying");
+                        tokio::time::sleep(Duration::from_millis(500).min(elector.remaining()))
+                            .await;
+                    }
+                }
             }
         }
     };
@@ -291,7 +314,7 @@ async fn elected(
     match lost {
         None => {
             // Stepping down: free the Lease so a standby need not wait for it to expire.
-            if let Err(e) = manager.release().await {
+            if let Err(e) = elector.release(Duration::from_secs(5)).await {
                 warn!(error = %e, "could not release the lease");
             } else {
                 info!(%identity, "released the lease");

@@ -1066,6 +1066,208 @@ async fn a_standby_takes_over_within_15_s_when_the_leader_is_killed() {
     eprintln!("failover took {took:?}");
 }
 
+/// A TCP relay to the API server that can be frozen: while frozen, bytes in either direction are
+/// held back (connections stay open, requests hang), as when the API server stops answering.
+/// Fault injection for one client; the API server itself keeps serving the others.
+struct Freezer {
+    port: u16,
+    frozen: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Freezer {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (frozen, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Self::pipe(cr, sw, watch.clone()));
+                tokio::spawn(Self::pipe(sr, cw, watch.clone()));
+            }
+        });
+        Self { port, frozen, task }
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut frozen: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if frozen.wait_for(|f| !*f).await.is_err() {
+                return;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.send_replace(on);
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `kubeconfig` with its server replaced by 127.0.0.1:`port` (the certificate names 127.0.0.1).
+fn through(kubeconfig: &Path, port: u16, out: &Path) -> (PathBuf, std::net::SocketAddr) {
+    let mut config: Kubeconfig =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    let cluster = config.clusters[0].cluster.as_mut().unwrap();
+    let server = cluster.server.clone().unwrap();
+    let upstream = server
+        .trim_start_matches("https://")
+        .parse::<std::net::SocketAddr>()
+        .unwrap();
+    cluster.server = Some(format!("https://127.0.0.1:{port}"));
+    let path = out.join("frozen.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    (path, upstream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_steps_down_before_a_standby_takes_over() {
+    let admin = shared_client().await.unwrap();
+    let admin_kubeconfig = shared_kubeconfig().unwrap();
+    let dir = scratch();
+    install_crds(&admin, &workspace_root().join("crds"))
+        .await
+        .unwrap();
+    let ns = namespace(&admin, "pack-freeze", true).await.unwrap();
+    helm_install(dir.path(), &admin_kubeconfig, &ns, &["installCRD=false"]).await;
+    let kubeconfig =
+        service_account_kubeconfig(&admin, &admin_kubeconfig, &ns, "tator-operator", dir.path())
+            .await;
+    // op-a reaches the API server through the relay, op-b directly.
+    let (_, upstream) = through(&kubeconfig, 0, dir.path());
+    let freezer = Freezer::start(upstream).await;
+    let (relayed, _) = through(&kubeconfig, freezer.port, dir.path());
+    let args = [
+        format!("--namespace={ns}"),
+        format!("--lease-namespace={ns}"),
+        "--leader-election".to_string(),
+        "--lease-duration=10".to_string(),
+        "--lease-grace=3".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut a = Operator::start("op-a", &relayed, dir.path(), &args);
+    a.wait_role("leader", Duration::from_secs(60)).await;
+    let b = Operator::start("op-b", &kubeconfig, dir.path(), &args);
+    b.wait_role("standby", Duration::from_secs(30)).await;
+
+    // Never two leaders: both /readyz sampled every 50 ms for the rest of the test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ports = [a.port, b.port];
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut overlaps = Vec::new();
+            let mut samples = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let leads = |r: Option<(u16, String)>| {
+                    r.is_some_and(|(_, body)| body.starts_with("leader"))
+                };
+                let (ra, rb) =
+                    tokio::join!(http_get(ports[0], "/readyz"), http_get(ports[1], "/readyz"));
+                if leads(ra) && leads(rb) {
+                    overlaps.push(samples);
+                }
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (overlaps, samples)
+        })
+    };
+
+    // A short freeze (3 s, within the 7 s renew deadline) is ridden out.
+    let renewals = |log: &str| log.matches("could not renew the lease; retrying").count();
+    freezer.freeze(true);
+    wait_for("a failed renewal", Duration::from_secs(15), || async {
+        (renewals(&a.log()) > 0)
+            .then_some(())
+            .ok_or("none yet".to_string())
+    })
+    .await
+    .unwrap();
+    freezer.freeze(false);
+    wait_for(
+        "a renewal after the freeze",
+        Duration::from_secs(10),
+        || async {
+            let holder = lease_holder(&admin, &ns).await;
+            let renewed = Api::<Lease>::namespaced(admin.clone(), &ns)
+                .get("tator-operator")
+                .await
+                .ok()
+                .and_then(|l| l.spec?.renew_time)
+                .is_some_and(|t| {
+                    k8s_openapi::jiff::Timestamp::now()
+                        .duration_since(t.0)
+                        .as_secs_f64()
+                        < 2.0
+                });
+            (holder.as_deref() == Some("op-a") && renewed)
+                .then_some(())
+                .ok_or(format!("{holder:?}"))
+        },
+    )
+    .await
+    .unwrap();
+    a.wait_role("leader", Duration::from_secs(5)).await;
+    assert!(
+        !a.log().contains("lost leadership"),
+        "{}",
+        tail(&a.log(), 20)
+    );
+
+    // A freeze longer than the lease: op-a steps down on its own clock, then op-b takes over.
+    let frozen = Instant::now();
+    freezer.freeze(true);
+    let status = tokio::task::block_in_place(|| a.wait_exit(Duration::from_secs(15)));
+    let stepped_down = frozen.elapsed();
+    assert!(!status.success(), "op-a exited with {status}");
+    assert!(
+        a.log().contains("could not renew the lease within 7 s"),
+        "{}",
+        tail(&a.log(), 20)
+    );
+    b.wait_role("leader", Duration::from_secs(20)).await;
+    let took_over = frozen.elapsed();
+    freezer.freeze(false);
+    assert_eq!(lease_holder(&admin, &ns).await.as_deref(), Some("op-b"));
+    stop.store(true, Ordering::Relaxed);
+    let (overlaps, samples) = sampler.await.unwrap();
+    assert!(samples > 100, "only {samples} samples");
+    assert!(overlaps.is_empty(), "two leaders at samples {overlaps:?}");
+    assert!(stepped_down < took_over, "{stepped_down:?} {took_over:?}");
+    eprintln!(
+        "API server frozen for op-a: it stepped down after {:.1} s, op-b led after {:.1} s",
+        stepped_down.as_secs_f64(),
+        took_over.as_secs_f64()
+    );
+    drop(b);
+    drop(freezer);
+}
+
 // ---------------------------------------------------------------------------------------------
 // GitOps: the Argo CD health check (Lua 5.1) and kstatus
 

@@ -6,6 +6,7 @@
 //! Every check is bounded in time. Passwords live in [`Password`], whose `Debug` is redacted, and
 //! are scrubbed from every message a check returns.
 
+use rustls::pki_types::pem::PemObject;
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -106,7 +107,7 @@ pub(crate) fn tls_config(
     let mut roots = rustls::RootCertStore::empty();
     match ca_pem {
         Some(pem) => {
-            for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
                 let cert = cert.map_err(|e| {
                     CheckError::new("TLSError", format!("invalid CA certificate: {e}"))
                 })?;

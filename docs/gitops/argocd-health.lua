@@ -4,7 +4,10 @@
 -- conditions Ready, Reconciling and Stalled (never status.phase, which is for display).
 --   Healthy      Ready=True and the current generation observed
 --   Degraded     Stalled=True (a failed migration, a refused downgrade, a rollout past its
---                deadline, an invalid spec): progress needs a person
+--                deadline, an invalid spec, an object the API server refused): progress needs a
+--                person
+--   Suspended    held on purpose: Paused=True (spec.paused) or Ready=False with reason Stopped
+--                (spec.stopped); kstatus calls these Current (settled)
 --   Progressing  anything else: no status yet, a generation not observed yet, Reconciling=True
 -- Install it with the argocd-cm snippet in argocd-cm.yaml beside this file (docs/gitops.md).
 local hs = {}
@@ -60,6 +63,18 @@ end
 if current(stalled) and stalled.status == "True" then
   hs.status = "Degraded"
   hs.message = describe(stalled)
+  return hs
+end
+
+local paused = condition(conditions, "Paused")
+if current(paused) and paused.status == "True" then
+  hs.status = "Suspended"
+  hs.message = describe(paused)
+  return hs
+end
+if current(ready) and ready.status == "False" and ready.reason == "Stopped" then
+  hs.status = "Suspended"
+  hs.message = describe(ready)
   return hs
 end
 

@@ -765,10 +765,11 @@ pub fn invalid_spec(
 
 /// A status for a reconcile that failed part-way (an apply, a prune or a read of the cluster):
 /// the last known state with `Ready=False` and `reason` (ApplyFailed, PruneFailed, FetchFailed)
-/// naming what failed. `observedGeneration` stays where it was, since this generation was not
-/// fully handled; the other conditions keep theirs. `refused`: the API server refused the object
-/// itself (invalid), so retrying cannot help until something changes: Stalled, phase Failed.
-/// Otherwise the operator retries: Reconciling, phase Progressing.
+/// naming what failed; the other conditions keep theirs. While the operator retries
+/// (Reconciling, phase Progressing), `observedGeneration` stays where it was: this generation is
+/// not handled yet. `refused`: the API server refused the object itself (invalid), so retrying
+/// cannot help until something changes: Stalled, phase Failed, and the generation counts as
+/// observed (with that outcome), so GitOps tools report a failure instead of waiting.
 pub fn reconcile_failed(
     previous: Option<&TatorDeploymentStatus>,
     generation: i64,
@@ -778,6 +779,9 @@ pub fn reconcile_failed(
 ) -> TatorDeploymentStatus {
     let mut status = previous.cloned().unwrap_or_default();
     status.phase = Some(if refused { "Failed" } else { "Progressing" }.into());
+    if refused {
+        status.observed_generation = Some(generation);
+    }
     let stalled = if refused {
         Cond::new("Stalled", true, reason, message)
     } else {

@@ -1614,6 +1614,82 @@ async fn kstatus_and_argocd_judge_live_tatordeployments_like_the_operator() {
     check("upgrading", &obj, "Progressing", "InProgress");
     wait_ready(&client, &ns, "tator", Duration::from_secs(90)).await;
 
+    // Held on purpose: paused with a change held back, then stopped. Argo CD: Suspended (not
+    // Progressing forever); kstatus follows Ready=False (Tator does not serve the spec): InProgress.
+    api.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": true, "ui": {"replicas": 3}}})),
+    )
+    .await
+    .unwrap();
+    let obj = wait_state(
+        &api,
+        "tator",
+        "a paused status",
+        Duration::from_secs(60),
+        |td| current(td) && is_true(td, "Paused"),
+    )
+    .await;
+    check("paused", &obj, "Suspended", "InProgress");
+    api.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": false, "stopped": true}})),
+    )
+    .await
+    .unwrap();
+    let obj = wait_state(
+        &api,
+        "tator",
+        "a stopped status",
+        Duration::from_secs(60),
+        |td| {
+            current(td)
+                && td
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.phase.as_deref() == Some("Stopped"))
+        },
+    )
+    .await;
+    check("stopped", &obj, "Suspended", "InProgress");
+    api.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"stopped": false}})),
+    )
+    .await
+    .unwrap();
+    wait_ready(&client, &ns, "tator", Duration::from_secs(90)).await;
+
+    // An object the API server refuses (a label value over 63 characters): Degraded / Failed,
+    // not Progressing forever.
+    api.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"ui": {"podOverrides": {"metadata": {"labels": {"team": "x".repeat(70)}}}}}})),
+    )
+    .await
+    .unwrap();
+    let obj = wait_state(
+        &api,
+        "tator",
+        "a refused apply",
+        Duration::from_secs(60),
+        |td| current(td) && is_true(td, "Stalled"),
+    )
+    .await;
+    check("apply-refused", &obj, "Degraded", "Failed");
+    api.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"ui": {"podOverrides": null}}})),
+    )
+    .await
+    .unwrap();
+    wait_ready(&client, &ns, "tator", Duration::from_secs(90)).await;
+
     // A failure: a failed migration stalls the upgrade (kwok's chaos stage fails the Job's pod).
     api.patch(
         "tator",

@@ -218,6 +218,10 @@ async fn write_status(
     Ok(true)
 }
 
+/// How long one reconcile may take. Every outside call has a shorter timeout of its own; this
+/// bounds their sum. A reconcile cut short loses nothing (applies are idempotent) and is retried.
+pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(120);
+
 /// One reconcile of one TatorDeployment.
 pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, Error> {
     let td = match obj.as_ref() {
@@ -230,7 +234,12 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
     ctx.reconciles.fetch_add(1, Ordering::Relaxed);
     ctx.metrics.reconciles.inc();
     let started = std::time::Instant::now();
-    let result = pipeline(td, &ctx).instrument(span).await;
+    // One installation cannot hold a reconcile slot forever, whatever it waits on.
+    let result =
+        match tokio::time::timeout(RECONCILE_DEADLINE, pipeline(td, &ctx).instrument(span)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Deadline(RECONCILE_DEADLINE.as_secs())),
+        };
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -357,6 +366,11 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             return Err(e);
         }
     };
+    if td.status.is_none() {
+        // A first status at once, before anything that may wait (checks of outside services).
+        let st = status::first(t.generation);
+        write_status(ctx, td, &st).await?;
+    }
     t.secrets_hash = dependencies::secrets_hash(&ctx.client, &t).await?;
     let had_clusters = td
         .status

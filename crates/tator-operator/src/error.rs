@@ -44,6 +44,10 @@ pub enum Error {
     #[error("could not write status: {}", brief(.0))]
     Status(#[source] kube::Error),
 
+    /// The reconcile did not finish within its deadline (something it waited on hung); retried.
+    #[error("the reconcile did not finish within {0} s; retrying")]
+    Deadline(u64),
+
     /// An object could not be serialized (a bug).
     #[error("could not serialize {what}: {source}")]
     Serialize {
@@ -72,6 +76,7 @@ impl Error {
         "PruneFailed",
         "StatusFailed",
         "SerializeFailed",
+        "DeadlineExceeded",
     ];
 
     /// A stable, low-cardinality name for metrics labels and Event reasons.
@@ -84,6 +89,7 @@ impl Error {
             Self::Prune { .. } => "PruneFailed",
             Self::Status(_) => "StatusFailed",
             Self::Serialize { .. } => "SerializeFailed",
+            Self::Deadline(_) => "DeadlineExceeded",
         }
     }
 

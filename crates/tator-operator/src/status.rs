@@ -763,6 +763,31 @@ pub fn invalid_spec(
     with_conditions(status, &conds, previous, generation)
 }
 
+/// The first status of a new object, written before anything that may wait: Pending, Ready=False
+/// and Reconciling=True; no generation is observed yet.
+pub fn first(generation: i64) -> TatorDeploymentStatus {
+    let status = TatorDeploymentStatus {
+        phase: Some("Pending".into()),
+        ..Default::default()
+    };
+    let conds = [
+        Cond::new(
+            "Ready",
+            false,
+            "Reconciling",
+            "the operator is creating the installation",
+        ),
+        Cond::new(
+            "Reconciling",
+            true,
+            "Reconciling",
+            "the operator is creating the installation",
+        ),
+        Cond::new("Stalled", false, "Reconciling", ""),
+    ];
+    with_conditions(status, &conds, None, generation)
+}
+
 /// A status for a reconcile that failed part-way (an apply, a prune or a read of the cluster):
 /// the last known state with `Ready=False` and `reason` (ApplyFailed, PruneFailed, FetchFailed)
 /// naming what failed; the other conditions keep theirs. While the operator retries

@@ -342,8 +342,8 @@ pub struct PgBouncer {
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     Disable,
-    #[default]
     Prefer,
+    #[default]
     Require,
     VerifyCa,
     VerifyFull,
@@ -373,7 +373,12 @@ pub struct PostgresExternal {
     #[serde(default = "default_pg_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// libpq sslmode for every connection (Tator's and the operator's checks).
+    /// libpq sslmode for every connection (Tator's and the operator's checks). The default,
+    /// require, always encrypts and never falls back to plain text (prefer would), so the
+    /// password never crosses the network in the clear; verify-full (with caSecret) also checks
+    /// the server's certificate and name, and is what production should use. verify-full is not
+    /// the default because the CA of a managed database (RDS, Cloud SQL, ...) must be supplied.
+    /// disable sends the password in plain text: only for a trusted network.
     #[serde(default)]
     pub ssl_mode: SslMode,
     /// Secret with the user name and password; the database is Tator's tator_online.

@@ -109,16 +109,19 @@ pub struct TatorDeploymentSpec {
     /// PostgreSQL (with PostGIS, pgvector, ltree and pg_trgm): run in the cluster (the default) or
     /// a managed service.
     #[serde(default)]
+    #[schemars(transform = no_schema_default)]
     pub postgres: Postgres,
 
     /// Redis: run in the cluster (the default) or a managed service.
     #[serde(default)]
+    #[schemars(transform = no_schema_default)]
     pub redis: Redis,
 
     /// Elasticsearch, used by the logging stack (Tator 1.5.0 itself does not use it): run in
     /// the cluster (the default) or a managed service. Nothing is deployed or checked while
     /// nothing uses it.
     #[serde(default)]
+    #[schemars(transform = no_schema_default)]
     pub elasticsearch: Elasticsearch,
 
     /// Object storage for media: the live, upload and backup buckets, and the in-cluster S3
@@ -729,6 +732,14 @@ fn aliases_schema(_: &mut SchemaGenerator) -> Schema {
             }]
         }
     })
+}
+
+/// The operator, not the API server, fills in an absent data service (in the cluster). A default
+/// in the schema would be stored in the object, and switching to `external` with a plain
+/// `kubectl apply` would then leave both set (the stored default is not in the last applied
+/// configuration, so it is never removed), which the exactly-one rule refuses.
+fn no_schema_default(schema: &mut Schema) {
+    schema.remove("default");
 }
 
 fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {

@@ -419,16 +419,8 @@ fn names<K: Resource>(objs: &[K]) -> BTreeSet<String> {
     objs.iter().map(|o| o.name_any()).collect()
 }
 
-async fn prune_kind<K: Child + Cached>(
-    client: &Client,
-    t: &ValidatedTator,
-    keep: BTreeSet<String>,
-    caches: Option<&Caches>,
-) -> Result<u32, Error> {
-    prune_kind_where::<K>(client, t, keep, caches, |_| true).await
-}
-
-/// Like [`prune_kind`], limited to the children `prunable` accepts.
+/// Deletes the children of kind `K` that this TatorDeployment controls and that are neither in
+/// `keep` nor refused by `prunable`.
 async fn prune_kind_where<K: Child + Cached>(
     client: &Client,
     t: &ValidatedTator,
@@ -524,7 +516,15 @@ pub async fn prune(
     t: &ValidatedTator,
     applied: &Applied,
     caches: Option<&Caches>,
+    spare: &[&str],
 ) -> Result<u32, Error> {
+    // Children of the spared components (their `tator.io/component` label) stay this round.
+    let spared = |m: &kube::api::ObjectMeta| {
+        m.labels
+            .as_ref()
+            .and_then(|l| l.get(tator_api::labels::COMPONENT))
+            .is_some_and(|c| spare.contains(&c.as_str()))
+    };
     let Children {
         service_accounts,
         roles,
@@ -545,25 +545,44 @@ pub async fn prune(
         workflow_templates,
     } = &applied.live;
     let mut n = 0;
-    n += prune_kind::<DaemonSet>(client, t, names(daemon_sets), caches).await?;
-    n += prune_kind::<ServiceAccount>(client, t, names(service_accounts), caches).await?;
-    n += prune_kind::<Role>(client, t, names(roles), caches).await?;
-    n += prune_kind::<RoleBinding>(client, t, names(role_bindings), caches).await?;
+    n += prune_kind_where::<DaemonSet>(client, t, names(daemon_sets), caches, |m| !spared(m))
+        .await?;
+    n += prune_kind_where::<ServiceAccount>(client, t, names(service_accounts), caches, |m| {
+        !spared(m)
+    })
+    .await?;
+    n += prune_kind_where::<Role>(client, t, names(roles), caches, |m| !spared(m)).await?;
+    n += prune_kind_where::<RoleBinding>(client, t, names(role_bindings), caches, |m| !spared(m))
+        .await?;
     n += prune_kind_where::<PersistentVolumeClaim>(client, t, names(claims), caches, |m| {
         m.labels
             .as_ref()
             .and_then(|l| l.get(tator_api::labels::COMPONENT))
             .is_some_and(|c| c == monitoring::PROMETHEUS)
+            && !spared(m)
     })
     .await?;
-    n += prune_kind::<ConfigMap>(client, t, names(config_maps), caches).await?;
-    n += prune_kind::<Service>(client, t, names(services), caches).await?;
-    n += prune_kind::<Job>(client, t, names(jobs), caches).await?;
-    n += prune_kind::<CronJob>(client, t, names(cron_jobs), caches).await?;
-    n += prune_kind::<StatefulSet>(client, t, names(stateful_sets), caches).await?;
-    n += prune_kind::<Deployment>(client, t, names(deployments), caches).await?;
-    n += prune_kind::<HorizontalPodAutoscaler>(client, t, names(autoscalers), caches).await?;
-    n += prune_kind::<PodDisruptionBudget>(client, t, names(disruption_budgets), caches).await?;
+    n += prune_kind_where::<ConfigMap>(client, t, names(config_maps), caches, |m| !spared(m))
+        .await?;
+    n += prune_kind_where::<Service>(client, t, names(services), caches, |m| !spared(m)).await?;
+    n += prune_kind_where::<Job>(client, t, names(jobs), caches, |m| !spared(m)).await?;
+    n += prune_kind_where::<CronJob>(client, t, names(cron_jobs), caches, |m| !spared(m)).await?;
+    n += prune_kind_where::<StatefulSet>(client, t, names(stateful_sets), caches, |m| !spared(m))
+        .await?;
+    n += prune_kind_where::<Deployment>(client, t, names(deployments), caches, |m| !spared(m))
+        .await?;
+    n += prune_kind_where::<HorizontalPodAutoscaler>(client, t, names(autoscalers), caches, |m| {
+        !spared(m)
+    })
+    .await?;
+    n += prune_kind_where::<PodDisruptionBudget>(
+        client,
+        t,
+        names(disruption_budgets),
+        caches,
+        |m| !spared(m),
+    )
+    .await?;
     for (resource, kind, objs) in [
         (tls::certificate_resource(), "Certificate", certificates),
         (

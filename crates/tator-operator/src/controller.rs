@@ -472,7 +472,14 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         applied.extend(held);
     } else {
         applied.extend(apply::apply(&ctx.client, &t, desired, caches).await?);
-        let pruned = apply::prune(&ctx.client, &t, &applied, caches).await?;
+        let spared = dependencies::spared_components(&t, &deps);
+        if !spared.is_empty() {
+            info!(
+                ?spared,
+                "keeping the in-cluster data services until the managed ones are ready"
+            );
+        }
+        let pruned = apply::prune(&ctx.client, &t, &applied, caches, &spared).await?;
         if pruned > 0 {
             info!(pruned, "deleted orphaned children");
         }

@@ -306,6 +306,26 @@ pub async fn secrets_hash(
 
 /// Whether any data service is managed (checked from the operator rather than judged by a
 /// workload in the cluster).
+/// In-cluster data services that stay although the spec moved to a managed service, because
+/// the managed one is not ready yet: the components (labels) prune must spare this round. The
+/// old server keeps its data and keeps serving the pods that still use it until the new one
+/// answers; a switch with a missing Secret or an unreachable host deletes nothing.
+pub fn spared_components(t: &ValidatedTator, deps: &Dependencies) -> Vec<&'static str> {
+    use crate::build::data::{ELASTICSEARCH, PGBOUNCER, POSTGRES, REDIS};
+    let s = &t.spec;
+    let mut out = Vec::new();
+    if s.postgres.external.is_some() && !deps.database.ok {
+        out.extend([POSTGRES, PGBOUNCER]);
+    }
+    if s.redis.external.is_some() && !deps.cache.ok {
+        out.push(REDIS);
+    }
+    if s.elasticsearch.external.is_some() && deps.search.as_ref().is_some_and(|d| !d.ok) {
+        out.push(ELASTICSEARCH);
+    }
+    out
+}
+
 pub fn has_managed_services(t: &ValidatedTator) -> bool {
     let s = &t.spec;
     s.postgres.external.is_some()

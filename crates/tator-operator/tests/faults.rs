@@ -15,6 +15,9 @@
 //!   `Ready=False`, `ApplyFailed` naming the object, `Stalled`, and a first status for a new
 //!   object; overrides beyond PodSecurity `restricted` or at the service account are
 //!   `InvalidSpec`; nothing is deleted or replaced.
+//! - Switching PostgreSQL from in-cluster to a managed server that is not ready (its Secret
+//!   missing, nothing listening) with the plain new manifest: accepted, reported, and the
+//!   running database, its Services and claim stay until the managed one answers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -967,6 +970,102 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
     .await
     .unwrap();
     wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
+        .await
+        .unwrap();
+    let after = uids(&client, &ns).await;
+    for (key, uid) in &before {
+        assert_eq!(after.get(key), Some(uid), "{key:?} was deleted or replaced");
+    }
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_to_a_managed_database_that_is_not_ready_deletes_nothing() {
+    let client = common::cluster().await;
+    let ns = namespace(&client, "faults-switch", true).await.unwrap();
+    let (_ctx, task) = common::start_controller(&client, &ns);
+    let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
+    create_raw(
+        &client,
+        &ns,
+        json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+               "metadata": {"name": "tator"},
+               "spec": {"version": "1.5.0", "domain": "tator.example.com"}}),
+    )
+    .await
+    .unwrap();
+    wait_for("Ready", Duration::from_secs(90), || converged(&client, &ns))
+        .await
+        .unwrap();
+    let before = uids(&client, &ns).await;
+    let postgres_objects: Vec<_> = before
+        .keys()
+        .filter(|(_, name)| name.starts_with("tator-postgres"))
+        .cloned()
+        .collect();
+    assert!(
+        postgres_objects.iter().any(|(k, _)| k == "StatefulSet"),
+        "{before:?}"
+    );
+
+    // What `kubectl apply` of the new manifest sends: postgres.external only. The stored object
+    // has no defaulted inCluster beside it, so the exactly-one rule accepts it. The Secret it
+    // names does not exist and nothing listens on the port.
+    let port = tator_testbed::support::unused_port();
+    tds.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"postgres": {"external": {
+            "host": "127.0.0.1", "port": port, "sslMode": "disable",
+            "credentialsSecret": {"name": "managed-db-not-created-yet"}}}}})),
+    )
+    .await
+    .unwrap();
+    let generation = tds.get("tator").await.unwrap().metadata.generation;
+    wait_for(
+        "DatabaseReady=False at the new generation",
+        Duration::from_secs(60),
+        || async {
+            let td = tds.get("tator").await.map_err(|e| e.to_string())?;
+            let st = td.status.unwrap_or_default();
+            let db = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "DatabaseReady")
+                .cloned();
+            match db {
+                Some(c)
+                    if c.status == "False"
+                        && c.observed_generation == generation
+                        && st.observed_generation == generation =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // The running database, its Services and claim are all still there, unchanged.
+    let during = uids(&client, &ns).await;
+    for key in &postgres_objects {
+        assert_eq!(
+            during.get(key),
+            before.get(key),
+            "{key:?} was deleted while the managed database was not ready"
+        );
+    }
+
+    // Back to the in-cluster database: Ready again, nothing was replaced.
+    tds.patch(
+        "tator",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"postgres": null}})),
+    )
+    .await
+    .unwrap();
+    wait_for("Ready", Duration::from_secs(90), || converged(&client, &ns))
         .await
         .unwrap();
     let after = uids(&client, &ns).await;

@@ -1195,12 +1195,46 @@ pub async fn finish(
                 info!(cluster = %p.name, "job cluster removed");
             }
             Some(Err(e)) => {
+                // Without its kubeconfig Secret the cluster cannot be reached however long this
+                // waits; otherwise it is retried for REMOVAL_GIVE_UP.
+                let hopeless = e.starts_with("SecretNotFound");
+                let age = jc.removal_age(&t.owner.uid, &p.name);
+                if hopeless || age >= REMOVAL_GIVE_UP {
+                    let why = if hopeless {
+                        "its kubeconfig Secret is gone".to_string()
+                    } else {
+                        format!("gave up after {} s", REMOVAL_GIVE_UP.as_secs())
+                    };
+                    warn!(cluster = %p.name, %why, "job cluster removed from the spec; its objects are left behind");
+                    if let (Some(id), Some(token)) = (p.registered_id, f.api_token)
+                        && let Err((_, message)) =
+                            crate::registration::unregister_job_cluster(t, token, id).await
+                    {
+                        warn!(cluster = %p.name, %message, "could not unregister the job cluster");
+                    }
+                    jc.forget_removal(&t.owner.uid, &p.name);
+                    // Reported once; the entry is dropped from the status.
+                    conds.push(Cond::new(
+                        &type_,
+                        false,
+                        "LeftBehind",
+                        format!(
+                            "removed from the spec; {why}, so its objects in namespace {} were left behind ({}): {e}",
+                            p.namespace,
+                            if p.objects.is_empty() { "none recorded".to_string() } else { p.objects.join(", ") }
+                        ),
+                    ));
+                    continue;
+                }
                 statuses.push(p.clone());
                 conds.push(Cond::new(
                     &type_,
                     false,
                     "CleanupFailed",
-                    format!("removed from the spec; its objects could not be deleted yet (retrying): {e}"),
+                    format!(
+                        "removed from the spec; its objects could not be deleted yet (retrying for {} s more): {e}",
+                        REMOVAL_GIVE_UP.saturating_sub(age).as_secs()
+                    ),
                 ));
             }
             None => {
@@ -1286,7 +1320,12 @@ async fn register(
 #[derive(Default)]
 struct Removal {
     result: Option<Result<(), String>>,
+    started: Option<std::time::Instant>,
 }
+
+/// How long the objects of a cluster removed from the spec are retried before they are left
+/// behind (the default cleanupTimeoutSeconds; the entry's own setting left with it).
+pub const REMOVAL_GIVE_UP: Duration = Duration::from_secs(300);
 
 impl JobClusters {
     /// Starts (once) the removal of one cluster's objects; returns its outcome when known. A
@@ -1299,7 +1338,10 @@ impl JobClusters {
         if let Some(r) = map.get(&key) {
             return r.lock().ok().and_then(|r| r.result.clone());
         }
-        let slot = Arc::new(Mutex::new(Removal::default()));
+        let slot = Arc::new(Mutex::new(Removal {
+            result: None,
+            started: Some(std::time::Instant::now()),
+        }));
         map.insert(key, slot.clone());
         let main = self.main.clone();
         let trigger = self.trigger.lock().ok().and_then(|t| t.clone());
@@ -1328,6 +1370,18 @@ impl JobClusters {
             }
         });
         None
+    }
+
+    /// How long the removal of one cluster's objects has been going on.
+    pub fn removal_age(&self, uid: &str, cluster: &str) -> Duration {
+        self.removals
+            .lock()
+            .ok()
+            .and_then(|map| {
+                map.get(&(uid.to_string(), cluster.to_string()))
+                    .and_then(|r| r.lock().ok().and_then(|r| r.started))
+            })
+            .map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     /// Drops a finished removal.

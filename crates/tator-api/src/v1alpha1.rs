@@ -541,6 +541,7 @@ fn default_es_volume() -> VolumeSettings {
 /// A managed Elasticsearch or OpenSearch.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.credentialsSecret) || self.url.startsWith('https://') || (has(self.allowPlainTextCredentials) && self.allowPlainTextCredentials)").message("elasticsearch.external.credentialsSecret needs an https:// url: over http:// the password crosses the network in clear text (set allowPlainTextCredentials: true only for a trusted network)"))]
 pub struct ElasticsearchExternal {
     /// URL, for example https://search.example.com:9200 (ELASTICSEARCH_HOST).
     #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("elasticsearch.external.url must start with http:// or https://"))]
@@ -552,6 +553,10 @@ pub struct ElasticsearchExternal {
     /// CA certificate (PEM) the server certificate is verified against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<SecretKeyRef>,
+    /// Send the credentials over an http:// url anyway (clear text): only for a network you
+    /// trust. Without it, credentialsSecret needs an https:// url.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plain_text_credentials: bool,
 }
 
 /// Where Tator's images come from.

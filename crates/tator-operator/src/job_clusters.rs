@@ -325,10 +325,27 @@ fn refuse(kc: &Kubeconfig) -> Option<String> {
         }
     }
     for c in &kc.clusters {
-        if c.cluster
-            .as_ref()
-            .is_some_and(|c| c.certificate_authority.is_some())
+        let Some(cluster) = c.cluster.as_ref() else {
+            continue;
+        };
+        // Credentials and copied Secrets go to this server: only over verified TLS.
+        if !cluster
+            .server
+            .as_deref()
+            .is_some_and(|s| s.starts_with("https://"))
         {
+            return Some(format!(
+                "cluster {:?} is not an https:// server: its credentials would cross the network in clear text",
+                c.name
+            ));
+        }
+        if cluster.insecure_skip_tls_verify == Some(true) {
+            return Some(format!(
+                "cluster {:?} skips TLS verification: give its CA as certificate-authority-data",
+                c.name
+            ));
+        }
+        if cluster.certificate_authority.is_some() {
             return Some(format!(
                 "cluster {:?} refers to a CA file: use certificate-authority-data",
                 c.name
@@ -1428,6 +1445,21 @@ current-context: x
             "{token: abc}",
         );
         assert!(refuse(&Kubeconfig::from_yaml(&ok).unwrap()).is_none());
+        let plain = ok.replace("https://127.0.0.1:1", "http://127.0.0.1:1");
+        assert!(
+            refuse(&Kubeconfig::from_yaml(&plain).unwrap())
+                .unwrap()
+                .contains("not an https:// server")
+        );
+        let skip = ok.replace(
+            "{server: \"https://127.0.0.1:1\"}",
+            "{server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}",
+        );
+        assert!(
+            refuse(&Kubeconfig::from_yaml(&skip).unwrap())
+                .unwrap()
+                .contains("skips TLS verification")
+        );
     }
 
     #[test]

@@ -624,6 +624,12 @@ async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
             ),
             "DEEP_ARCHIVE is for AWS",
         ),
+        (
+            with(
+                json!({"elasticsearch": {"external": {"url": "http://search.example.com:9200", "credentialsSecret": {"name": "es"}}}}),
+            ),
+            "credentialsSecret needs an https:// url",
+        ),
         // maintenance jobs
         (
             with(json!({"maintenance": {"jobs": {"prunemedia": {"suspend": true}}}})),

@@ -44,9 +44,14 @@ app.kubernetes.io/part-of: tator
 {{- end }}
 {{- end }}
 
-{{/* The namespace a namespace-scoped operator watches. */}}
+{{/* The namespaces a namespace-scoped operator watches, comma-separated: watchNamespaces, else
+watchNamespace, else the release namespace. */}}
 {{- define "tator-operator.watchNamespace" -}}
+{{- if .Values.watchNamespaces }}
+{{- join "," .Values.watchNamespaces }}
+{{- else }}
 {{- default .Release.Namespace .Values.watchNamespace }}
+{{- end }}
 {{- end }}
 
 {{- define "tator-operator.image" -}}

@@ -36,9 +36,10 @@ struct Cli {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Watch only this namespace (default: every namespace).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: every namespace). kube-system is
+    /// refused.
+    #[arg(long, env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    namespace: Vec<String>,
     /// Reconciles running at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
@@ -142,6 +143,11 @@ fn run_cli() -> anyhow::Result<()> {
             } else {
                 builder.init();
             }
+            if args.namespace.iter().any(|n| n == "kube-system") {
+                anyhow::bail!(
+                    "--namespace: kube-system is not watched (the operator's rights there would reach the cluster's own components)"
+                );
+            }
             if args.leader_election
                 && (args.lease_grace == 0 || args.lease_grace >= args.lease_duration)
             {
@@ -193,39 +199,46 @@ async fn operate(
     if args.install_crd {
         crd_install::install(&client, Duration::from_secs(60)).await?;
     }
-    let settings = controller::Settings {
-        namespace: args.namespace.clone(),
-        concurrency: args.concurrency,
-        resync: Duration::from_secs(600),
-        overrides: args.overrides_policy,
+    // One controller per watched namespace (or one for every namespace), sharing the metrics.
+    let scopes: Vec<Option<String>> = if args.namespace.is_empty() {
+        vec![None]
+    } else {
+        args.namespace.iter().cloned().map(Some).collect()
     };
-    let ctx = Arc::new(controller::Context::with_metrics(
-        client.clone(),
-        settings,
-        metrics,
-    ));
+    let ctxs: Vec<Arc<controller::Context>> = scopes
+        .iter()
+        .map(|ns| {
+            let settings = controller::Settings {
+                namespace: ns.clone(),
+                concurrency: args.concurrency,
+                resync: Duration::from_secs(600),
+                overrides: args.overrides_policy,
+            };
+            Arc::new(controller::Context::with_metrics(
+                client.clone(),
+                settings,
+                metrics.clone(),
+            ))
+        })
+        .collect();
     if !args.leader_election {
         health.set_role(Role::Leader);
-        lead(&client, args.namespace.as_deref(), ctx, health).await;
+        lead(&client, &scopes, ctxs, health).await;
         return Ok(());
     }
-    elected(args, client, ctx, health).await
+    elected(args, client, &scopes, ctxs, health).await
 }
 
-/// Runs the controller until it stops (SIGTERM or SIGINT), marking the health state synced once
-/// every watched kind could be listed.
+/// Runs the controllers until they stop (SIGTERM or SIGINT), marking the health state synced once
+/// every watched kind could be listed in every watched namespace.
 async fn lead(
     client: &Client,
-    namespace: Option<&str>,
-    ctx: Arc<controller::Context>,
+    scopes: &[Option<String>],
+    ctxs: Vec<Arc<controller::Context>>,
     health: &Arc<HealthState>,
 ) {
-    let sync = tokio::spawn(mark_synced(
-        client.clone(),
-        namespace.map(String::from),
-        health.clone(),
-    ));
-    controller::run(ctx).await;
+    let sync = tokio::spawn(mark_synced(client.clone(), scopes.to_vec(), health.clone()));
+    futures::future::join_all(ctxs.into_iter().map(controller::run)).await;
     sync.abort();
 }
 
@@ -237,14 +250,15 @@ async fn lead(
 async fn elected(
     args: &RunArgs,
     client: Client,
-    ctx: Arc<controller::Context>,
+    scopes: &[Option<String>],
+    ctxs: Vec<Arc<controller::Context>>,
     health: &Arc<HealthState>,
 ) -> anyhow::Result<()> {
     use tator_operator::leader::{Attempt, Elector, Settings};
     let namespace = args
         .lease_namespace
         .clone()
-        .or_else(|| args.namespace.clone())
+        .or_else(|| args.namespace.first().cloned())
         .unwrap_or_else(|| "default".into());
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let mut elector = Elector::new(
@@ -307,7 +321,7 @@ async fn elected(
         }
     };
     let lost = tokio::select! {
-        () = lead(&client, args.namespace.as_deref(), ctx, health) => None,
+        () = lead(&client, scopes, ctxs, health) => None,
         reason = renew => Some(reason),
     };
     health.set_role(Role::Stopping);
@@ -391,25 +405,36 @@ where
 
 /// Marks the health state synced once every kind the controller watches can be listed in its
 /// scope (the API server answers and the RBAC allows it), retrying with backoff until then.
-async fn mark_synced(client: Client, ns: Option<String>, health: Arc<HealthState>) {
-    let ns = ns.as_deref();
+async fn mark_synced(client: Client, scopes: Vec<Option<String>>, health: Arc<HealthState>) {
     let children = format!("{}={}", labels::MANAGED_BY, labels::MANAGER);
     let sel = children.as_str();
     let mut delay = Duration::from_millis(200);
     loop {
-        let results = [
-            can_list::<TatorDeployment>(&client, ns, "").await,
-            can_list::<Deployment>(&client, ns, sel).await,
-            can_list::<StatefulSet>(&client, ns, sel).await,
-            can_list::<Service>(&client, ns, sel).await,
-            can_list::<ConfigMap>(&client, ns, sel).await,
-            can_list::<Job>(&client, ns, sel).await,
-            can_list::<CronJob>(&client, ns, sel).await,
-            can_list::<HorizontalPodAutoscaler>(&client, ns, sel).await,
-            can_list::<PodDisruptionBudget>(&client, ns, sel).await,
-            can_list::<PersistentVolumeClaim>(&client, ns, sel).await,
-        ];
-        let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        let mut failures: Vec<String> = Vec::new();
+        for scope in &scopes {
+            let ns = scope.as_deref();
+            let results = [
+                can_list::<TatorDeployment>(&client, ns, "").await,
+                can_list::<Deployment>(&client, ns, sel).await,
+                can_list::<StatefulSet>(&client, ns, sel).await,
+                can_list::<Service>(&client, ns, sel).await,
+                can_list::<ConfigMap>(&client, ns, sel).await,
+                can_list::<Job>(&client, ns, sel).await,
+                can_list::<CronJob>(&client, ns, sel).await,
+                can_list::<HorizontalPodAutoscaler>(&client, ns, sel).await,
+                can_list::<PodDisruptionBudget>(&client, ns, sel).await,
+                can_list::<PersistentVolumeClaim>(&client, ns, sel).await,
+            ];
+            failures.extend(
+                results
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .map(|e| match ns {
+                        Some(ns) => format!("{ns}: {e}"),
+                        None => e,
+                    }),
+            );
+        }
         if failures.is_empty() {
             health.set_synced();
             info!("watches synced: ready");

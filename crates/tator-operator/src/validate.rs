@@ -178,6 +178,11 @@ pub fn validate_with(td: &TatorDeployment, policy: Policy) -> Result<ValidatedTa
     let namespace = td
         .namespace()
         .ok_or_else(|| Error::InvalidSpec("a TatorDeployment must be namespaced".into()))?;
+    if namespace == "kube-system" {
+        return Err(Error::InvalidSpec(
+            "TatorDeployments in kube-system are not reconciled: the operator's rights there would reach the cluster's own components".into(),
+        ));
+    }
     let owner = td
         .controller_owner_ref(&())
         .ok_or_else(|| Error::InvalidSpec("the object has no uid yet".into()))?;

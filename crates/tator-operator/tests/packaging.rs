@@ -881,6 +881,87 @@ async fn namespace_scoped_install_reconciles_with_the_charts_service_account() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_list_install_reconciles_in_those_namespaces_only() {
+    let admin = shared_client().await.unwrap();
+    let admin_kubeconfig = shared_kubeconfig().unwrap();
+    install_crds(&admin, &workspace_root().join("crds"))
+        .await
+        .unwrap();
+    let dir = scratch();
+    let release = namespace(&admin, "pack-list", true).await.unwrap();
+    let lab_a = namespace(&admin, "pack-lab-a", true).await.unwrap();
+    let lab_b = namespace(&admin, "pack-lab-b", true).await.unwrap();
+    let other = namespace(&admin, "pack-lab-c", true).await.unwrap();
+    helm_install(
+        dir.path(),
+        &admin_kubeconfig,
+        &release,
+        &[
+            "installCRD=false",
+            &format!("watchNamespaces={{{lab_a},{lab_b}}}"),
+        ],
+    )
+    .await;
+    let kubeconfig = service_account_kubeconfig(
+        &admin,
+        &admin_kubeconfig,
+        &release,
+        "tator-operator",
+        dir.path(),
+    )
+    .await;
+    let sa = client_from(&kubeconfig).await;
+    assert_forbidden(
+        "list TatorDeployments in an unlisted namespace",
+        tds(&sa, &other).list_metadata(&ListParams::default()),
+    )
+    .await;
+    assert_forbidden(
+        "list Secrets in a listed namespace",
+        Api::<Secret>::namespaced(sa.clone(), &lab_a).list_metadata(&ListParams::default()),
+    )
+    .await;
+    let op = Operator::start(
+        "op-list",
+        &kubeconfig,
+        dir.path(),
+        &[
+            &format!("--namespace={lab_a},{lab_b}"),
+            &format!("--lease-namespace={release}"),
+            "--leader-election",
+        ],
+    );
+    op.wait_role("leader: watches synced", Duration::from_secs(60))
+        .await;
+    for ns in [&lab_a, &lab_b] {
+        create_td(
+            &admin,
+            ns,
+            "tator",
+            json!({"version": "1.5.0", "domain": "tator.example.com"}),
+        )
+        .await;
+    }
+    for ns in [&lab_a, &lab_b] {
+        wait_ready(&admin, ns, "tator", Duration::from_secs(120)).await;
+    }
+    assert_eq!(
+        op.forbidden_lines(),
+        Vec::<String>::new(),
+        "the chart's RBAC refused requests"
+    );
+    drop(op);
+    ok(
+        &helm(
+            dir.path(),
+            Some(&admin_kubeconfig),
+            &["uninstall", "tator-operator", "-n", &release],
+        ),
+        "helm uninstall",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_wide_install_reconciles_in_any_namespace() {
     // A cluster of its own: an operator watching every namespace would also reconcile the other
     // tests' TatorDeployments in the shared cluster. The CRD is not installed: the operator

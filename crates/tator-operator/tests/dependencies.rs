@@ -203,6 +203,105 @@ async fn elasticsearch_checks_against_a_stand_in() {
     assert_eq!(gone.reason, "Unreachable");
 }
 
+/// A hostile endpoint on loopback (fault injection, not a stand-in for a real service).
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// 200 with a body that never ends (about 1 GiB offered).
+    EndlessBody,
+    /// Accepts and never answers.
+    Silent,
+    /// 302 to `Location` (another listener).
+    RedirectTo(u16),
+}
+
+async fn hostile(kind: Hostile) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                match kind {
+                    Hostile::Silent => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                    Hostile::RedirectTo(to) => {
+                        let resp = format!(
+                            "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{to}/_cluster/health\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                        let _ = sock.write_all(resp.as_bytes()).await;
+                    }
+                    Hostile::EndlessBody => {
+                        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n{\"status\":\"green\",\"x\":\"";
+                        if sock.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = vec![b'a'; 64 * 1024];
+                        for _ in 0..(1 << 14) {
+                            if sock.write_all(&chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Resident memory of this process, in MiB.
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_endpoints_cost_bounded_memory_and_time_and_get_no_credentials() {
+    let target = |port: u16| ElasticsearchTarget {
+        url: format!("http://127.0.0.1:{port}"),
+        credentials: Some(("elastic".into(), Password::new(CANARY.into()))),
+        ca_pem: None,
+    };
+    // A body that never ends: read up to the bound, then refused.
+    let endless = hostile(Hostile::EndlessBody).await;
+    let before = rss_mib();
+    let started = std::time::Instant::now();
+    let err = check_elasticsearch(&target(endless)).await.unwrap_err();
+    let took = started.elapsed();
+    let grew = rss_mib() - before;
+    eprintln!(
+        "endless body: {} after {:.1} s, resident memory +{grew:.1} MiB",
+        err.reason,
+        took.as_secs_f64()
+    );
+    assert!(grew < 64.0, "memory grew by {grew:.1} MiB");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert!(!err.message.contains(CANARY), "{err:?}");
+    // Silence: given up on within the check's timeout.
+    let silent = hostile(Hostile::Silent).await;
+    let started = std::time::Instant::now();
+    let err = check_elasticsearch(&target(silent)).await.unwrap_err();
+    let took = started.elapsed();
+    eprintln!("silent: {} after {:.1} s", err.reason, took.as_secs_f64());
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    // A redirect: not followed, so the credentials never reach the other listener.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere = listener.local_addr().unwrap().port();
+    let redirect = hostile(Hostile::RedirectTo(elsewhere)).await;
+    let err = check_elasticsearch(&target(redirect)).await.unwrap_err();
+    eprintln!("redirect: {}: {}", err.reason, err.message);
+    let reached = tokio::time::timeout(Duration::from_millis(500), listener.accept()).await;
+    assert!(reached.is_err(), "the redirect was followed");
+    assert!(!err.message.contains(CANARY), "{err:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_services_gate_migrations_and_never_leak_the_password() {
     let logs = captured_logs();

@@ -36,7 +36,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::cache::{CacheWriters, Caches, Generations, Slim};
 use crate::metrics::Metrics;
-use crate::watched::Watched;
+use crate::watched::{Unreadable, Watched};
 use crate::{
     apply::{self, FIELD_MANAGER},
     build::{
@@ -180,6 +180,16 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
+    publish_to(ctx, &td.object_ref(&()), type_, reason, note).await;
+}
+
+async fn publish_to(
+    ctx: &Context,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -188,7 +198,7 @@ async fn publish(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &td.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&ev, reference).await {
         warn!(error = %e, "could not publish an Event");
     }
 }
@@ -198,18 +208,31 @@ async fn write_status(
     td: &TatorDeployment,
     status: &TatorDeploymentStatus,
 ) -> Result<bool, Error> {
-    if !status::differs(td.status.as_ref(), status) {
+    write_status_of(ctx, td.meta(), td.status.as_ref(), status).await
+}
+
+/// Writes `status` (server-side apply of the status subresource) unless it equals `previous`
+/// but for timestamps; whether it wrote.
+async fn write_status_of(
+    ctx: &Context,
+    meta: &ObjectMeta,
+    previous: Option<&TatorDeploymentStatus>,
+    status: &TatorDeploymentStatus,
+) -> Result<bool, Error> {
+    if !status::differs(previous, status) {
         return Ok(false);
     }
-    let api: Api<TatorDeployment> =
-        Api::namespaced(ctx.client.clone(), &td.namespace().unwrap_or_default());
+    let api: Api<TatorDeployment> = Api::namespaced(
+        ctx.client.clone(),
+        meta.namespace.as_deref().unwrap_or_default(),
+    );
     let body = json!({
         "apiVersion": TatorDeployment::api_version(&()),
         "kind": TatorDeployment::kind(&()),
         "status": status,
     });
     api.patch_status(
-        &td.name_any(),
+        meta.name.as_deref().unwrap_or_default(),
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&body),
     )
@@ -226,9 +249,7 @@ pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(120);
 pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, Error> {
     let td = match obj.as_ref() {
         Watched::Decoded(td) => td,
-        Watched::Undecodable(u) => {
-            return undecodable(&ctx, &u.metadata, u.status.as_ref(), &u.error).await;
-        }
+        Watched::Undecodable(u) => return undecodable(&ctx, &obj, u).await,
     };
     let span = info_span!("reconcile", tator = %key(td), generation = td.meta().generation.unwrap_or_default());
     ctx.reconciles.fetch_add(1, Ordering::Relaxed);
@@ -263,56 +284,23 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
 
 /// An object that could not be decoded: its status says why (InvalidSpec), nothing is applied
 /// or deleted, and it waits for a change. The other installations are not affected.
-async fn undecodable(
-    ctx: &Context,
-    metadata: &ObjectMeta,
-    previous: Option<&TatorDeploymentStatus>,
-    error: &str,
-) -> Result<Action, Error> {
-    let name = metadata.name.clone().unwrap_or_default();
-    let ns = metadata.namespace.clone().unwrap_or_default();
+async fn undecodable(ctx: &Context, obj: &Watched, what: &Unreadable) -> Result<Action, Error> {
+    let meta = &what.metadata;
     let message = format!(
-        "the object could not be read ({error}); free-form fields such as podOverrides must stay within the decoder's nesting limit. Nothing was applied or deleted"
+        "the object could not be read ({}); free-form fields such as podOverrides must stay within the decoder's nesting limit. Nothing was applied or deleted",
+        what.error
     );
-    warn!(tator = %format!("{ns}/{name}"), error, "a TatorDeployment could not be decoded");
-    let generation = metadata.generation.unwrap_or_default();
-    let st = status::invalid_spec(previous, generation, "InvalidSpec", &message);
-    if status::differs(previous, &st) {
-        let api: Api<TatorDeployment> = Api::namespaced(ctx.client.clone(), &ns);
-        let body = json!({
-            "apiVersion": TatorDeployment::api_version(&()),
-            "kind": TatorDeployment::kind(&()),
-            "status": st,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(Error::Status)?;
-        let reference = ObjectReference {
-            api_version: Some(TatorDeployment::api_version(&()).into()),
-            kind: Some(TatorDeployment::kind(&()).into()),
-            name: Some(name),
-            namespace: Some(ns),
-            uid: metadata.uid.clone(),
-            resource_version: metadata.resource_version.clone(),
-            ..Default::default()
-        };
-        let ev = Event {
-            type_: EventType::Warning,
-            reason: "InvalidSpec".into(),
-            note: Some(crate::bounded::one_line(
-                &message,
-                crate::bounded::MESSAGE_MAX,
-            )),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
-            warn!(error = %e, "could not publish an Event");
-        }
+    warn!(tator = %format!("{}/{}", meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default()),
+          error = %what.error, "a TatorDeployment could not be decoded");
+    let st = status::invalid_spec(
+        what.status.as_ref(),
+        meta.generation.unwrap_or_default(),
+        "InvalidSpec",
+        &message,
+    );
+    if write_status_of(ctx, meta, what.status.as_ref(), &st).await? {
+        let reference = obj.object_ref(&());
+        publish_to(ctx, &reference, EventType::Warning, "InvalidSpec", message).await;
     }
     Ok(Action::await_change())
 }

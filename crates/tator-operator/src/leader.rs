@@ -127,7 +127,7 @@ impl Elector {
             .get_opt(&self.settings.name)
             .await
             .map_err(|e| crate::error::brief(&e))?;
-        let Some(mut lease) = live else {
+        let Some(lease) = live else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.settings.name.clone()),
@@ -178,10 +178,10 @@ impl Elector {
         next.holder_identity = Some(me);
         next.lease_duration_seconds = Some(seconds);
         next.renew_time = Some(now);
-        lease.spec = Some(next);
         // The resourceVersion in the patch makes it a compare-and-swap: of two standbys, one
         // wins (409 for the other).
-        match self.swap(&lease).await {
+        let spec = serde_json::to_value(&next).map_err(|e| e.to_string())?;
+        match self.swap(lease.resource_version(), spec).await {
             Ok(updated) => Ok(self.took(updated, started)),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 Ok(Attempt::HeldBy(holder.unwrap_or_else(|| "?".into())))
@@ -190,11 +190,15 @@ impl Elector {
         }
     }
 
-    /// Writes `lease`'s spec if the Lease is still at `lease`'s resourceVersion.
-    async fn swap(&self, lease: &Lease) -> Result<Lease, kube::Error> {
+    /// Merges `spec` into the Lease if it is still at `resource_version` (409 otherwise).
+    async fn swap(
+        &self,
+        resource_version: Option<String>,
+        spec: serde_json::Value,
+    ) -> Result<Lease, kube::Error> {
         let patch = serde_json::json!({
-            "metadata": {"resourceVersion": lease.resource_version()},
-            "spec": lease.spec,
+            "metadata": {"resourceVersion": resource_version},
+            "spec": spec,
         });
         self.api
             .patch(
@@ -228,18 +232,10 @@ impl Elector {
             if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
                 return Ok(());
             }
-            let patch = serde_json::json!({
-                "metadata": {"resourceVersion": lease.resource_version()},
-                // null removes the holder (a merge patch leaves out what is not named).
-                "spec": {"holderIdentity": null, "leaseDurationSeconds": 1,
-                         "renewTime": MicroTime(Timestamp::now())},
-            });
-            self.api
-                .patch(
-                    &self.settings.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
+            // null removes the holder (a merge patch leaves out what is not named).
+            let spec = serde_json::json!({"holderIdentity": null, "leaseDurationSeconds": 1,
+                                          "renewTime": MicroTime(Timestamp::now())});
+            self.swap(lease.resource_version(), spec)
                 .await
                 .map(|_| ())
                 .map_err(|e| crate::error::brief(&e))

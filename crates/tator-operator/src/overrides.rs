@@ -34,17 +34,18 @@ const OWN_LABELS: &[&str] = &["app.kubernetes.io/", "tator.io/"];
 const INVARIANT_POD_FIELDS: &[&str] = &["serviceAccountName", "serviceAccount"];
 /// Lists that merge by name.
 const NAMED_LISTS: &[&str] = &["containers", "initContainers", "volumes"];
-/// Pod fields beyond `restricted`, or that would widen what the pod can reach.
-const RESTRICTED_POD_FIELDS: &[&str] = &[
-    "hostNetwork",
-    "hostPID",
-    "hostIPC",
-    "hostUsers",
-    "nodeName",
-    "shareProcessNamespace",
-    "ephemeralContainers",
-    "runtimeClassName",
-    "automountServiceAccountToken",
+/// Pod fields beyond `restricted`, or that would widen what the pod can reach, with the one
+/// value that is allowed (the tightening one), if any.
+const RESTRICTED_POD_FIELDS: &[(&str, Option<bool>)] = &[
+    ("hostNetwork", Some(false)),
+    ("hostPID", Some(false)),
+    ("hostIPC", Some(false)),
+    ("hostUsers", Some(false)),
+    ("shareProcessNamespace", Some(false)),
+    ("automountServiceAccountToken", Some(false)),
+    ("nodeName", None),
+    ("ephemeralContainers", None),
+    ("runtimeClassName", None),
 ];
 /// Volume types PodSecurity `restricted` allows, less the ones that carry Secrets or tokens.
 const VOLUME_TYPES: &[&str] = &[
@@ -130,9 +131,11 @@ pub fn check(path: &str, overrides: &Value, policy: Policy) -> Result<(), String
             "{what} goes beyond what podOverrides may change (PodSecurity restricted, no Secrets); the operator's --overrides-policy=unrestricted allows it"
         )
     };
-    for k in RESTRICTED_POD_FIELDS {
-        if spec.contains_key(*k) {
-            return Err(beyond(&at(k)));
+    for (k, allowed) in RESTRICTED_POD_FIELDS {
+        if let Some(v) = spec.get(*k)
+            && allowed.is_none_or(|a| v != &Value::Bool(a))
+        {
+            return Err(beyond(&format!("{}: {v}", at(k))));
         }
     }
     if let Some(sc) = spec.get("securityContext") {
@@ -278,6 +281,7 @@ mod tests {
                 "priorityClassName": "high", "terminationGracePeriodSeconds": 60,
                 "securityContext": {"fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
                 "dnsConfig": {"options": [{"name": "ndots", "value": "2"}]},
+                "automountServiceAccountToken": false, "hostNetwork": false, "hostUsers": false,
             }}),
         ] {
             assert_eq!(

@@ -137,8 +137,11 @@ fn serve(
     runtime.block_on(async {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let _ = std::fs::remove_file(dir.join(READY_FILE));
-        // Every start is a fresh cluster: no state from an earlier run.
+        // Every start is a fresh cluster: no state from an earlier run. That includes the
+        // process node's volumes: a database left in a claim folder by an earlier cluster would
+        // meet the new cluster's freshly generated password and refuse it.
         let _ = std::fs::remove_dir_all(dir.join("etcd"));
+        let _ = std::fs::remove_dir_all(dir.join("procnode"));
         std::fs::write(dir.join("pid"), std::process::id().to_string())?;
         let binaries = Binaries::locate()?;
         let mut options = ClusterOptions::new(dir);

@@ -22,6 +22,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::patch_spec;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -280,13 +281,7 @@ async fn kill_9_at_random_points_converges_without_duplicates_or_orphans() {
             2 => json!({"api": {"gunicorn": {"workers": 2 + i % 3}}}),
             _ => json!({"workers": {"image": {"replicas": 1 + i % 2}}}),
         };
-        tds.patch(
-            "tator",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": patch})),
-        )
-        .await
-        .unwrap();
+        patch_spec(&tds, "tator", json!(patch)).await;
         let delay = rand::rng().random_range(0..1500u64);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         op.kill9();
@@ -422,13 +417,7 @@ async fn api_server_and_etcd_restarts_cause_no_storm_and_no_deletes() {
     assert!(!task.is_finished(), "the controller stopped");
 
     // 2. etcd and the API server, right after a spec change (mid-reconcile).
-    tds.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"ui": {"replicas": 2}}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&tds, "tator", json!({"ui": {"replicas": 2}})).await;
     let t = Instant::now();
     tokio::task::block_in_place(|| cluster.restart(&["etcd", "kube-apiserver"])).unwrap();
     let outage = t.elapsed();
@@ -698,17 +687,16 @@ async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
 
     // Dangling Secret references pass the API server; status says what is missing, and nothing
     // the installation already has is deleted or rewritten.
-    tds.patch(
+    patch_spec(
+        &tds,
         "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {
+        json!({
             "objectStorage": {"backup": {"external": {"storeType": "AWS", "bucketName": "media",
                                                       "credentialsSecret": "no-such-secret"}}},
             "tls": {"secretName": "no-such-tls"}
-        }})),
+        }),
     )
-    .await
-    .unwrap();
+    .await;
     let cond = |td: &TatorDeployment, t: &str| {
         td.status
             .as_ref()
@@ -829,13 +817,7 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
     assert_eq!(o.stalled.as_deref(), Some("True"), "{o:?}");
 
     // The other installation keeps reconciling: a change is applied and observed.
-    tds.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"api": {"replicas": 3}}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&tds, "tator", json!({"api": {"replicas": 3}})).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     wait_for("the change applied", Duration::from_secs(60), || async {
         let d = deployments
@@ -872,13 +854,7 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
     )
     .await;
     assert_eq!(o.ready.0, "False", "{o:?}");
-    tds.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"api": {"resources": null}}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&tds, "tator", json!({"api": {"resources": null}})).await;
     wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
         .await
         .unwrap();
@@ -895,21 +871,9 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
             "api.podOverrides.spec.serviceAccountName",
         ),
     ] {
-        tds.patch(
-            "tator",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"api": {"podOverrides": overrides}}})),
-        )
-        .await
-        .unwrap();
+        patch_spec(&tds, "tator", json!({"api": {"podOverrides": overrides}})).await;
         wait_reason(&client, &ns, "tator", "InvalidSpec", needle).await;
-        tds.patch(
-            "tator",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"api": {"podOverrides": null}}})),
-        )
-        .await
-        .unwrap();
+        patch_spec(&tds, "tator", json!({"api": {"podOverrides": null}})).await;
         wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
             .await
             .unwrap();
@@ -937,13 +901,7 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
     // (retrying the same object cannot help), the generation observed with that outcome.
     let refused =
         json!({"api": {"podOverrides": {"metadata": {"labels": {"team": "x".repeat(70)}}}}});
-    tds.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": refused})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&tds, "tator", json!(refused)).await;
     let o = wait_reason(&client, &ns, "tator", "ApplyFailed", "Deployment tator-api").await;
     assert_eq!(o.ready.0, "False", "{o:?}");
     assert_eq!(o.stalled.as_deref(), Some("True"), "{o:?}");
@@ -968,13 +926,7 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
         "{o:?}"
     );
     // Reverted: Ready again, and nothing of the installation was deleted or replaced.
-    tds.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"api": {"podOverrides": null}}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&tds, "tator", json!({"api": {"podOverrides": null}})).await;
     wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
         .await
         .unwrap();
@@ -1018,15 +970,14 @@ async fn switching_to_a_managed_database_that_is_not_ready_deletes_nothing() {
     // has no defaulted inCluster beside it, so the exactly-one rule accepts it. The Secret it
     // names does not exist and nothing listens on the port.
     let port = tator_testbed::support::unused_port();
-    tds.patch(
+    patch_spec(
+        &tds,
         "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"postgres": {"external": {
+        json!({"postgres": {"external": {
             "host": "127.0.0.1", "port": port, "sslMode": "disable",
-            "credentialsSecret": {"name": "managed-db-not-created-yet"}}}}})),
+            "credentialsSecret": {"name": "managed-db-not-created-yet"}}}}),
     )
-    .await
-    .unwrap();
+    .await;
     let generation = tds.get("tator").await.unwrap().metadata.generation;
     wait_for(
         "DatabaseReady=False at the new generation",
@@ -1064,13 +1015,7 @@ async fn switching_to_a_managed_database_that_is_not_ready_deletes_nothing() {
     }
 
     // Back to the in-cluster database: Ready again, nothing was replaced.
-    tds.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"postgres": null}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&tds, "tator", json!({"postgres": null})).await;
     wait_for("Ready", Duration::from_secs(90), || converged(&client, &ns))
         .await
         .unwrap();

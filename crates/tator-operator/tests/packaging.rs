@@ -37,7 +37,7 @@ use tator_testbed::support::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{helm, ok, run, tools_bin};
+use common::{helm, ok, patch_spec, run, tools_bin};
 
 // ---------------------------------------------------------------------------------------------
 // Tools
@@ -1658,13 +1658,7 @@ async fn kstatus_and_argocd_judge_live_tatordeployments_like_the_operator() {
     // A new generation the operator has not seen (it is stopped): stale observedGeneration.
     controller.abort();
     let _ = controller.await;
-    api.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"ui": {"replicas": 2}}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&api, "tator", json!({"ui": {"replicas": 2}})).await;
     let obj = live(&api, "tator").await;
     assert_ne!(
         obj["metadata"]["generation"],
@@ -1675,13 +1669,12 @@ async fn kstatus_and_argocd_judge_live_tatordeployments_like_the_operator() {
     // An upgrade rolling out.
     controller = start_controller(&client, &ns);
     wait_ready(&client, &ns, "tator", Duration::from_secs(60)).await;
-    api.patch(
+    patch_spec(
+        &api,
         "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"version": "1.6.0", "image": {"tag": "1.6.0"}}})),
+        json!({"version": "1.6.0", "image": {"tag": "1.6.0"}}),
     )
-    .await
-    .unwrap();
+    .await;
     let obj = wait_state(
         &api,
         "tator",
@@ -1697,13 +1690,12 @@ async fn kstatus_and_argocd_judge_live_tatordeployments_like_the_operator() {
 
     // Held on purpose: paused with a change held back, then stopped. Argo CD: Suspended (not
     // Progressing forever); kstatus follows Ready=False (Tator does not serve the spec): InProgress.
-    api.patch(
+    patch_spec(
+        &api,
         "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"paused": true, "ui": {"replicas": 3}}})),
+        json!({"paused": true, "ui": {"replicas": 3}}),
     )
-    .await
-    .unwrap();
+    .await;
     let obj = wait_state(
         &api,
         "tator",
@@ -1713,13 +1705,7 @@ async fn kstatus_and_argocd_judge_live_tatordeployments_like_the_operator() {
     )
     .await;
     check("paused", &obj, "Suspended", "InProgress");
-    api.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"paused": false, "stopped": true}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&api, "tator", json!({"paused": false, "stopped": true})).await;
     let obj = wait_state(
         &api,
         "tator",
@@ -1735,24 +1721,17 @@ async fn kstatus_and_argocd_judge_live_tatordeployments_like_the_operator() {
     )
     .await;
     check("stopped", &obj, "Suspended", "InProgress");
-    api.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"stopped": false}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&api, "tator", json!({"stopped": false})).await;
     wait_ready(&client, &ns, "tator", Duration::from_secs(90)).await;
 
     // An object the API server refuses (a label value over 63 characters): Degraded / Failed,
     // not Progressing forever.
-    api.patch(
+    patch_spec(
+        &api,
         "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"ui": {"podOverrides": {"metadata": {"labels": {"team": "x".repeat(70)}}}}}})),
+        json!({"ui": {"podOverrides": {"metadata": {"labels": {"team": "x".repeat(70)}}}}}),
     )
-    .await
-    .unwrap();
+    .await;
     let obj = wait_state(
         &api,
         "tator",
@@ -1762,24 +1741,12 @@ async fn kstatus_and_argocd_judge_live_tatordeployments_like_the_operator() {
     )
     .await;
     check("apply-refused", &obj, "Degraded", "Failed");
-    api.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"ui": {"podOverrides": null}}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&api, "tator", json!({"ui": {"podOverrides": null}})).await;
     wait_ready(&client, &ns, "tator", Duration::from_secs(90)).await;
 
     // A failure: a failed migration stalls the upgrade (kwok's chaos stage fails the Job's pod).
-    api.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"version": "1.7.0", "image": {"tag": "1.7.0"}, "migrations": {"podOverrides": {"metadata": {"labels": {
-            "pod-container-running-failed.stage.kwok.x-k8s.io": "true"}}}}}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&api, "tator", json!({"version": "1.7.0", "image": {"tag": "1.7.0"}, "migrations": {"podOverrides": {"metadata": {"labels": {
+            "pod-container-running-failed.stage.kwok.x-k8s.io": "true"}}}}})).await;
     let obj = wait_state(
         &api,
         "tator",

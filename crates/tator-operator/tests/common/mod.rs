@@ -95,3 +95,19 @@ pub fn helm(dir: &Path, kubeconfig: Option<&Path>, args: &[&str]) -> Output {
     };
     run(cmd, None)
 }
+
+/// Merges `spec` into the spec of the TatorDeployment `name` (a JSON merge patch).
+#[allow(dead_code)]
+pub async fn patch_spec(
+    api: &kube::Api<tator_api::TatorDeployment>,
+    name: &str,
+    spec: serde_json::Value,
+) {
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({ "spec": spec })),
+    )
+    .await
+    .unwrap();
+}

@@ -185,37 +185,21 @@ fn check_container(
             beyond,
         )?;
     }
-    for (j, p) in c
-        .get("ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        if p.get("hostPort").is_some() || p.get("hostIP").is_some() {
-            return Err(beyond(&format!("{here}.ports[{j}].hostPort")));
-        }
-    }
-    for (j, e) in c
-        .get("env")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        if e.pointer("/valueFrom/secretKeyRef").is_some() {
-            return Err(beyond(&format!("{here}.env[{j}].valueFrom.secretKeyRef")));
-        }
-    }
-    for (j, e) in c
-        .get("envFrom")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        if e.get("secretRef").is_some() {
-            return Err(beyond(&format!("{here}.envFrom[{j}].secretRef")));
+    // Host ports and Secret references, wherever a container's lists can hold them.
+    for (list, pointer) in [
+        ("ports", "/hostPort"),
+        ("ports", "/hostIP"),
+        ("env", "/valueFrom/secretKeyRef"),
+        ("envFrom", "/secretRef"),
+    ] {
+        let entries = c.get(list).and_then(Value::as_array).into_iter().flatten();
+        for (j, e) in entries.enumerate() {
+            if e.pointer(pointer).is_some() {
+                return Err(beyond(&format!(
+                    "{here}.{list}[{j}]{}",
+                    pointer.replace('/', ".")
+                )));
+            }
         }
     }
     Ok(())

@@ -476,6 +476,27 @@ async fn create_raw(client: &Client, ns: &str, body: Value) -> Result<(), String
     }
 }
 
+/// Creates the TatorDeployment `name` with `spec`, sent raw.
+async fn create_td(client: &Client, ns: &str, name: &str, spec: Value) {
+    create_raw(
+        client,
+        ns,
+        json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+               "metadata": {"name": name}, "spec": spec}),
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until `tator` is converged (see [`converged`]).
+async fn wait_converged(client: &Client, ns: &str, seconds: u64) {
+    wait_for("Ready", Duration::from_secs(seconds), || {
+        converged(client, ns)
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
     let client = common::cluster().await;
@@ -488,9 +509,7 @@ async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
     }))
     .unwrap();
     tds.create(&PostParams::default(), &td).await.unwrap();
-    wait_for("Ready", Duration::from_secs(90), || converged(&client, &ns))
-        .await
-        .unwrap();
+    wait_converged(&client, &ns, 90).await;
     let before = uids(&client, &ns).await;
 
     let base = || json!({"version": "1.5.0", "domain": "a.example.com"});
@@ -782,17 +801,8 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
     let (_ctx, task) = common::start_controller(&client, &ns);
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     let spec = json!({"version": "1.5.0", "domain": "tator.example.com"});
-    create_raw(
-        &client,
-        &ns,
-        json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
-               "metadata": {"name": "tator"}, "spec": spec}),
-    )
-    .await
-    .unwrap();
-    wait_for("Ready", Duration::from_secs(90), || converged(&client, &ns))
-        .await
-        .unwrap();
+    create_td(&client, &ns, "tator", spec).await;
+    wait_converged(&client, &ns, 90).await;
     let before = uids(&client, &ns).await;
 
     // Free-form overrides nested deeper than the decoder allows pass the API server. That object
@@ -831,9 +841,7 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
     })
     .await
     .unwrap();
-    wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
-        .await
-        .unwrap();
+    wait_converged(&client, &ns, 60).await;
 
     // A quantity the API server would refuse is refused before anything is applied.
     tds.patch(
@@ -855,9 +863,7 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
     .await;
     assert_eq!(o.ready.0, "False", "{o:?}");
     patch_spec(&tds, "tator", json!({"api": {"resources": null}})).await;
-    wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
-        .await
-        .unwrap();
+    wait_converged(&client, &ns, 60).await;
 
     // Overrides beyond PodSecurity restricted, or at the operator's service account, are
     // refused before anything is applied.
@@ -874,9 +880,7 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
         patch_spec(&tds, "tator", json!({"api": {"podOverrides": overrides}})).await;
         wait_reason(&client, &ns, "tator", "InvalidSpec", needle).await;
         patch_spec(&tds, "tator", json!({"api": {"podOverrides": null}})).await;
-        wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
-            .await
-            .unwrap();
+        wait_converged(&client, &ns, 60).await;
     }
     let api_pods = deployments
         .get("tator-api")
@@ -909,14 +913,7 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
     // A new object with the same problem gets a first status that says so.
     let mut fresh = json!({"version": "1.5.0", "domain": "fresh.example.com"});
     fresh["api"] = refused["api"].clone();
-    create_raw(
-        &client,
-        &ns,
-        json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
-               "metadata": {"name": "fresh"}, "spec": fresh}),
-    )
-    .await
-    .unwrap();
+    create_td(&client, &ns, "fresh", fresh).await;
     let o = wait_reason(&client, &ns, "fresh", "ApplyFailed", "Deployment fresh-api").await;
     assert_eq!(o.stalled.as_deref(), Some("True"), "{o:?}");
     // The API server's answer, once and on one line (not the whole error structure).
@@ -927,9 +924,7 @@ async fn failures_reach_the_status_and_stay_with_their_object() {
     );
     // Reverted: Ready again, and nothing of the installation was deleted or replaced.
     patch_spec(&tds, "tator", json!({"api": {"podOverrides": null}})).await;
-    wait_for("Ready", Duration::from_secs(60), || converged(&client, &ns))
-        .await
-        .unwrap();
+    wait_converged(&client, &ns, 60).await;
     let after = uids(&client, &ns).await;
     for (key, uid) in &before {
         assert_eq!(after.get(key), Some(uid), "{key:?} was deleted or replaced");
@@ -943,18 +938,14 @@ async fn switching_to_a_managed_database_that_is_not_ready_deletes_nothing() {
     let ns = namespace(&client, "faults-switch", true).await.unwrap();
     let (_ctx, task) = common::start_controller(&client, &ns);
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
-    create_raw(
+    create_td(
         &client,
         &ns,
-        json!({"apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
-               "metadata": {"name": "tator"},
-               "spec": {"version": "1.5.0", "domain": "tator.example.com"}}),
+        "tator",
+        json!({"version": "1.5.0", "domain": "tator.example.com"}),
     )
-    .await
-    .unwrap();
-    wait_for("Ready", Duration::from_secs(90), || converged(&client, &ns))
-        .await
-        .unwrap();
+    .await;
+    wait_converged(&client, &ns, 90).await;
     let before = uids(&client, &ns).await;
     let postgres_objects: Vec<_> = before
         .keys()
@@ -1016,9 +1007,7 @@ async fn switching_to_a_managed_database_that_is_not_ready_deletes_nothing() {
 
     // Back to the in-cluster database: Ready again, nothing was replaced.
     patch_spec(&tds, "tator", json!({"postgres": null})).await;
-    wait_for("Ready", Duration::from_secs(90), || converged(&client, &ns))
-        .await
-        .unwrap();
+    wait_converged(&client, &ns, 90).await;
     let after = uids(&client, &ns).await;
     for (key, uid) in &before {
         assert_eq!(after.get(key), Some(uid), "{key:?} was deleted or replaced");

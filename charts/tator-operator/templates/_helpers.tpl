@@ -148,6 +148,11 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, watch, create, patch, delete]
+# build/transcodes.rs: the NetworkPolicy that admits only the transcode service and workers to
+# their queue's Redis is applied, owned and pruned.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, watch, create, patch, delete]
 # Secrets by name only: apply.rs creates generated Secrets and fixes their metadata (create,
 # patch), objstore.rs applies the composed bucket Secrets (patch) and reads credentials Secrets
 # (get), checks.rs reads managed-service passwords (get), dependencies.rs hashes referenced

@@ -18,6 +18,8 @@ mod workflows;
 pub use workflows::*;
 mod maintenance;
 pub use maintenance::*;
+mod transcodes;
+pub use transcodes::*;
 
 // Maintainer note: field docs below are user-facing (`kubectl explain`). Defaults are serde
 // defaults so that a stored object that omits a field reads back with the documented value.
@@ -146,8 +148,14 @@ pub struct TatorDeploymentSpec {
     #[serde(default)]
     pub monitoring: Monitoring,
 
+    /// Video transcodes as Tator 1.5.0 runs them: the transcode service, its queue and a pool
+    /// of ffmpeg workers. On by default.
+    #[serde(default)]
+    pub transcodes: Transcodes,
+
     /// Argo WorkflowTemplates for transcodes and archive imports, and the roles their pods and
-    /// the REST API need.
+    /// the REST API need. Tator 1.5.0 itself does not submit them (its uploads go through
+    /// `transcodes`); they are there for users and algorithms that do.
     #[serde(default)]
     pub workflows: Workflows,
 
@@ -213,7 +221,8 @@ pub enum DeletionPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
-    /// Name of the Secret.
+    /// Name of the Secret. The Secret must list this TatorDeployment in its annotation
+    /// tator.io/tator-deployments (or "*"), see docs/security.md.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Key in the Secret.
@@ -225,7 +234,8 @@ pub struct SecretKeyRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSecret {
-    /// Name of the Secret.
+    /// Name of the Secret. The Secret must list this TatorDeployment in its annotation
+    /// tator.io/tator-deployments (or "*"), see docs/security.md.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Key of the user name.
@@ -586,7 +596,8 @@ pub struct ImageSettings {
     #[serde(default)]
     pub pull_policy: PullPolicy,
 
-    /// Names of Secrets in this namespace used to pull images.
+    /// Names of Secrets in this namespace used to pull images (also copied to job clusters).
+    /// Each must list this TatorDeployment in its annotation tator.io/tator-deployments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub pull_secrets: Vec<String>,
@@ -633,7 +644,8 @@ impl PullPolicy {
 pub struct TlsSettings {
     /// Name of a Secret of type kubernetes.io/tls in this namespace holding the certificate chain
     /// (tls.crt) and key (tls.key) for the domain and its aliases. With issuerRef, the Secret
-    /// cert-manager writes (default: <name>-tls).
+    /// cert-manager writes (default: <name>-tls). A Secret of your own must list this
+    /// TatorDeployment in its annotation tator.io/tator-deployments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: Option<String>,
@@ -1070,7 +1082,8 @@ fn default_shared_size() -> String {
 pub struct AdminSettings {
     /// Secret in this namespace with the keys `username` and `password`, and optionally
     /// `email` (default `<username>@<domain>`). Its values never appear in the Job's arguments,
-    /// logs or the status.
+    /// logs or the status. The Secret must list this TatorDeployment in its annotation
+    /// tator.io/tator-deployments.
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
 }

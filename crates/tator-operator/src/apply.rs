@@ -10,6 +10,7 @@ use k8s_openapi::{
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::{CronJob, Job},
         core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount},
+        networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
         rbac::v1::{Role, RoleBinding},
     },
@@ -171,6 +172,7 @@ pub fn held_back(
         deployments,
         autoscalers,
         disruption_budgets,
+        network_policies,
         service_monitors: _,
         pod_monitors: _,
         workflow_templates: _,
@@ -192,6 +194,7 @@ pub fn held_back(
         deployments: held(ns, deployments, caches, &mut pending),
         autoscalers: held(ns, autoscalers, caches, &mut pending),
         disruption_budgets: held(ns, disruption_budgets, caches, &mut pending),
+        network_policies: held(ns, network_policies, caches, &mut pending),
         service_monitors: Vec::new(),
         pod_monitors: Vec::new(),
         workflow_templates: Vec::new(),
@@ -230,6 +233,7 @@ pub async fn apply(
         deployments,
         autoscalers,
         disruption_budgets,
+        network_policies,
         service_monitors,
         pod_monitors,
         workflow_templates,
@@ -256,6 +260,7 @@ pub async fn apply(
     let deployments = apply_all(client, ns, deployments, caches).await?;
     let autoscalers = apply_all(client, ns, autoscalers, caches).await?;
     let disruption_budgets = apply_all(client, ns, disruption_budgets, caches).await?;
+    let network_policies = apply_all(client, ns, network_policies, caches).await?;
     let (service_monitors, sm_missing) = apply_dynamic(
         client,
         ns,
@@ -295,6 +300,7 @@ pub async fn apply(
         deployments,
         autoscalers,
         disruption_budgets,
+        network_policies,
         service_monitors,
         pod_monitors,
         workflow_templates,
@@ -540,6 +546,7 @@ pub async fn prune(
         deployments,
         autoscalers,
         disruption_budgets,
+        network_policies,
         service_monitors,
         pod_monitors,
         workflow_templates,
@@ -582,6 +589,10 @@ pub async fn prune(
         caches,
         |m| !spared(m),
     )
+    .await?;
+    n += prune_kind_where::<NetworkPolicy>(client, t, names(network_policies), caches, |m| {
+        !spared(m)
+    })
     .await?;
     for (resource, kind, objs) in [
         (tls::certificate_resource(), "Certificate", certificates),

@@ -26,6 +26,7 @@ use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::{CronJob, Job},
     core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount},
+    networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
 };
@@ -58,6 +59,7 @@ pub struct Caches {
     pub cron_jobs: Store<PartialObjectMeta<CronJob>>,
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub disruption_budgets: Store<PodDisruptionBudget>,
+    pub network_policies: Store<NetworkPolicy>,
     pub claims: Store<PersistentVolumeClaim>,
     /// The generations of the children not kept whole, as the operator last applied or read them.
     pub generations: Generations,
@@ -77,6 +79,7 @@ pub struct CacheWriters {
     pub cron_jobs: Writer<PartialObjectMeta<CronJob>>,
     pub autoscalers: Writer<HorizontalPodAutoscaler>,
     pub disruption_budgets: Writer<PodDisruptionBudget>,
+    pub network_policies: Writer<NetworkPolicy>,
     pub claims: Writer<PersistentVolumeClaim>,
 }
 
@@ -95,6 +98,7 @@ impl Caches {
         let (cron_jobs, wcj) = reflector::store();
         let (autoscalers, wa) = reflector::store();
         let (disruption_budgets, wp) = reflector::store();
+        let (network_policies, wnp) = reflector::store();
         let (claims, wcl) = reflector::store();
         (
             Self {
@@ -110,6 +114,7 @@ impl Caches {
                 cron_jobs,
                 autoscalers,
                 disruption_budgets,
+                network_policies,
                 claims,
                 generations: Generations::default(),
             },
@@ -126,6 +131,7 @@ impl Caches {
                 cron_jobs: wcj,
                 autoscalers: wa,
                 disruption_budgets: wp,
+                network_policies: wnp,
                 claims: wcl,
             },
         )
@@ -290,6 +296,7 @@ cached!(ConfigMap, config_maps);
 cached!(Job, jobs);
 cached!(HorizontalPodAutoscaler, autoscalers);
 cached!(PodDisruptionBudget, disruption_budgets);
+cached!(NetworkPolicy, network_policies);
 cached!(PersistentVolumeClaim, claims);
 
 /// Kinds kept without their pod template's spec (see the module documentation).

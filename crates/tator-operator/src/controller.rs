@@ -16,6 +16,7 @@ use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::{CronJob, Job},
     core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Service, ServiceAccount},
+    networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
 };
@@ -43,7 +44,7 @@ use crate::{
         self,
         migrations::{self, JobState},
     },
-    checks, dependencies,
+    checks, consent, dependencies,
     error::Error,
     objstore, registration,
     status::{self, Observations},
@@ -61,6 +62,8 @@ pub struct Settings {
     pub resync: Duration,
     /// What `podOverrides` may change.
     pub overrides: crate::overrides::Policy,
+    /// Whether a Secret the spec names must consent (see [`crate::consent`]).
+    pub secret_consent: consent::Mode,
 }
 
 impl Default for Settings {
@@ -70,6 +73,7 @@ impl Default for Settings {
             concurrency: 4,
             resync: Duration::from_secs(600),
             overrides: crate::overrides::Policy::default(),
+            secret_consent: consent::Mode::default(),
         }
     }
 }
@@ -108,7 +112,10 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         let (caches, writers) = Caches::new();
-        let job_clusters = Arc::new(crate::job_clusters::JobClusters::new(client.clone()));
+        let job_clusters = Arc::new(crate::job_clusters::JobClusters::new(
+            client.clone(),
+            settings.secret_consent,
+        ));
         let (tx, rx) = futures::channel::mpsc::unbounded();
         job_clusters.set_trigger(tx);
         Self {
@@ -245,6 +252,9 @@ async fn write_status_of(
 /// bounds their sum. A reconcile cut short loses nothing (applies are idempotent) and is retried.
 pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(120);
 
+/// How soon a TatorDeployment held back by a Secret without consent looks again.
+pub const CONSENT_RECHECK: Duration = Duration::from_secs(20);
+
 /// One reconcile of one TatorDeployment.
 pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, Error> {
     let td = match obj.as_ref() {
@@ -359,7 +369,35 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         let st = status::first(t.generation);
         write_status(ctx, td, &st).await?;
     }
-    t.secrets_hash = dependencies::secrets_hash(&ctx.client, &t).await?;
+    // fetch: the Secrets the spec names (metadata only), and whether each is meant for this one
+    let removed_clusters: Vec<String> = td
+        .status
+        .iter()
+        .flat_map(|s| &s.job_clusters)
+        .filter(|c| !t.spec.job_clusters.iter().any(|j| j.name == c.name))
+        .map(|c| c.kubeconfig_secret.clone())
+        .collect();
+    let secret_facts = consent::fetch(
+        &ctx.client,
+        &t.namespace,
+        consent::named(&t, &removed_clusters),
+    )
+    .await?;
+    if ctx.settings.secret_consent == consent::Mode::Required {
+        let refused = secret_facts.refused(&t);
+        if !refused.is_empty() {
+            // Nothing is applied, deleted or read: the status says which Secret and how to
+            // consent; the Secret is looked at again shortly (Secrets are not watched).
+            let msg = consent::refusal_message(&t, &refused);
+            let st =
+                status::invalid_spec(td.status.as_ref(), t.generation, "SecretNotAllowed", &msg);
+            if write_status(ctx, td, &st).await? {
+                publish(ctx, td, EventType::Warning, "SecretNotAllowed", msg).await;
+            }
+            return Ok(Action::requeue(CONSENT_RECHECK));
+        }
+    }
+    t.secrets_hash = dependencies::secrets_hash(&t, &secret_facts);
     let had_clusters = td
         .status
         .as_ref()
@@ -981,6 +1019,12 @@ pub async fn run(ctx: Arc<Context>) {
         .owns_stream(cached(
             api_for::<PodDisruptionBudget>(&client, ns),
             w.disruption_budgets,
+            whole,
+            None,
+        ))
+        .owns_stream(cached(
+            api_for::<NetworkPolicy>(&client, ns),
+            w.network_policies,
             whole,
             None,
         ))

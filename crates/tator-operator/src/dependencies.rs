@@ -274,34 +274,19 @@ pub fn referenced_secrets(t: &ValidatedTator) -> Vec<String> {
 
 /// A hash of the resourceVersions of the referenced Secrets (metadata only: no value is read),
 /// so that rotating a password rolls the pods that use it. None when there are none.
-pub async fn secrets_hash(
-    client: &Client,
-    t: &ValidatedTator,
-) -> Result<Option<String>, crate::error::Error> {
+pub fn secrets_hash(t: &ValidatedTator, facts: &crate::consent::SecretFacts) -> Option<String> {
     let names = referenced_secrets(t);
     if names.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(client.clone(), &t.namespace);
-    let mut versions = Vec::new();
-    for name in names {
-        let meta =
-            api.get_metadata_opt(&name)
-                .await
-                .map_err(|source| crate::error::Error::Fetch {
-                    what: format!("Secret {name}"),
-                    source,
-                })?;
-        let rv = meta
-            .and_then(|m| m.metadata.resource_version)
-            .unwrap_or_default();
-        versions.push(format!("{name}={rv}"));
-    }
-    Ok(Some(crate::build::common::short_hash(
+    let versions: Vec<String> = names
+        .iter()
+        .map(|name| format!("{name}={}", facts.resource_version(name)))
+        .collect();
+    Some(crate::build::common::short_hash(
         versions.join(",").as_bytes(),
         16,
-    )))
+    ))
 }
 
 /// Whether any data service is managed (checked from the operator rather than judged by a

@@ -155,15 +155,18 @@ type ClusterKey = (String, String);
 /// Every job-cluster worker of this operator.
 pub struct JobClusters {
     main: Client,
+    /// Whether kubeconfig Secrets must consent (re-checked at every read).
+    consent: crate::consent::Mode,
     workers: Mutex<HashMap<ClusterKey, Worker>>,
     removals: Mutex<HashMap<ClusterKey, Arc<Mutex<Removal>>>>,
     trigger: Mutex<Option<UnboundedSender<ObjectRef<TatorDeployment>>>>,
 }
 
 impl JobClusters {
-    pub fn new(main: Client) -> Self {
+    pub fn new(main: Client, consent: crate::consent::Mode) -> Self {
         Self {
             main,
+            consent,
             workers: Mutex::new(HashMap::new()),
             removals: Mutex::new(HashMap::new()),
             trigger: Mutex::new(None),
@@ -203,7 +206,13 @@ impl JobClusters {
             let (tx, rx) = watch::channel(d.clone());
             let report = Arc::new(Mutex::new(Report::default()));
             let trigger = self.trigger.lock().ok().and_then(|t| t.clone());
-            let task = tokio::spawn(run_worker(self.main.clone(), rx, report.clone(), trigger));
+            let task = tokio::spawn(run_worker(
+                self.main.clone(),
+                self.consent,
+                rx,
+                report.clone(),
+                trigger,
+            ));
             out.push(Report::default());
             workers.insert(
                 key,
@@ -227,6 +236,7 @@ impl JobClusters {
 
 async fn run_worker(
     main: Client,
+    consent: crate::consent::Mode,
     mut rx: watch::Receiver<Desired>,
     report: Arc<Mutex<Report>>,
     trigger: Option<UnboundedSender<ObjectRef<TatorDeployment>>>,
@@ -238,7 +248,7 @@ async fn run_worker(
         let d = rx.borrow_and_update().clone();
         let r = match tokio::time::timeout(
             ATTEMPT_TIMEOUT,
-            sync_once(&main, &d, &mut session, &mut last),
+            sync_once(&main, consent, &d, &mut session, &mut last),
         )
         .await
         {
@@ -360,6 +370,7 @@ async fn session<'a>(
     main: &Client,
     namespace: &str,
     secret_ref: &KubeconfigSecret,
+    who: Option<(&str, &str)>,
     cached: &'a mut Option<Session>,
 ) -> Result<&'a Session, Check> {
     let secrets: Api<Secret> = Api::namespaced(main.clone(), namespace);
@@ -380,6 +391,20 @@ async fn session<'a>(
                 format!("kubeconfig Secret {} does not exist", secret_ref.name),
             )
         })?;
+    if let Some((name, uid)) = who
+        && !crate::consent::consents(&secret.metadata, name, uid)
+    {
+        *cached = None;
+        return Err(Check::new(
+            false,
+            "SecretNotAllowed",
+            format!(
+                "kubeconfig Secret {} does not list this TatorDeployment in its annotation {}",
+                secret_ref.name,
+                crate::consent::ANNOTATION
+            ),
+        ));
+    }
     let bytes = secret
         .data
         .and_then(|mut m| m.remove(&secret_ref.key))
@@ -513,11 +538,22 @@ fn unreachable(check: Check, server: Option<String>) -> Report {
 
 async fn sync_once(
     main: &Client,
+    consent: crate::consent::Mode,
     d: &Desired,
     cached: &mut Option<Session>,
     last: &mut Option<LastApply>,
 ) -> Report {
-    let s = match session(main, &d.namespace, &d.cluster.kubeconfig_secret, cached).await {
+    let who =
+        (consent == crate::consent::Mode::Required).then_some((d.name.as_str(), d.uid.as_str()));
+    let s = match session(
+        main,
+        &d.namespace,
+        &d.cluster.kubeconfig_secret,
+        who,
+        cached,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(check) => return unreachable(check, None),
     };
@@ -841,7 +877,9 @@ impl Placement {
 pub async fn cleanup(main: &Client, p: &Placement) -> Result<(), String> {
     let work = async {
         let mut cached = None;
-        let s = session(main, &p.namespace, &p.kubeconfig, &mut cached)
+        // Removal only deletes what the operator made there; consent was checked when the
+        // entry was last in the spec (and by the reconcile while it is being removed).
+        let s = session(main, &p.namespace, &p.kubeconfig, None, &mut cached)
             .await
             .map_err(|c| format!("{}: {}", c.reason, c.message))?;
         let client = s.client.clone();

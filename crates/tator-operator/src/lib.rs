@@ -11,6 +11,7 @@ pub mod cache;
 pub mod catalog;
 pub mod checks;
 pub mod client;
+pub mod consent;
 pub mod controller;
 pub mod crd_install;
 pub mod cron;

@@ -10,6 +10,7 @@ use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::{CronJob, Job},
     core::v1::{ConfigMap, PersistentVolumeClaim, Service},
+    networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
 };
 use kube::{Api, Client, Resource, api::ListParams};
@@ -80,6 +81,12 @@ struct RunArgs {
     /// operator's labels, service account and generated containers).
     #[arg(long, env = "OVERRIDES_POLICY", value_enum, default_value_t = tator_operator::overrides::Policy::Restricted)]
     overrides_policy: tator_operator::overrides::Policy,
+
+    /// Whether a Secret a TatorDeployment names must consent with the annotation
+    /// tator.io/tator-deployments (required), or any Secret of the namespace may be named (off).
+    #[arg(long, env = "SECRET_CONSENT", value_enum, default_value_t = tator_operator::consent::Mode::Required)]
+    secret_consent: tator_operator::consent::Mode,
+
     /// Identity in the Lease (default: POD_NAME, else host name and a random suffix).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -213,6 +220,7 @@ async fn operate(
                 concurrency: args.concurrency,
                 resync: Duration::from_secs(600),
                 overrides: args.overrides_policy,
+                secret_consent: args.secret_consent,
             };
             Arc::new(controller::Context::with_metrics(
                 client.clone(),
@@ -423,6 +431,7 @@ async fn mark_synced(client: Client, scopes: Vec<Option<String>>, health: Arc<He
                 can_list::<CronJob>(&client, ns, sel).await,
                 can_list::<HorizontalPodAutoscaler>(&client, ns, sel).await,
                 can_list::<PodDisruptionBudget>(&client, ns, sel).await,
+                can_list::<NetworkPolicy>(&client, ns, sel).await,
                 can_list::<PersistentVolumeClaim>(&client, ns, sel).await,
             ];
             failures.extend(

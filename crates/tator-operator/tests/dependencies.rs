@@ -323,7 +323,7 @@ async fn managed_services_gate_migrations_and_never_leak_the_password() {
         ("cache", json!({"password": CANARY})),
     ] {
         let s: Secret =
-            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data}))
+            serde_json::from_value(json!({"metadata": {"name": name, "annotations": common::consent("*")}, "stringData": data}))
                 .unwrap();
         secrets.create(&PostParams::default(), &s).await.unwrap();
     }
@@ -415,7 +415,7 @@ async fn managed_services_gate_migrations_and_never_leak_the_password() {
 
     // A wrong password is reported as such (the check runs again on its backoff).
     let s: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "cache"}, "stringData": {"password": "not-the-password"}}),
+        json!({"metadata": {"name": "cache", "annotations": common::consent("*")}, "stringData": {"password": "not-the-password"}}),
     )
     .unwrap();
     secrets

@@ -93,6 +93,7 @@ async fn apply_example(client: &Client, ns: &str, file: &str) -> String {
     let admin = Secret {
         metadata: ObjectMeta {
             name: Some("tator-admin".into()),
+            annotations: Some(common::consent_map("*")),
             ..Default::default()
         },
         string_data: Some(
@@ -543,6 +544,7 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
         let s = Secret {
             metadata: ObjectMeta {
                 name: Some(secret.into()),
+                annotations: Some(common::consent_map(&name)),
                 ..Default::default()
             },
             string_data: Some(data.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
@@ -822,7 +824,7 @@ async fn restore_and_serve(
     const RESTORED_HOST: &str = "restored.example.com";
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": DB},
+        "metadata": {"name": DB, "annotations": common::consent("*")},
         "stringData": {"username": "tator", "password": DB_PASSWORD},
     }))
     .unwrap();

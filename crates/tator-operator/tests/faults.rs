@@ -18,6 +18,9 @@
 //! - Switching PostgreSQL from in-cluster to a managed server that is not ready (its Secret
 //!   missing, nothing listening) with the plain new manifest: accepted, reported, and the
 //!   running database, its Services and claim stay until the managed one answers.
+//! - A Secret not meant for the installation (its consent annotation does not list it) is never
+//!   used: `SecretNotAllowed`, nothing applied, the spec's host never contacted, until it
+//!   consents.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -251,8 +254,10 @@ async fn kill_9_at_random_points_converges_without_duplicates_or_orphans() {
     let log = logdir.path().join("operator.log");
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let s: Secret = serde_json::from_value(json!({"metadata": {"name": "backup-creds"},
-        "stringData": {"accessKeyId": CANARY_KEY, "secretAccessKey": CANARY_SECRET}}))
+    let s: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "backup-creds", "annotations": common::consent("tator")},
+        "stringData": {"accessKeyId": CANARY_KEY, "secretAccessKey": CANARY_SECRET}}),
+    )
     .unwrap();
     secrets.create(&PostParams::default(), &s).await.unwrap();
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
@@ -1013,4 +1018,112 @@ async fn switching_to_a_managed_database_that_is_not_ready_deletes_nothing() {
         assert_eq!(after.get(key), Some(uid), "{key:?} was deleted or replaced");
     }
     task.abort();
+}
+
+/// Secrets by consent: a Secret of the namespace that is not meant for this installation is
+/// never used. The installation waits with `SecretNotAllowed` naming the Secret and the field,
+/// nothing is applied and the spec's "database" is never contacted, on the first reconcile or
+/// the rechecks; once the Secret lists the installation, the operator goes on and calls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_not_meant_for_the_installation_is_never_used() {
+    let client = common::cluster().await;
+    let ns = namespace(&client, "faults-consent", true).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // Another team's database password, meant for their installation only.
+    let s: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "other-team-db", "annotations": common::consent("other-team")},
+        "stringData": {"username": "other", "password": CANARY_SECRET}}))
+    .unwrap();
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    // What a hostile "managed database" would be: it counts who connects.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = connections.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let (ctx, task) = common::start_controller(&client, &ns);
+    create_td(
+        &client,
+        &ns,
+        "tator",
+        json!({"version": "1.5.0", "domain": "tator.example.com",
+               "postgres": {"external": {"host": "127.0.0.1", "port": port, "sslMode": "disable",
+                   "credentialsSecret": {"name": "other-team-db"}}}}),
+    )
+    .await;
+    let o = wait_reason(
+        &client,
+        &ns,
+        "tator",
+        "SecretNotAllowed",
+        "other-team-db (named by spec.postgres.external.credentialsSecret)",
+    )
+    .await;
+    assert_eq!(o.stalled.as_deref(), Some("True"), "{o:?}");
+    assert!(
+        o.ready
+            .2
+            .contains("kubectl annotate secret other-team-db tator.io/tator-deployments=tator"),
+        "{o:?}"
+    );
+    // The recheck refuses again: wait for two more reconciles, then look.
+    let seen = ctx.reconcile_count();
+    wait_for("two rechecks", Duration::from_secs(60), || async {
+        (ctx.reconcile_count() >= seen + 2)
+            .then_some(())
+            .ok_or(ctx.reconcile_count().to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the spec's host was contacted with a Secret not meant for it"
+    );
+    assert!(
+        children(&client, &ns, "tator").await.is_empty(),
+        "something was applied"
+    );
+    let td = Api::<TatorDeployment>::namespaced(client.clone(), &ns)
+        .get("tator")
+        .await
+        .unwrap();
+    assert!(
+        !serde_json::to_string(&td.status)
+            .unwrap()
+            .contains(CANARY_SECRET)
+    );
+
+    // Consent: the Secret now lists this installation too. The operator goes on (the data tier
+    // is applied) and checks the database it was given.
+    secrets
+        .patch(
+            "other-team-db",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": common::consent("other-team, tator")}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the database to be called and the installation to go on",
+        Duration::from_secs(60),
+        || async {
+            let called = connections.load(std::sync::atomic::Ordering::SeqCst);
+            let o = outcome(&client, &ns, "tator").await?;
+            (called > 0 && o.ready.1 != "SecretNotAllowed")
+                .then_some(())
+                .ok_or(format!("{called} connections, {o:?}"))
+        },
+    )
+    .await
+    .unwrap();
+    task.abort();
+    server.abort();
 }

@@ -60,8 +60,10 @@ async fn metrics_endpoint_serves_the_documented_series() {
     let ns = namespace(&client, "metrics", true).await.unwrap();
     let canary = "metrics-canary-Secret-31f";
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let s: Secret = serde_json::from_value(json!({"metadata": {"name": "aws"},
-        "stringData": {"accessKeyId": "AKIAMETRICS", "secretAccessKey": canary}}))
+    let s: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "aws", "annotations": common::consent("*")},
+        "stringData": {"accessKeyId": "AKIAMETRICS", "secretAccessKey": canary}}),
+    )
     .unwrap();
     secrets.create(&PostParams::default(), &s).await.unwrap();
 

@@ -347,7 +347,7 @@ async fn buckets_on_the_control_plane() {
         ("tator-token", json!({"token": TOKEN})),
     ] {
         let s: Secret =
-            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data}))
+            serde_json::from_value(json!({"metadata": {"name": name, "annotations": common::consent("tator")}, "stringData": data}))
                 .unwrap();
         secrets.create(&PostParams::default(), &s).await.unwrap();
     }

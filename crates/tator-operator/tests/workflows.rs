@@ -262,7 +262,7 @@ fn contained(desired: &Value, live: &Value, path: &str) -> Result<(), String> {
 async fn put_secret(secrets: &Api<Secret>, name: &str, data: Value) {
     let s: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name}, "stringData": data}))
+        "metadata": {"name": name, "annotations": common::consent("*")}, "stringData": data}))
     .unwrap();
     secrets
         .patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&s))

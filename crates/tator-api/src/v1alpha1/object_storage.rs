@@ -172,7 +172,8 @@ pub struct ExternalBucket {
     /// Secret with the credentials this store type needs, by key: AWS, MINIO and VAST:
     /// accessKeyId and secretAccessKey; OCI: accessKeyId, secretAccessKey (customer secret key)
     /// and user, tenancy, fingerprint, privateKey (native API); GCP: serviceAccount.json;
-    /// AZURE: connectionString.
+    /// AZURE: connectionString. The Secret must list this TatorDeployment in its annotation
+    /// tator.io/tator-deployments.
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: String,
 }
@@ -213,7 +214,8 @@ pub struct TatorBucket {
     #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("externalHost must start with http:// or https://"))]
     #[schemars(length(max = 512))]
     pub external_host: Option<String>,
-    /// Secret with the credentials (same keys as a system bucket's credentialsSecret).
+    /// Secret with the credentials (same keys as a system bucket's credentialsSecret), which
+    /// must list this TatorDeployment in its annotation tator.io/tator-deployments.
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: String,
     /// Storage class archived media moves to: STANDARD, DEEP_ARCHIVE (AWS) or COLDLINE (GCP).

@@ -241,7 +241,8 @@ fn default_cleanup_timeout() -> i32 {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct KubeconfigSecret {
-    /// Name of the Secret (same namespace).
+    /// Name of the Secret (same namespace). The Secret must list this TatorDeployment in its annotation
+    /// tator.io/tator-deployments (or "*"), see docs/security.md.
     #[schemars(length(max = 253))]
     pub name: String,
     /// Key of the kubeconfig.

@@ -334,7 +334,7 @@ pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
             ..Default::default()
         },
         env("MAIN_HOST", spec.domain.clone()),
-        env("ALIAS_HOSTS", spec.aliases.join(",")),
+        env("ALIAS_HOSTS", alias_hosts(t)),
         env(
             "REQUIRE_HTTPS",
             if spec.tls.is_some() { "TRUE" } else { "FALSE" },
@@ -358,7 +358,18 @@ pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
     ));
     env_vars.extend(super::objects::bucket_env(t));
     env_vars.extend(workflow_env(t));
+    env_vars.extend(super::transcodes::api_env(t));
     env_vars
+}
+
+/// Tator's ALIAS_HOSTS (more names Django accepts as its host): the spec's aliases and, with
+/// transcodes, the API Service's name, which the workers call back at (`GUNICORN_HOST`).
+pub fn alias_hosts(t: &ValidatedTator) -> String {
+    let mut hosts = t.spec.aliases.clone();
+    if super::transcodes::enabled(t) {
+        hosts.push(t.child_name(super::web::API));
+    }
+    hosts.join(",")
 }
 
 /// Volumes and mounts every Tator (Django) pod needs: the shared folders and, with a managed

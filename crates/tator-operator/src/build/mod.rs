@@ -11,6 +11,7 @@ pub mod objects;
 pub mod remote;
 pub mod storage;
 pub mod tls;
+pub mod transcodes;
 pub mod web;
 pub mod workflows;
 
@@ -19,6 +20,7 @@ use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::{CronJob, Job},
     core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount},
+    networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
 };
@@ -46,6 +48,7 @@ pub struct Children {
     pub deployments: Vec<Deployment>,
     pub autoscalers: Vec<HorizontalPodAutoscaler>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
+    pub network_policies: Vec<NetworkPolicy>,
     /// prometheus-operator ServiceMonitors and PodMonitors (applied when its CRDs exist).
     pub service_monitors: Vec<DynamicObject>,
     pub pod_monitors: Vec<DynamicObject>,
@@ -71,6 +74,7 @@ impl Children {
             deployments,
             autoscalers,
             disruption_budgets,
+            network_policies,
             service_monitors,
             pod_monitors,
             workflow_templates,
@@ -89,6 +93,7 @@ impl Children {
         self.deployments.extend(deployments);
         self.autoscalers.extend(autoscalers);
         self.disruption_budgets.extend(disruption_budgets);
+        self.network_policies.extend(network_policies);
         self.service_monitors.extend(service_monitors);
         self.pod_monitors.extend(pod_monitors);
         self.workflow_templates.extend(workflow_templates);
@@ -123,6 +128,7 @@ impl Children {
             deployments,
             autoscalers,
             disruption_budgets,
+            network_policies,
             service_monitors,
             pod_monitors,
             workflow_templates,
@@ -141,6 +147,7 @@ impl Children {
         stamp(deployments);
         stamp(autoscalers);
         stamp(disruption_budgets);
+        stamp(network_policies);
         stamp(service_monitors);
         stamp(pod_monitors);
         stamp(workflow_templates);
@@ -172,6 +179,7 @@ impl Children {
             deployments,
             autoscalers,
             disruption_budgets,
+            network_policies,
             service_monitors,
             pod_monitors,
             workflow_templates,
@@ -191,6 +199,7 @@ impl Children {
         push(&mut out, deployments)?;
         push(&mut out, autoscalers)?;
         push(&mut out, disruption_budgets)?;
+        push(&mut out, network_policies)?;
         push(&mut out, service_monitors)?;
         push(&mut out, pod_monitors)?;
         push(&mut out, workflow_templates)?;
@@ -282,6 +291,13 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
         d.cron_jobs.extend(maintenance::cron_jobs(t, v));
     }
     d.deployments.push(nginx::deployment(t, &conf));
+
+    // Tator's transcode path (service, queue, workers), once a release serves.
+    let tc = transcodes::build(t, rollout.app_version.as_deref());
+    d.deployments.extend(tc.deployments);
+    d.services.extend(tc.services);
+    d.network_policies.extend(tc.network_policies);
+    d.disruption_budgets.extend(tc.disruption_budgets);
 
     d.autoscalers.extend(web::api_hpa(t));
     d.disruption_budgets.push(web::pdb(t, web::API));
@@ -451,10 +467,14 @@ mod tests {
                 "tator-db-worker",
                 "tator-image-worker",
                 "tator-ui",
-                "tator-nginx"
+                "tator-nginx",
+                "tator-transcode-queue",
+                "tator-transcode",
+                "tator-transcode-worker"
             ]
         );
-        assert_eq!(d.services.len(), 3);
+        assert_eq!(d.services.len(), 5);
+        assert_eq!(d.network_policies.len(), 1);
         assert_eq!(d.claims.len(), 1);
         assert!(d.autoscalers.is_empty());
         let api = &d.deployments[0];

@@ -96,6 +96,23 @@ pub fn helm(dir: &Path, kubeconfig: Option<&Path>, args: &[&str]) -> Output {
     run(cmd, None)
 }
 
+/// The annotations by which a test's Secret consents to the TatorDeployments `names` (comma
+/// separated, or `*`).
+#[allow(dead_code)]
+pub fn consent(names: &str) -> serde_json::Value {
+    serde_json::json!({ tator_operator::consent::ANNOTATION: names })
+}
+
+/// [`consent`] as a map for typed `ObjectMeta`.
+#[allow(dead_code)]
+pub fn consent_map(names: &str) -> std::collections::BTreeMap<String, String> {
+    [(
+        tator_operator::consent::ANNOTATION.to_string(),
+        names.to_string(),
+    )]
+    .into()
+}
+
 /// Merges `spec` into the spec of the TatorDeployment `name` (a JSON merge patch).
 #[allow(dead_code)]
 pub async fn patch_spec(

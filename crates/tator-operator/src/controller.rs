@@ -64,6 +64,9 @@ pub struct Settings {
     pub overrides: crate::overrides::Policy,
     /// Whether a Secret the spec names must consent (see [`crate::consent`]).
     pub secret_consent: consent::Mode,
+    /// The operator's own namespace when it runs in the cluster (POD_NAMESPACE): the queue
+    /// NetworkPolicies admit its pods when it scales workers itself.
+    pub operator_namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -74,6 +77,7 @@ impl Default for Settings {
             resync: Duration::from_secs(600),
             overrides: crate::overrides::Policy::default(),
             secret_consent: consent::Mode::default(),
+            operator_namespace: None,
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct Context {
     cache_writers: Mutex<Option<CacheWriters>>,
     /// The job-cluster workers.
     pub job_clusters: Arc<crate::job_clusters::JobClusters>,
+    /// The operator's own queue scalers.
+    pub scalers: crate::scaler::Scalers,
     /// Reconcile requests from the job-cluster workers (taken by `run`).
     job_cluster_triggers: Mutex<
         Option<futures::channel::mpsc::UnboundedReceiver<reflector::ObjectRef<TatorDeployment>>>,
@@ -120,6 +126,7 @@ impl Context {
         job_clusters.set_trigger(tx);
         Self {
             job_clusters,
+            scalers: crate::scaler::Scalers::new(client.clone()),
             job_cluster_triggers: Mutex::new(Some(rx)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -347,6 +354,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             &td.name_any(),
             td.status.as_ref(),
         );
+        ctx.scalers.stop(&td.uid().unwrap_or_default());
         // Children go with their owner references.
         return Ok(Action::await_change());
     }
@@ -425,6 +433,15 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
                 &build::monitoring::pod_monitor_resource(),
             )
             .await?;
+    }
+    if build::transcodes::autoscaled(&t) {
+        t.cluster.keda = apply::crd_installed(
+            &ctx.client,
+            &t.namespace,
+            &build::transcodes::scaled_object_resource(),
+        )
+        .await?;
+        t.cluster.operator_namespace = ctx.settings.operator_namespace.clone();
     }
     let local_workflows = build::workflows::LocalWorkflows::of(&t);
     // Tator's WORKFLOW_STORAGE_CLASSES falls back to the cluster's default class.
@@ -510,6 +527,13 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             info!(pruned, "deleted orphaned children");
         }
     }
+    // the operator's own queue scalers (none while paused or stopped)
+    let scale = if paused || t.spec.stopped {
+        Vec::new()
+    } else {
+        build::transcodes::scaler_targets(&t, rollout.app_version.is_some())
+    };
+    ctx.scalers.sync(&t.owner.uid, scale);
     // object storage and bucket registration
     obs.object_storage =
         Some(objstore::observe(&t, &storage_secrets, &applied, storage_problem.as_ref()).await);

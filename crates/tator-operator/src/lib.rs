@@ -26,6 +26,7 @@ pub mod overrides;
 pub mod quantity;
 pub mod registration;
 pub mod render;
+pub mod scaler;
 pub mod status;
 pub mod validate;
 pub mod watched;

@@ -221,6 +221,9 @@ async fn operate(
                 resync: Duration::from_secs(600),
                 overrides: args.overrides_policy,
                 secret_consent: args.secret_consent,
+                operator_namespace: std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty()),
             };
             Arc::new(controller::Context::with_metrics(
                 client.clone(),

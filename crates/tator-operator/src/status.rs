@@ -304,6 +304,26 @@ pub fn compute(
         ),
         deployment_cond("Ui", &by_component(UI), waiting),
     ];
+    if crate::build::transcodes::enabled(t) {
+        use crate::build::transcodes::{TRANSCODE, TRANSCODE_QUEUE, TRANSCODE_WORKER};
+        // Autoscaled workers come and go with the queue: their count is the scaler's, not a
+        // rollout, so it does not make the installation less ready.
+        let workers = if crate::build::transcodes::autoscaled(t) {
+            Vec::new()
+        } else {
+            by_component(TRANSCODE_WORKER)
+        };
+        conds.push(deployment_cond(
+            "Transcodes",
+            &[
+                by_component(TRANSCODE_QUEUE),
+                by_component(TRANSCODE),
+                workers,
+            ]
+            .concat(),
+            waiting,
+        ));
+    }
 
     let nginx_svc = applied
         .services

@@ -60,6 +60,11 @@ pub struct ClusterFacts {
     /// Name of the cluster's default StorageClass, when the operator may read StorageClasses
     /// and one is marked default (read only when no workflow storage class is configured).
     pub default_storage_class: Option<String>,
+    /// KEDA's ScaledObject CRD is installed (read only when a queue is autoscaled).
+    pub keda: bool,
+    /// The operator's namespace when it runs in the cluster (read only when a queue is
+    /// autoscaled): the queue's NetworkPolicy admits its pods when it scales itself.
+    pub operator_namespace: Option<String>,
 }
 
 /// Where the installation stands between the serving and the requested release.

@@ -271,6 +271,384 @@ fn test_image(dir: &Path) -> Vec<u8> {
     std::fs::read(&file).unwrap()
 }
 
+/// A short test video (3 s of 640x480 at 30 fps, H.264), made by ffmpeg.
+fn test_video(dir: &Path) -> Vec<u8> {
+    let file = dir.join("reef.mp4");
+    let ok = std::process::Command::new("ffmpeg")
+        .args([
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=640x480:rate=30",
+            "-t",
+            "3",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&file)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "ffmpeg makes a test video (is ffmpeg installed?)");
+    std::fs::read(&file).unwrap()
+}
+
+/// GET of a presigned URL of the installation, through its load balancer.
+async fn get_presigned(c: &reqwest::Client, base: &str, url: &str) -> (u16, Vec<u8>) {
+    let url = reqwest::Url::parse(url).unwrap();
+    let r = c
+        .get(format!(
+            "http://{base}{}?{}",
+            url.path(),
+            url.query().unwrap_or_default()
+        ))
+        .header("Host", url.host_str().unwrap_or(HOST))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.bytes().await.unwrap_or_default().to_vec())
+}
+
+/// A video uploaded the way Tator's clients upload one (presigned PUT through /objects/, then
+/// `POST /rest/Transcodes`): the REST API hands it to the transcode service, a worker runs
+/// ffmpeg, and the Media gets streaming and archival files that download through /objects/;
+/// Tator's job list shows the job succeeded.
+async fn video_journey(
+    c: &reqwest::Client,
+    base: &str,
+    token: &str,
+    project: i64,
+    cluster: &TestCluster,
+) -> Upload {
+    let (s, video_type) = rest(
+        c,
+        base,
+        reqwest::Method::POST,
+        &format!("/rest/MediaTypes/{project}"),
+        token,
+        Some(serde_json::json!({"name": "Videos", "dtype": "video", "attribute_types": []})),
+    )
+    .await;
+    assert_eq!(s, 201, "video type: {video_type}");
+    let video_type = video_type["id"].as_i64().unwrap();
+    let video = test_video(&cluster.dir);
+    let (s, info) = rest(
+        c,
+        base,
+        reqwest::Method::GET,
+        &format!("/rest/UploadInfo/{project}?expiration=3600&num_parts=1&filename=reef.mp4"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "upload info: {info}");
+    let url = reqwest::Url::parse(info["urls"][0].as_str().unwrap()).unwrap();
+    let put = c
+        .put(format!(
+            "http://{base}{}?{}",
+            url.path(),
+            url.query().unwrap_or_default()
+        ))
+        .header("Host", HOST)
+        .body(video.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "presigned PUT of the video");
+    let key = info["key"].as_str().unwrap();
+    let (s, download) = rest(
+        c,
+        base,
+        reqwest::Method::POST,
+        &format!("/rest/DownloadInfo/{project}?expiration=3600"),
+        token,
+        Some(serde_json::json!({"keys": [key]})),
+    )
+    .await;
+    assert_eq!(s, 201, "download info: {download}");
+    let gid = "6f1c2a3e-0d4b-4c5a-9e7f-1a2b3c4d5e6f";
+    let uid = "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d";
+    let (s, started) = rest(
+        c,
+        base,
+        reqwest::Method::POST,
+        &format!("/rest/Transcodes/{project}"),
+        token,
+        Some(
+            serde_json::json!({"type": video_type, "gid": gid, "uid": uid,
+            "url": download[0]["url"], "size": video.len(), "section": "e2e",
+            "name": "reef.mp4", "md5": md5sum(&cluster.dir.join("reef.mp4"))}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "transcode: {started}{}", logs(cluster));
+    let media = started["object"]["spec"]["media_id"].as_i64().unwrap();
+    let files = wait_for(
+        "a worker to transcode the video",
+        Duration::from_secs(300),
+        || async move {
+            let (s, m) = rest(
+                c,
+                base,
+                reqwest::Method::GET,
+                &format!("/rest/Media/{media}?presigned=3600"),
+                token,
+                None,
+            )
+            .await;
+            let files = &m["media_files"];
+            let has = |k: &str| {
+                files
+                    .get(k)
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+            };
+            if s == 200 && has("streaming") && has("archival") {
+                Ok(files.clone())
+            } else {
+                Err(format!("{s} {files}"))
+            }
+        },
+    )
+    .await;
+    let files = match files {
+        Ok(f) => f,
+        Err(e) => panic!("{e}{}", logs(cluster)),
+    };
+    let streaming = files["streaming"].as_array().unwrap();
+    for f in streaming {
+        assert!(
+            f["resolution"][0].as_i64().unwrap_or_default() > 0,
+            "streaming file without a resolution: {files}"
+        );
+    }
+    let (s, bytes) = get_presigned(c, base, streaming[0]["path"].as_str().unwrap()).await;
+    assert_eq!(s, 200, "streaming file download: {files}");
+    assert!(
+        bytes.len() > 1000 && &bytes[4..8] == b"ftyp",
+        "the streaming file is an MP4 ({} bytes)",
+        bytes.len()
+    );
+    let (s, bytes) = get_presigned(c, base, files["archival"][0]["path"].as_str().unwrap()).await;
+    assert_eq!(s, 200, "archival file download: {files}");
+    assert!(!bytes.is_empty());
+    // Tator asks the transcode service for its jobs: this one succeeded.
+    let (s, jobs) = rest(
+        c,
+        base,
+        reqwest::Method::GET,
+        &format!("/rest/Transcodes/{project}"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "transcode jobs: {jobs}");
+    let job = jobs
+        .as_array()
+        .and_then(|a| a.iter().find(|j| j["job"]["uid"] == uid))
+        .unwrap_or_else(|| panic!("the job is not in Tator's list: {jobs}"));
+    assert_eq!(job["job"]["status"], "succeeded", "{job}");
+    Upload {
+        video_type,
+        url: download[0]["url"].as_str().unwrap().to_string(),
+        size: video.len(),
+        md5: md5sum(&cluster.dir.join("reef.mp4")),
+    }
+}
+
+/// An uploaded video, ready to be transcoded again.
+struct Upload {
+    video_type: i64,
+    url: String,
+    size: usize,
+    md5: String,
+}
+
+/// Replicas of a Deployment (spec).
+async fn replicas(api: &Api<Deployment>, name: &str) -> i32 {
+    api.get(name)
+        .await
+        .ok()
+        .and_then(|d| d.spec)
+        .and_then(|s| s.replicas)
+        .unwrap_or(-1)
+}
+
+/// The workers scale on the queue: autoscaling on (at most 3, back to none after 20 s idle);
+/// idle, they go to zero; 20 transcodes at once bring them to 3 within 60 s of the queue
+/// growing; every transcode succeeds exactly once (20 Media, each with its files, 20 jobs
+/// succeeded in Tator's list); then they go back to zero.
+#[allow(clippy::too_many_arguments)]
+async fn scaling_journey(
+    c: &reqwest::Client,
+    base: &str,
+    token: &str,
+    project: i64,
+    upload: &Upload,
+    client: &Client,
+    ns: &str,
+    name: &str,
+    cluster: &TestCluster,
+) {
+    const JOBS: usize = 20;
+    const MAX: i32 = 3;
+    let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), ns);
+    let autoscaling = serde_json::json!({
+        "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"transcodes": {"workers": {"autoscaling": {
+            "minReplicas": 0, "maxReplicas": MAX, "cooldownSeconds": 20, "scaler": "Operator"}}}},
+    });
+    tds.patch(
+        name,
+        &PatchParams::apply("e2e-scaling"),
+        &Patch::Apply(&autoscaling),
+    )
+    .await
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let workers = format!("{name}-transcode-worker");
+    let idle = wait_for(
+        "idle workers to go to zero",
+        Duration::from_secs(120),
+        || async {
+            let n = replicas(&deployments, &workers).await;
+            (n == 0).then_some(()).ok_or(format!("{n} replicas"))
+        },
+    )
+    .await;
+    if let Err(e) = idle {
+        panic!("{e}{}", logs(cluster));
+    }
+    let started = std::time::Instant::now();
+    let mut media = Vec::new();
+    for i in 0..JOBS {
+        let uid = format!("0a9b8c7d-6e5f-4a3b-8c2d-{i:012}");
+        let (s, job) = rest(
+            c,
+            base,
+            reqwest::Method::POST,
+            &format!("/rest/Transcodes/{project}"),
+            token,
+            Some(serde_json::json!({"type": upload.video_type,
+                "gid": "7e2d3b4f-1a5c-4d6e-8f9a-0b1c2d3e4f5a", "uid": uid, "url": upload.url,
+                "size": upload.size, "section": "scaling", "name": format!("reef-{i}.mp4"),
+                "md5": upload.md5})),
+        )
+        .await;
+        assert_eq!(s, 201, "transcode {i}: {job}");
+        media.push(job["object"]["spec"]["media_id"].as_i64().unwrap());
+    }
+    let up = wait_for(
+        "the workers to reach their maximum",
+        Duration::from_secs(60),
+        || async {
+            let n = replicas(&deployments, &workers).await;
+            (n == MAX).then_some(()).ok_or(format!("{n} replicas"))
+        },
+    )
+    .await;
+    if let Err(e) = up {
+        panic!("{e}{}", logs(cluster));
+    }
+    println!(
+        "scaling: {JOBS} jobs queued, workers at {MAX} after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let done = wait_for(
+        "every transcode to finish",
+        Duration::from_secs(600),
+        || async {
+            let mut left = 0;
+            for m in &media {
+                let (_, body) = rest(
+                    c,
+                    base,
+                    reqwest::Method::GET,
+                    &format!("/rest/Media/{m}"),
+                    token,
+                    None,
+                )
+                .await;
+                let streaming = body["media_files"]["streaming"]
+                    .as_array()
+                    .map(Vec::len)
+                    .unwrap_or(0);
+                if streaming == 0 {
+                    left += 1;
+                }
+            }
+            (left == 0)
+                .then_some(())
+                .ok_or(format!("{left} not transcoded"))
+        },
+    )
+    .await;
+    if let Err(e) = done {
+        panic!("{e}{}", logs(cluster));
+    }
+    // Exactly once: each Media has one set of files (a second run would add another), and
+    // Tator's list holds each job once, succeeded.
+    for m in &media {
+        let (_, body) = rest(
+            c,
+            base,
+            reqwest::Method::GET,
+            &format!("/rest/Media/{m}"),
+            token,
+            None,
+        )
+        .await;
+        let files = &body["media_files"];
+        let resolutions: Vec<&Value> = files["streaming"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| &f["resolution"])
+            .collect();
+        let distinct: BTreeSet<String> = resolutions.iter().map(|r| r.to_string()).collect();
+        assert_eq!(distinct.len(), resolutions.len(), "media {m}: {files}");
+        assert_eq!(
+            files["archival"].as_array().map(Vec::len),
+            Some(1),
+            "media {m}: {files}"
+        );
+    }
+    let (s, jobs) = rest(
+        c,
+        base,
+        reqwest::Method::GET,
+        &format!("/rest/Transcodes/{project}?gid=7e2d3b4f-1a5c-4d6e-8f9a-0b1c2d3e4f5a"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{jobs}");
+    let jobs = jobs.as_array().unwrap();
+    let uids: BTreeSet<&str> = jobs
+        .iter()
+        .filter(|j| j["job"]["status"] == "succeeded")
+        .filter_map(|j| j["job"]["uid"].as_str())
+        .collect();
+    assert_eq!((jobs.len(), uids.len()), (JOBS, JOBS), "{jobs:?}");
+    let down = wait_for(
+        "the workers to go back to zero after the cool-down",
+        Duration::from_secs(120),
+        || async {
+            let n = replicas(&deployments, &workers).await;
+            (n == 0).then_some(()).ok_or(format!("{n} replicas"))
+        },
+    )
+    .await;
+    if let Err(e) = down {
+        panic!("{e}{}", logs(cluster));
+    }
+}
+
 fn md5sum(file: &Path) -> String {
     let out = std::process::Command::new("md5sum")
         .arg(file)
@@ -527,6 +905,14 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
         .unwrap_or_default()
         .to_string();
     assert!(!thumb.is_empty(), "thumbnail path: {files}");
+
+    // Journey 3b: a video upload transcodes (tator-transcode, its queue, an ffmpeg worker).
+    let upload = video_journey(&c, &base, &token, project, &cluster).await;
+    // Journey 3c: workers follow the queue (the operator's own scaler), nothing lost or doubled.
+    scaling_journey(
+        &c, &base, &token, project, &upload, &client, &ns, &name, &cluster,
+    )
+    .await;
 
     // Journey 4: a bucket in spec.buckets is registered in Tator by the operator (in the
     // cluster, through the API Service), with the administrator's token from a Secret.

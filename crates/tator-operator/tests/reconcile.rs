@@ -229,6 +229,13 @@ impl Env {
         collect::<ConfigMap>(&self.client, &self.ns, &sel, &mut out).await;
         collect::<PersistentVolumeClaim>(&self.client, &self.ns, &sel, &mut out).await;
         collect::<PodDisruptionBudget>(&self.client, &self.ns, &sel, &mut out).await;
+        collect::<k8s_openapi::api::networking::v1::NetworkPolicy>(
+            &self.client,
+            &self.ns,
+            &sel,
+            &mut out,
+        )
+        .await;
         collect::<HorizontalPodAutoscaler>(&self.client, &self.ns, &sel, &mut out).await;
         collect::<Secret>(&self.client, &self.ns, &sel, &mut out).await;
         collect::<Job>(&self.client, &self.ns, &sel, &mut out).await;
@@ -291,6 +298,7 @@ async fn minimal_manifest_becomes_ready_in_a_restricted_namespace() {
         "Api",
         "Workers",
         "Ui",
+        "Transcodes",
         "Nginx",
         "Storage",
         "Migrations",
@@ -308,6 +316,13 @@ async fn minimal_manifest_becomes_ready_in_a_restricted_namespace() {
         "Deployment/tator-image-worker",
         "Deployment/tator-ui",
         "Deployment/tator-nginx",
+        "Deployment/tator-transcode",
+        "Deployment/tator-transcode-worker",
+        "Deployment/tator-transcode-queue",
+        "Service/tator-transcode",
+        "Service/tator-transcode-queue",
+        "NetworkPolicy/tator-transcode-queue",
+        "PodDisruptionBudget/tator-transcode",
         "Service/tator-api",
         "Service/tator-ui",
         "Service/tator-nginx",

@@ -3,6 +3,7 @@
 //! results. Argo is not involved (its WorkflowTemplates are in `workflows`).
 
 use kube::KubeSchema;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::PodSettings;
@@ -73,10 +74,16 @@ impl Default for TranscodeService {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TranscodeWorkers {
-    /// Number of worker pods; each runs one transcode at a time.
+    /// Number of worker pods; each runs one transcode at a time. Ignored with `autoscaling`.
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
+
+    /// Scale the workers on the queue: between minReplicas (0: none while idle) and
+    /// maxReplicas, one per jobsPerWorker jobs waiting or running, down only after
+    /// cooldownSeconds without need. Off when unset (`replicas` pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<QueueAutoscaling>,
 
     /// Scratch space of each worker (an emptyDir at /tmp holding the download and ffmpeg's
     /// output): about 2.5 times the largest upload. Default 20Gi.
@@ -94,6 +101,7 @@ impl Default for TranscodeWorkers {
     fn default() -> Self {
         Self {
             replicas: 1,
+            autoscaling: None,
             scratch_size: default_scratch(),
             pod: PodSettings::default(),
         }
@@ -114,4 +122,52 @@ fn default_scratch() -> String {
 pub struct TranscodeQueue {
     #[serde(flatten)]
     pub pod: PodSettings,
+}
+
+/// Workers that follow the length of their queue.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct QueueAutoscaling {
+    /// Workers while the queue is empty (0 stops them all).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_replicas: i32,
+
+    /// Most workers at once.
+    #[serde(default = "default_max")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+
+    /// Jobs (waiting or running) per worker.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub jobs_per_worker: i32,
+
+    /// Seconds without need before workers are removed (scaling up is immediate).
+    #[serde(default = "default_cooldown")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub cooldown_seconds: i32,
+
+    /// Who scales: `Auto` (KEDA when its CRDs are installed, else the operator), `Keda` (a
+    /// ScaledObject; waits for KEDA's CRDs) or `Operator` (the operator reads the queue).
+    #[serde(default)]
+    pub scaler: Scaler,
+}
+
+fn default_max() -> i32 {
+    4
+}
+
+fn default_cooldown() -> i32 {
+    300
+}
+
+/// Who scales queue workers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Scaler {
+    #[default]
+    Auto,
+    Keda,
+    Operator,
 }

@@ -52,6 +52,7 @@ pub struct Children {
     /// prometheus-operator ServiceMonitors and PodMonitors (applied when its CRDs exist).
     pub service_monitors: Vec<DynamicObject>,
     pub pod_monitors: Vec<DynamicObject>,
+    pub scaled_objects: Vec<DynamicObject>,
     /// Argo WorkflowTemplates (applied when Argo's CRDs exist).
     pub workflow_templates: Vec<DynamicObject>,
 }
@@ -77,6 +78,7 @@ impl Children {
             network_policies,
             service_monitors,
             pod_monitors,
+            scaled_objects,
             workflow_templates,
         } = other;
         self.service_accounts.extend(service_accounts);
@@ -96,6 +98,7 @@ impl Children {
         self.network_policies.extend(network_policies);
         self.service_monitors.extend(service_monitors);
         self.pod_monitors.extend(pod_monitors);
+        self.scaled_objects.extend(scaled_objects);
         self.workflow_templates.extend(workflow_templates);
     }
 }
@@ -131,6 +134,7 @@ impl Children {
             network_policies,
             service_monitors,
             pod_monitors,
+            scaled_objects,
             workflow_templates,
         } = self;
         stamp(service_accounts);
@@ -150,6 +154,7 @@ impl Children {
         stamp(network_policies);
         stamp(service_monitors);
         stamp(pod_monitors);
+        stamp(scaled_objects);
         stamp(workflow_templates);
     }
 
@@ -182,6 +187,7 @@ impl Children {
             network_policies,
             service_monitors,
             pod_monitors,
+            scaled_objects,
             workflow_templates,
         } = self;
         let mut out = Vec::new();
@@ -202,6 +208,7 @@ impl Children {
         push(&mut out, network_policies)?;
         push(&mut out, service_monitors)?;
         push(&mut out, pod_monitors)?;
+        push(&mut out, scaled_objects)?;
         push(&mut out, workflow_templates)?;
         Ok(out)
     }
@@ -298,6 +305,7 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     d.services.extend(tc.services);
     d.network_policies.extend(tc.network_policies);
     d.disruption_budgets.extend(tc.disruption_budgets);
+    d.scaled_objects.extend(tc.scaled_objects);
 
     d.autoscalers.extend(web::api_hpa(t));
     d.disruption_budgets.push(web::pdb(t, web::API));

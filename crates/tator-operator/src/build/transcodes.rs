@@ -29,6 +29,9 @@ use k8s_openapi::{
     },
 };
 
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use tator_api::Scaler;
+
 use super::common::*;
 use crate::validate::ValidatedTator;
 
@@ -52,6 +55,90 @@ const REDIS_UID: i64 = 999;
 /// Whether the transcode path runs.
 pub fn enabled(t: &ValidatedTator) -> bool {
     t.spec.transcodes.enabled
+}
+
+/// Whether the workers scale on their queue.
+pub fn autoscaled(t: &ValidatedTator) -> bool {
+    enabled(t) && t.spec.transcodes.workers.autoscaling.is_some()
+}
+
+/// Whether KEDA scales the workers: asked for, or `Auto` with KEDA's CRDs installed.
+pub fn uses_keda(t: &ValidatedTator) -> bool {
+    t.spec
+        .transcodes
+        .workers
+        .autoscaling
+        .as_ref()
+        .filter(|_| enabled(t))
+        .is_some_and(|a| match a.scaler {
+            Scaler::Keda => true,
+            Scaler::Auto => t.cluster.keda,
+            Scaler::Operator => false,
+        })
+}
+
+/// KEDA's ScaledObject.
+pub fn scaled_object_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "keda.sh",
+        "v1alpha1",
+        "ScaledObject",
+    ))
+}
+
+/// What the operator's own scaler watches, once a release serves (`serving`): the workers,
+/// unless KEDA scales them.
+pub fn scaler_targets(t: &ValidatedTator, serving: bool) -> Vec<crate::scaler::Target> {
+    let Some(a) = t.spec.transcodes.workers.autoscaling.as_ref() else {
+        return Vec::new();
+    };
+    if !serving || !enabled(t) || uses_keda(t) {
+        return Vec::new();
+    }
+    vec![crate::scaler::Target {
+        namespace: t.namespace.clone(),
+        deployment: t.child_name(TRANSCODE_WORKER),
+        redis: (
+            format!("{}.{}.svc", queue_host(t), t.namespace),
+            u16::try_from(QUEUE_PORT).unwrap_or(6379),
+        ),
+        queue: QUEUE_NAME.into(),
+        min: a.min_replicas,
+        max: a.max_replicas,
+        jobs_per_worker: a.jobs_per_worker,
+        cooldown: std::time::Duration::from_secs(u64::try_from(a.cooldown_seconds).unwrap_or(0)),
+    }]
+}
+
+/// The workers' ScaledObject, when KEDA scales them and its CRDs are installed: KEDA's redis
+/// scaler on the rq list of waiting jobs.
+pub fn scaled_object(t: &ValidatedTator) -> Option<DynamicObject> {
+    let a = t.spec.transcodes.workers.autoscaling.as_ref()?;
+    if !uses_keda(t) || !t.cluster.keda {
+        return None;
+    }
+    let name = t.child_name(TRANSCODE_WORKER);
+    let meta = child_meta(t, name.clone(), TRANSCODE_WORKER, None);
+    let mut obj = DynamicObject::new(&name, &scaled_object_resource()).data(serde_json::json!({
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicaCount": a.min_replicas,
+            "maxReplicaCount": a.max_replicas,
+            "cooldownPeriod": a.cooldown_seconds,
+            "pollingInterval": 5,
+            "triggers": [{
+                "type": "redis",
+                "metadata": {
+                    "address": format!("{}.{}.svc:{QUEUE_PORT}", queue_host(t), t.namespace),
+                    "listName": format!("rq:queue:{QUEUE_NAME}"),
+                    "listLength": a.jobs_per_worker.to_string(),
+                    "activationListLength": "0",
+                },
+            }],
+        },
+    }));
+    obj.metadata = meta;
+    Some(obj)
 }
 
 /// Tator's `TRANSCODE_HOST`: the service's URL.
@@ -226,7 +313,8 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str) -> Deployment {
             Some(version),
         ),
         spec: Some(DeploymentSpec {
-            replicas: Some(w.replicas),
+            // Autoscaled: the scaler owns replicas, the operator never sends it.
+            replicas: (!autoscaled(t)).then_some(w.replicas),
             selector: label_selector(t, TRANSCODE_WORKER),
             progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             template: pod_template(
@@ -346,18 +434,49 @@ fn service(t: &ValidatedTator, component: &str, name: &str, port: i32) -> Servic
     }
 }
 
-/// Only the transcode service and workers of this installation may reach its queue.
+/// Only the transcode service and workers of this installation may reach its queue, and the
+/// scaler reading its length: the operator's pods (when it runs in the cluster and scales them)
+/// or KEDA's operator.
 pub fn queue_policy(t: &ValidatedTator) -> NetworkPolicy {
+    let mut from = vec![NetworkPolicyPeer {
+        pod_selector: Some(labels_in(t, &[TRANSCODE, TRANSCODE_WORKER])),
+        ..Default::default()
+    }];
+    let name_label = |v: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            tator_api::labels::NAME.to_string(),
+            v.to_string(),
+        )])),
+        ..Default::default()
+    };
+    if uses_keda(t) {
+        from.push(NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector::default()),
+            pod_selector: Some(name_label("keda-operator")),
+            ..Default::default()
+        });
+    } else if autoscaled(t)
+        && let Some(ns) = &t.cluster.operator_namespace
+    {
+        from.push(NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    ns.clone(),
+                )])),
+                ..Default::default()
+            }),
+            pod_selector: Some(name_label("tator-operator")),
+            ..Default::default()
+        });
+    }
     NetworkPolicy {
         metadata: child_meta(t, t.child_name(TRANSCODE_QUEUE), TRANSCODE_QUEUE, None),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(label_selector(t, TRANSCODE_QUEUE)),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(labels_in(t, &[TRANSCODE, TRANSCODE_WORKER])),
-                    ..Default::default()
-                }]),
+                from: Some(from),
                 ports: Some(vec![NetworkPolicyPort {
                     port: Some(IntOrString::Int(QUEUE_PORT)),
                     protocol: Some("TCP".into()),
@@ -375,6 +494,7 @@ pub struct TranscodeChildren {
     pub services: Vec<Service>,
     pub network_policies: Vec<NetworkPolicy>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
+    pub scaled_objects: Vec<DynamicObject>,
 }
 
 pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
@@ -383,6 +503,7 @@ pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
         services: Vec::new(),
         network_policies: Vec::new(),
         disruption_budgets: Vec::new(),
+        scaled_objects: Vec::new(),
     };
     let Some(v) = version.filter(|_| enabled(t)) else {
         return out;
@@ -396,6 +517,7 @@ pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
     out.disruption_budgets.push(super::web::pdb(t, TRANSCODE));
     out.deployments.push(service_deployment(t, v));
     out.deployments.push(worker_deployment(t, v));
+    out.scaled_objects.extend(scaled_object(t));
     out
 }
 
@@ -491,6 +613,65 @@ mod tests {
                 .as_ref()
                 .unwrap(),
             &["transcode", "transcode-worker"]
+        );
+    }
+
+    #[test]
+    fn autoscaled_workers_leave_replicas_to_the_scaler() {
+        let mut td = minimal("1.5.0");
+        td.spec.transcodes.workers.autoscaling = Some(
+            serde_json::from_value(serde_json::json!({"maxReplicas": 3, "cooldownSeconds": 30}))
+                .unwrap(),
+        );
+        let mut t = validate(&td).unwrap();
+        t.cluster.operator_namespace = Some("operators".into());
+        let w = worker_deployment(&t, "1.5.0");
+        assert_eq!(w.spec.unwrap().replicas, None);
+        // Auto without KEDA: the operator scales, and may read the queue.
+        let targets = scaler_targets(&t, true);
+        assert_eq!(targets.len(), 1);
+        assert_eq!((targets[0].min, targets[0].max), (0, 3));
+        assert_eq!(targets[0].redis.0, "tator-transcode-queue.tator.svc");
+        assert!(scaler_targets(&t, false).is_empty());
+        assert!(scaled_object(&t).is_none());
+        let peers = queue_policy(&t).spec.unwrap().ingress.unwrap()[0]
+            .from
+            .clone()
+            .unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(
+            peers[1]
+                .namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["kubernetes.io/metadata.name"],
+            "operators"
+        );
+        // With KEDA's CRDs: a ScaledObject on the rq list, and no operator scaler.
+        t.cluster.keda = true;
+        assert!(scaler_targets(&t, true).is_empty());
+        let so = scaled_object(&t).unwrap();
+        assert_eq!(so.data["spec"]["maxReplicaCount"], 3);
+        assert_eq!(
+            so.data["spec"]["triggers"][0]["metadata"]["listName"],
+            "rq:queue:transcodes"
+        );
+        let peers = queue_policy(&t).spec.unwrap().ingress.unwrap()[0]
+            .from
+            .clone()
+            .unwrap();
+        assert!(
+            peers[1]
+                .pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()
+                .values()
+                .any(|v| v == "keda-operator")
         );
     }
 

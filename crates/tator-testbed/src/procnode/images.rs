@@ -78,6 +78,44 @@ impl ImageSources {
                 workdir: "/tator_online/ui".into(),
                 ..Default::default()
             },
+            // The transcode service (tator-transcode): its source at the image's WORKDIR and
+            // its venv, started with `uvicorn main:app` as the image's CMD says.
+            "tator_transcode" => Image {
+                files: [(e2e("tator-transcode"), "/usr/src/app".to_string())]
+                    .into_iter()
+                    .chain(venv(&e2e("tator-transcode/venv")))
+                    .collect(),
+                env: vec![
+                    ("PATH".into(), path_with(&e2e("tator-transcode/venv/bin"))),
+                    ("PYTHONUNBUFFERED".into(), "1".into()),
+                ],
+                workdir: "/usr/src/app".into(),
+                cmd: ["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "8080"]
+                    .map(String::from)
+                    .to_vec(),
+                ..Default::default()
+            },
+            // The transcode worker (tator_client): Tator's scripts/transcoder at /scripts, a
+            // venv with the image's requirements and tator-py, Bento4's mp4dump at
+            // /opt/cvision/bin (where the image's base has it), ffmpeg from Debian.
+            "tator_client" => Image {
+                files: [
+                    (e2e("tator-client/scripts"), "/scripts".to_string()),
+                    (e2e("tator-client/bin"), "/opt/cvision/bin".to_string()),
+                ]
+                .into_iter()
+                .chain(venv(&e2e("tator-client-venv")))
+                .collect(),
+                env: vec![(
+                    "PATH".into(),
+                    format!(
+                        "/opt/cvision/bin:{}",
+                        path_with(&e2e("tator-client-venv/bin"))
+                    ),
+                )],
+                workdir: "/scripts".into(),
+                ..Default::default()
+            },
             // PostgreSQL with PostGIS and pgvector (Debian's PostgreSQL 15, pgvector built by
             // e2e-images.sh) behind the postgres image's entrypoint.
             "tator_postgis" | "postgres" | "postgis" => Image {
@@ -287,6 +325,23 @@ mod tests {
                 .is_none()
         );
         assert!(s.image("cvisionai/tator_online:abc").is_some());
+        // The transcode service and worker: their folders at the images' paths.
+        let service = s.image("cvisionai/tator_transcode:abc").unwrap();
+        assert_eq!(
+            service.files[0],
+            ("/e/tator-transcode".into(), "/usr/src/app".into())
+        );
+        assert_eq!(service.workdir, "/usr/src/app");
+        let worker = s.image("cvisionai/tator_client:abc").unwrap();
+        assert_eq!(
+            worker.files[0],
+            ("/e/tator-client/scripts".into(), "/scripts".into())
+        );
+        assert!(
+            worker.env[0]
+                .1
+                .starts_with("/opt/cvision/bin:/e/tator-client-venv/bin:")
+        );
         // The operator's image exists only when a binary stands for it.
         assert!(s.image("cvisionai/tator-operator:0.1.0").is_none());
         let with = ImageSources {

@@ -789,6 +789,28 @@ async fn bench(args: &Args, cluster: &Cluster, kubectl: &Path) -> anyhow::Result
     ));
     report.line("");
 
+    // Queue scaling.
+    eprintln!("[bench] queue scaling");
+    let (up, down, cooldown) = queue_scaling(cluster).await?;
+    report.line("## Transcode workers on queue depth");
+    report.line("");
+    report.line(format!(
+        "The operator's own scaler (`src/scaler.rs`, reading every {} s) on a real Redis (Debian's `redis-server` on loopback) holding an rq queue, and a worker Deployment on kwok's nodes (minReplicas 0, maxReplicas 4, jobsPerWorker 1, cooldown {} s). 20 jobs pushed at once: the Deployment asks for 4 workers after **{up}** (all 4 Ready after the figure in brackets). Queue emptied: back to 0 after **{down:.1} s** (the cool-down included). The end-to-end journey (`tests/e2e.rs`) shows the same with Tator's real service and workers.",
+        tator_operator::scaler::INTERVAL.as_secs(),
+        cooldown.as_secs()
+    ));
+    report.line("");
+
+    // Hostile endpoints.
+    eprintln!("[bench] hostile endpoints");
+    let (grew, body_s, silent_s) = hostile_endpoints().await?;
+    report.line("## Hostile endpoints");
+    report.line("");
+    report.line(format!(
+        "The Elasticsearch check (`checks::check_elasticsearch`, with credentials) run in this process against loopback servers: one announcing and sending a 1 GiB body is refused after {body_s:.1} s for +{grew:.1} MiB of resident memory (the body is read up to a 1 MiB bound); one that never answers is given up on after {silent_s:.1} s. Leader failover under an API-server freeze is measured by `tests/packaging.rs` (see docs/installation.md)."
+    ));
+    report.line("");
+
     // Targets.
     report.line("## Against the targets");
     report.line("");
@@ -843,4 +865,163 @@ async fn bench(args: &Args, cluster: &Cluster, kubectl: &Path) -> anyhow::Result
     report.line("");
     report.line("What limits it: a new installation is built in stages by design: the data tier first, then the migrations Job, and the API, worker and UI Deployments only once that Job has succeeded (a release serves only once migrated). So \"children applied\" includes the migrations Job's run (simulated by kwok here), which the floor skips. Within a stage, objects of one kind are applied concurrently and kinds in dependency order. Compare the operator's CPU seconds with the wall time: the rest is waiting on the API server, which shares the machine with etcd, the controller-manager, the scheduler and kwok. Peak RSS grows with the watched copies of the children, which is what makes no-op reconciles free of writes. They are kept small: managed fields are stripped, the CronJobs (16 per installation, each with Tator's whole environment) are watched as metadata only, and Deployments and StatefulSets are kept without their pod template's spec; those are compared by their generation (docs/operations.md).");
     Ok(report)
+}
+
+/// The operator's scaler against a real Redis and a kwok Deployment: seconds from 20 jobs
+/// queued to 4 workers wanted (and ready), and from an empty queue back to none.
+async fn queue_scaling(cluster: &Cluster) -> anyhow::Result<(String, f64, Duration)> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let client = cluster.client().await?;
+    let ns = "bench-scaling";
+    create_namespace(&client, ns).await?;
+    let redis =
+        tokio::task::spawn_blocking(|| tator_testbed::services::Redis::start(None)).await??;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "workers"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "workers"}},
+                 "template": {"metadata": {"labels": {"app": "workers"}},
+                              "spec": {"containers": [{"name": "w", "image": "worker"}]}}},
+    }))?;
+    deployments.create(&PostParams::default(), &d).await?;
+    let cooldown = Duration::from_secs(10);
+    let scalers = tator_operator::scaler::Scalers::new(client.clone());
+    scalers.sync(
+        "bench",
+        vec![tator_operator::scaler::Target {
+            namespace: ns.into(),
+            deployment: "workers".into(),
+            redis: ("127.0.0.1".into(), redis.port),
+            queue: "transcodes".into(),
+            min: 0,
+            max: 4,
+            jobs_per_worker: 1,
+            cooldown,
+        }],
+    );
+    let command = |args: &[&str]| {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        out
+    };
+    let redis_do = |cmd: String| async move {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", redis.port)).await?;
+        stream.write_all(cmd.as_bytes()).await?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .await?;
+        anyhow::Ok(line)
+    };
+    let replicas = |ready: bool| {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("workers").await?;
+            anyhow::Ok(if ready {
+                d.status.and_then(|s| s.ready_replicas).unwrap_or(0)
+            } else {
+                d.spec.and_then(|s| s.replicas).unwrap_or(0)
+            })
+        }
+    };
+    let jobs: Vec<String> = (0..20).map(|i| format!("job-{i}")).collect();
+    let mut push = vec!["RPUSH", "rq:queue:transcodes"];
+    push.extend(jobs.iter().map(String::as_str));
+    let started = Instant::now();
+    redis_do(command(&push)).await?;
+    let limit = Duration::from_secs(120);
+    while replicas(false).await? < 4 {
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "the scaler did not scale up within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wanted = started.elapsed().as_secs_f64();
+    while replicas(true).await? < 4 {
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "the workers were not ready within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = started.elapsed().as_secs_f64();
+    let emptied = Instant::now();
+    redis_do(command(&["DEL", "rq:queue:transcodes"])).await?;
+    while replicas(false).await? > 0 {
+        anyhow::ensure!(
+            emptied.elapsed() < limit,
+            "the scaler did not scale down within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let down = emptied.elapsed().as_secs_f64();
+    scalers.stop("bench");
+    delete_namespace(&client, ns).await;
+    drop(redis);
+    Ok((format!("{wanted:.1} s ({ready:.1} s)"), down, cooldown))
+}
+
+/// Resident memory of this process, in MiB.
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
+/// A loopback server answering every connection with a 1 GiB body (`endless`) or nothing.
+async fn hostile_server(endless: bool) -> anyhow::Result<u16> {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if !endless {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return;
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n{\"status\":\"green\",\"x\":\"";
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'a'; 64 * 1024];
+                for _ in 0..(1 << 14) {
+                    if sock.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// Memory growth (MiB) and time (s) of a check against a 1 GiB body, and the time it gives a
+/// silent server.
+async fn hostile_endpoints() -> anyhow::Result<(f64, f64, f64)> {
+    use tator_operator::checks::{ElasticsearchTarget, Password, check_elasticsearch};
+    let target = |port: u16| ElasticsearchTarget {
+        url: format!("http://127.0.0.1:{port}"),
+        credentials: Some(("elastic".into(), Password::new("bench-password".into()))),
+        ca_pem: None,
+    };
+    let endless = hostile_server(true).await?;
+    let before = rss_mib();
+    let started = Instant::now();
+    let refused = check_elasticsearch(&target(endless)).await.is_err();
+    let body_s = started.elapsed().as_secs_f64();
+    let grew = rss_mib() - before;
+    anyhow::ensure!(refused, "the check accepted a 1 GiB body");
+    let silent = hostile_server(false).await?;
+    let started = Instant::now();
+    let refused = check_elasticsearch(&target(silent)).await.is_err();
+    anyhow::ensure!(refused, "the check accepted silence");
+    Ok((grew, body_s, started.elapsed().as_secs_f64()))
 }

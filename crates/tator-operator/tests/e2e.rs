@@ -330,7 +330,11 @@ async fn video_journey(
         reqwest::Method::POST,
         &format!("/rest/MediaTypes/{project}"),
         token,
-        Some(serde_json::json!({"name": "Videos", "dtype": "video", "attribute_types": []})),
+        // An archival copy is made only when the type says how (H.264 here).
+        Some(
+            serde_json::json!({"name": "Videos", "dtype": "video", "attribute_types": [],
+            "archive_config": [{"encode": {"vcodec": "h264", "crf": 28, "preset": "ultrafast"}}]}),
+        ),
     )
     .await;
     assert_eq!(s, 201, "video type: {video_type}");
@@ -436,27 +440,173 @@ async fn video_journey(
     let (s, bytes) = get_presigned(c, base, files["archival"][0]["path"].as_str().unwrap()).await;
     assert_eq!(s, 200, "archival file download: {files}");
     assert!(!bytes.is_empty());
-    // Tator asks the transcode service for its jobs: this one succeeded.
-    let (s, jobs) = rest(
-        c,
-        base,
-        reqwest::Method::GET,
-        &format!("/rest/Transcodes/{project}"),
-        token,
-        None,
+    // Tator asks the transcode service for its jobs: this one succeeds (the worker still makes
+    // thumbnails after the files are recorded).
+    let succeeded = wait_for(
+        "the job to succeed in Tator's list",
+        Duration::from_secs(120),
+        || async {
+            let st = job_status(c, base, token, project, gid, uid).await;
+            (st.as_deref() == Some("succeeded"))
+                .then_some(())
+                .ok_or(format!("{st:?}"))
+        },
     )
     .await;
-    assert_eq!(s, 200, "transcode jobs: {jobs}");
-    let job = jobs
-        .as_array()
-        .and_then(|a| a.iter().find(|j| j["job"]["uid"] == uid))
-        .unwrap_or_else(|| panic!("the job is not in Tator's list: {jobs}"));
-    assert_eq!(job["job"]["status"], "succeeded", "{job}");
+    if let Err(e) = succeeded {
+        panic!("{e}{}", logs(cluster));
+    }
     Upload {
         video_type,
         url: download[0]["url"].as_str().unwrap().to_string(),
         size: video.len(),
         md5: md5sum(&cluster.dir.join("reef.mp4")),
+    }
+}
+
+/// Uploads `bytes` as `filename` the way Tator's clients do (presigned PUT through /objects/)
+/// and returns its download URL.
+async fn upload_file(
+    c: &reqwest::Client,
+    base: &str,
+    token: &str,
+    project: i64,
+    filename: &str,
+    bytes: Vec<u8>,
+) -> String {
+    let (s, info) = rest(
+        c,
+        base,
+        reqwest::Method::GET,
+        &format!("/rest/UploadInfo/{project}?expiration=3600&num_parts=1&filename={filename}"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "upload info: {info}");
+    let url = reqwest::Url::parse(info["urls"][0].as_str().unwrap()).unwrap();
+    let put = c
+        .put(format!(
+            "http://{base}{}?{}",
+            url.path(),
+            url.query().unwrap_or_default()
+        ))
+        .header("Host", HOST)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "presigned PUT of {filename}");
+    let (s, download) = rest(
+        c,
+        base,
+        reqwest::Method::POST,
+        &format!("/rest/DownloadInfo/{project}?expiration=3600"),
+        token,
+        Some(serde_json::json!({"keys": [info["key"]]})),
+    )
+    .await;
+    assert_eq!(s, 201, "download info: {download}");
+    download[0]["url"].as_str().unwrap().to_string()
+}
+
+/// The status of one transcode job in Tator's list (None: not listed).
+async fn job_status(
+    c: &reqwest::Client,
+    base: &str,
+    token: &str,
+    project: i64,
+    gid: &str,
+    uid: &str,
+) -> Option<String> {
+    let (_, jobs) = rest(
+        c,
+        base,
+        reqwest::Method::GET,
+        &format!("/rest/Transcodes/{project}?gid={gid}"),
+        token,
+        None,
+    )
+    .await;
+    jobs.as_array()?
+        .iter()
+        .find(|j| j["job"]["uid"] == uid)
+        .and_then(|j| j["job"]["status"].as_str().map(String::from))
+}
+
+/// A worker killed (`kill -9`) in the middle of a transcode: the job is not silently lost.
+/// Tator's job list shows it running, then failed once a worker's maintenance finds its
+/// heartbeat expired; the restarted worker goes on with other jobs.
+async fn killed_worker_journey(
+    c: &reqwest::Client,
+    base: &str,
+    token: &str,
+    project: i64,
+    upload: &Upload,
+    cluster: &TestCluster,
+) {
+    // A minute of 720p: long enough to be caught in the middle.
+    let file = cluster.dir.join("long.mp4");
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc=size=1280x720:rate=30")
+        .args(["-t", "60", "-pix_fmt", "yuv420p"])
+        .arg(&file)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "ffmpeg makes the long video");
+    let bytes = std::fs::read(&file).unwrap();
+    let size = bytes.len();
+    let url = upload_file(c, base, token, project, "long.mp4", bytes).await;
+    let gid = "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a";
+    let uid = "9f8e7d6c-5b4a-4392-8a1b-0c9d8e7f6a5b";
+    let (s, started) = rest(
+        c,
+        base,
+        reqwest::Method::POST,
+        &format!("/rest/Transcodes/{project}"),
+        token,
+        Some(
+            serde_json::json!({"type": upload.video_type, "gid": gid, "uid": uid, "url": url,
+            "size": size, "section": "killed", "name": "long.mp4", "md5": md5sum(&file)}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "transcode: {started}");
+    let running = wait_for("the job to run", Duration::from_secs(120), || async {
+        let st = job_status(c, base, token, project, gid, uid).await;
+        (st.as_deref() == Some("running"))
+            .then_some(())
+            .ok_or(format!("{st:?}"))
+    })
+    .await;
+    if let Err(e) = running {
+        panic!("{e}{}", logs(cluster));
+    }
+    // The worker and its work horse (the process running the job), as the node would lose them.
+    let killed = std::process::Command::new("pkill")
+        .args([
+            "-KILL",
+            "-f",
+            "rq worker --url redis://tator-transcode-queue",
+        ])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no worker process to kill");
+    let reported = wait_for(
+        "the killed job to be reported failed",
+        Duration::from_secs(300),
+        || async {
+            let st = job_status(c, base, token, project, gid, uid).await;
+            (st.as_deref() == Some("failed"))
+                .then_some(())
+                .ok_or(format!("{st:?}"))
+        },
+    )
+    .await;
+    if let Err(e) = reported {
+        panic!("{e}{}", logs(cluster));
     }
 }
 
@@ -908,7 +1058,9 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
 
     // Journey 3b: a video upload transcodes (tator-transcode, its queue, an ffmpeg worker).
     let upload = video_journey(&c, &base, &token, project, &cluster).await;
-    // Journey 3c: workers follow the queue (the operator's own scaler), nothing lost or doubled.
+    // Journey 3c: a worker killed mid-transcode: the job is reported failed, not lost.
+    killed_worker_journey(&c, &base, &token, project, &upload, &cluster).await;
+    // Journey 3d: workers follow the queue (the operator's own scaler), nothing lost or doubled.
     scaling_journey(
         &c, &base, &token, project, &upload, &client, &ns, &name, &cluster,
     )

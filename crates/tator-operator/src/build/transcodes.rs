@@ -283,11 +283,16 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str) -> Deployment {
         t.spec.image.pull_policy.as_str(),
         true,
     );
+    // A worker that dies mid-job (OOM, kill -9, a lost node) leaves its job "started" until a
+    // live worker's maintenance finds the job's heartbeat expired (90 s) and marks it failed,
+    // which Tator's job list then shows: every minute rather than rq's default ten.
     c.command = Some(vec![
         "rq".into(),
         "worker".into(),
         "--url".into(),
         format!("redis://{}:{QUEUE_PORT}", queue_host(t)),
+        "--maintenance-interval".into(),
+        "60".into(),
         QUEUE_NAME.into(),
     ]);
     c.working_dir = Some("/scripts".into());
@@ -584,6 +589,8 @@ mod tests {
                 "worker",
                 "--url",
                 "redis://tator-transcode-queue:6379",
+                "--maintenance-interval",
+                "60",
                 "transcodes"
             ]
         );

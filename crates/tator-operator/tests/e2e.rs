@@ -709,32 +709,35 @@ async fn scaling_journey(
         "scaling: {JOBS} jobs queued, workers at {MAX} after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // Done when Tator's list shows every job succeeded (a job ends after its last file).
     let done = wait_for(
-        "every transcode to finish",
+        "every transcode to succeed",
         Duration::from_secs(600),
         || async {
-            let mut left = 0;
-            for m in &media {
-                let (_, body) = rest(
-                    c,
-                    base,
-                    reqwest::Method::GET,
-                    &format!("/rest/Media/{m}"),
-                    token,
-                    None,
-                )
-                .await;
-                let streaming = body["media_files"]["streaming"]
-                    .as_array()
-                    .map(Vec::len)
-                    .unwrap_or(0);
-                if streaming == 0 {
-                    left += 1;
-                }
+            let (_, jobs) = rest(
+                c,
+                base,
+                reqwest::Method::GET,
+                &format!("/rest/Transcodes/{project}?gid=7e2d3b4f-1a5c-4d6e-8f9a-0b1c2d3e4f5a"),
+                token,
+                None,
+            )
+            .await;
+            let states: Vec<&str> = jobs
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|j| j["job"]["status"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let succeeded = states.iter().filter(|s| **s == "succeeded").count();
+            if states.contains(&"failed") {
+                return Err(format!("a job failed: {states:?}"));
             }
-            (left == 0)
+            (succeeded == JOBS)
                 .then_some(())
-                .ok_or(format!("{left} not transcoded"))
+                .ok_or(format!("{succeeded} of {JOBS} succeeded: {states:?}"))
         },
     )
     .await;
@@ -1558,11 +1561,17 @@ async fn restore_and_serve(
         None,
     )
     .await;
-    let names: Vec<&str> = media
+    let names: BTreeSet<&str> = media
         .as_array()
         .map(|a| a.iter().filter_map(|m| m["name"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!((s, names), (200, vec!["reef.png"]), "media: {media}");
+    // Every Media of the earlier journeys: the image, the videos and the 20 scaling transcodes.
+    let mut expected: BTreeSet<String> = ["reef.png", "reef.mp4", "long.mp4"]
+        .map(String::from)
+        .into();
+    expected.extend((0..20).map(|i| format!("reef-{i}.mp4")));
+    let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
+    assert_eq!((s, names), (200, expected), "media: {media}");
 }
 
 /// Journey 5: a Job from each maintenance CronJob exits 0. Returns the backup's dump (its path

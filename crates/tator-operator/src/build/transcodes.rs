@@ -285,12 +285,15 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str) -> Deployment {
     );
     // A worker that dies mid-job (OOM, kill -9, a lost node) leaves its job "started" until a
     // live worker's maintenance finds the job's heartbeat expired (90 s) and marks it failed,
-    // which Tator's job list then shows: every minute rather than rq's default ten.
+    // which Tator's job list then shows. An idle worker runs maintenance only between blocking
+    // waits for a job (worker TTL − 15 s): both at about a minute instead of rq's 7 and 10.
     c.command = Some(vec![
         "rq".into(),
         "worker".into(),
         "--url".into(),
         format!("redis://{}:{QUEUE_PORT}", queue_host(t)),
+        "--worker-ttl".into(),
+        "75".into(),
         "--maintenance-interval".into(),
         "60".into(),
         QUEUE_NAME.into(),
@@ -589,6 +592,8 @@ mod tests {
                 "worker",
                 "--url",
                 "redis://tator-transcode-queue:6379",
+                "--worker-ttl",
+                "75",
                 "--maintenance-interval",
                 "60",
                 "transcodes"

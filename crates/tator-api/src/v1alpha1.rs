@@ -463,6 +463,7 @@ fn default_redis_max_memory() -> String {
 /// A managed Redis.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.passwordSecret) || self.tls || (has(self.allowPlainTextCredentials) && self.allowPlainTextCredentials)").message("a Redis password needs tls: true (or allowPlainTextCredentials: true on a network you trust)"))]
 pub struct RedisExternal {
     /// Host name or address.
     #[schemars(length(min = 1, max = 253))]
@@ -474,9 +475,13 @@ pub struct RedisExternal {
     /// Connect with TLS (REDIS_USE_SSL).
     #[serde(default)]
     pub tls: bool,
-    /// Secret key holding the password, if the server requires one.
+    /// Secret key holding the password, if the server requires one. Needs `tls: true` unless
+    /// allowPlainTextCredentials is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret: Option<SecretKeyRef>,
+    /// Send the password without TLS anyway (clear text): only for a network you trust.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plain_text_credentials: bool,
 }
 
 fn default_redis_port() -> i32 {

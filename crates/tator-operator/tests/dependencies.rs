@@ -336,7 +336,7 @@ async fn managed_services_gate_migrations_and_never_leak_the_password() {
         "spec": {"version": "1.5.0", "domain": "tator.example.com",
                  "postgres": {"external": {"host": "127.0.0.1", "port": pg.port, "sslMode": "disable",
                                            "credentialsSecret": {"name": "db"}}},
-                 "redis": {"external": {"host": "127.0.0.1", "port": redis.port, "passwordSecret": {"name": "cache", "key": "password"}}},
+                 "redis": {"external": {"host": "127.0.0.1", "port": redis.port, "allowPlainTextCredentials": true, "passwordSecret": {"name": "cache", "key": "password"}}},
                  "elasticsearch": {"external": {"url": format!("http://127.0.0.1:{es}")}}}
     }))
     .unwrap();

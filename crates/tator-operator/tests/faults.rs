@@ -6,9 +6,9 @@
 //!   words ERROR and panicked never show up in its logs, Events or status.
 //! - The API server (and etcd) restarted under a running controller: no controller restart, no
 //!   request storm, no delete, and after the watches re-list no write for unchanged objects.
-//! - 27 invalid manifests, sent raw: each is rejected by the API server with a clear message,
-//!   and rejected updates of a running installation delete nothing. Dangling Secret references
-//!   are reported in status conditions, and delete nothing either.
+//! - Invalid manifests (one per rule), sent raw: each is rejected by the API server with a clear
+//!   message, and rejected updates of a running installation delete nothing. Dangling Secret
+//!   references are reported in status conditions, and delete nothing either.
 //! - Failures stay with their object and reach its status: an object nested too deeply to decode
 //!   gets `InvalidSpec` while the others keep reconciling; a quantity the API server would refuse
 //!   is `InvalidSpec` before anything is applied; a change the API server refuses gives
@@ -41,6 +41,7 @@ use k8s_openapi::{
         apps::v1::{Deployment, StatefulSet},
         batch::v1::{CronJob, Job},
         core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount},
+        networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
         rbac::v1::{Role, RoleBinding},
     },
@@ -154,6 +155,7 @@ async fn children(client: &Client, ns: &str, name: &str) -> BTreeSet<(String, St
     names::<ServiceAccount>(client, ns, &sel, "ServiceAccount", &mut out).await;
     names::<Role>(client, ns, &sel, "Role", &mut out).await;
     names::<RoleBinding>(client, ns, &sel, "RoleBinding", &mut out).await;
+    names::<NetworkPolicy>(client, ns, &sel, "NetworkPolicy", &mut out).await;
     out
 }
 
@@ -191,6 +193,7 @@ async fn uids(client: &Client, ns: &str) -> BTreeMap<(String, String), String> {
     add::<Service>(client, ns, "Service", &mut out).await;
     add::<ConfigMap>(client, ns, "ConfigMap", &mut out).await;
     add::<PodDisruptionBudget>(client, ns, "PodDisruptionBudget", &mut out).await;
+    add::<NetworkPolicy>(client, ns, "NetworkPolicy", &mut out).await;
     add::<CronJob>(client, ns, "CronJob", &mut out).await;
     add::<PersistentVolumeClaim>(client, ns, "PersistentVolumeClaim", &mut out).await;
     add::<Secret>(client, ns, "Secret", &mut out).await;
@@ -642,6 +645,12 @@ async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
                 json!({"elasticsearch": {"external": {"url": "http://search.example.com:9200", "credentialsSecret": {"name": "es"}}}}),
             ),
             "credentialsSecret needs an https:// url",
+        ),
+        (
+            with(
+                json!({"redis": {"external": {"host": "redis.example.com", "passwordSecret": {"name": "r", "key": "password"}}}}),
+            ),
+            "a Redis password needs tls: true",
         ),
         // maintenance jobs
         (

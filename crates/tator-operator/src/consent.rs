@@ -158,14 +158,13 @@ pub struct SecretFacts {
 impl SecretFacts {
     /// Named Secrets that exist but do not consent.
     pub fn refused<'a>(&'a self, t: &ValidatedTator) -> Vec<&'a Named> {
-        let mut out: Vec<&Named> = self
-            .secrets
+        let mut seen = std::collections::BTreeSet::new();
+        self.secrets
             .iter()
             .filter(|(_, m)| m.as_ref().is_some_and(|m| !allows(m, t)))
             .map(|(n, _)| n)
-            .collect();
-        out.dedup_by(|a, b| a.name == b.name);
-        out
+            .filter(|n| seen.insert(n.name.as_str()))
+            .collect()
     }
 
     /// The resourceVersion of a named Secret ("" when missing).
@@ -334,6 +333,34 @@ mod tests {
         }
         let plain = tator(serde_json::json!({}));
         assert!(named(&plain, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_secret_named_twice_is_refused_once_and_missing_ones_are_not_refused() {
+        let t = tator(serde_json::json!({}));
+        let named = |name: &str, field: &str| Named {
+            name: name.into(),
+            field: field.into(),
+        };
+        let facts = SecretFacts {
+            secrets: vec![
+                (
+                    named("s3", "spec.objectStorage.live.external.credentialsSecret"),
+                    Some(ObjectMeta::default()),
+                ),
+                (
+                    named("ok", "spec.apiAccess.tokenSecret"),
+                    Some(annotated("tator")),
+                ),
+                (named("gone", "spec.admin.secretName"), None),
+                (
+                    named("s3", "spec.buckets[0].credentialsSecret"),
+                    Some(ObjectMeta::default()),
+                ),
+            ],
+        };
+        let refused: Vec<&str> = facts.refused(&t).iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(refused, ["s3"]);
     }
 
     #[test]

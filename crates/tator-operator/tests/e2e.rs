@@ -340,40 +340,8 @@ async fn video_journey(
     assert_eq!(s, 201, "video type: {video_type}");
     let video_type = video_type["id"].as_i64().unwrap();
     let video = test_video(&cluster.dir);
-    let (s, info) = rest(
-        c,
-        base,
-        reqwest::Method::GET,
-        &format!("/rest/UploadInfo/{project}?expiration=3600&num_parts=1&filename=reef.mp4"),
-        token,
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "upload info: {info}");
-    let url = reqwest::Url::parse(info["urls"][0].as_str().unwrap()).unwrap();
-    let put = c
-        .put(format!(
-            "http://{base}{}?{}",
-            url.path(),
-            url.query().unwrap_or_default()
-        ))
-        .header("Host", HOST)
-        .body(video.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 200, "presigned PUT of the video");
-    let key = info["key"].as_str().unwrap();
-    let (s, download) = rest(
-        c,
-        base,
-        reqwest::Method::POST,
-        &format!("/rest/DownloadInfo/{project}?expiration=3600"),
-        token,
-        Some(serde_json::json!({"keys": [key]})),
-    )
-    .await;
-    assert_eq!(s, 201, "download info: {download}");
+    let size = video.len();
+    let url = upload_file(c, base, token, project, "reef.mp4", video).await;
     let gid = "6f1c2a3e-0d4b-4c5a-9e7f-1a2b3c4d5e6f";
     let uid = "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d";
     let (s, started) = rest(
@@ -384,7 +352,7 @@ async fn video_journey(
         token,
         Some(
             serde_json::json!({"type": video_type, "gid": gid, "uid": uid,
-            "url": download[0]["url"], "size": video.len(), "section": "e2e",
+            "url": url, "size": size, "section": "e2e",
             "name": "reef.mp4", "md5": md5sum(&cluster.dir.join("reef.mp4"))}),
         ),
     )
@@ -458,8 +426,8 @@ async fn video_journey(
     }
     Upload {
         video_type,
-        url: download[0]["url"].as_str().unwrap().to_string(),
-        size: video.len(),
+        url,
+        size,
         md5: md5sum(&cluster.dir.join("reef.mp4")),
     }
 }

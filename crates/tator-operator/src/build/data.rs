@@ -306,7 +306,7 @@ pub(crate) fn retention(t: &ValidatedTator) -> StatefulSetPersistentVolumeClaimR
     }
 }
 
-fn exec_probe(cmd: &str, initial: i32, period: i32) -> Probe {
+pub(crate) fn exec_probe(cmd: &str, initial: i32, period: i32) -> Probe {
     Probe {
         exec: Some(ExecAction {
             command: Some(vec!["sh".into(), "-c".into(), cmd.into()]),

@@ -13,8 +13,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
         core::v1::{
-            ContainerPort, EmptyDirVolumeSource, ExecAction, HTTPGetAction, PodSpec, Probe,
-            Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+            ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PodSpec, Probe, Service, Volume,
+            VolumeMount,
         },
         networking::v1::{
             NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -379,19 +379,12 @@ pub fn queue_deployment(t: &ValidatedTator) -> Deployment {
         mount_path: "/data".into(),
         ..Default::default()
     }]);
-    let probe = |initial: i32, period: i32| Probe {
-        exec: Some(ExecAction {
-            command: Some(vec![
-                "sh".into(),
-                "-c".into(),
-                "redis-cli -h 127.0.0.1 ping | grep -q PONG".into(),
-            ]),
-        }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(period),
-        timeout_seconds: Some(5),
-        failure_threshold: Some(6),
-        ..Default::default()
+    let probe = |initial, period| {
+        super::data::exec_probe(
+            "redis-cli -h 127.0.0.1 ping | grep -q PONG",
+            initial,
+            period,
+        )
     };
     c.readiness_probe = Some(probe(2, 10));
     c.liveness_probe = Some(probe(20, 20));
@@ -417,25 +410,6 @@ pub fn queue_deployment(t: &ValidatedTator) -> Deployment {
                 rolling_update: None,
             }),
             template: pod_template(t, TRANSCODE_QUEUE, None, spec, BTreeMap::new(), &q.pod),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-fn service(t: &ValidatedTator, component: &str, name: &str, port: i32) -> Service {
-    Service {
-        metadata: child_meta(t, t.child_name(component), component, None),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(selector_labels(t, component)),
-            ports: Some(vec![ServicePort {
-                name: Some(name.into()),
-                port,
-                target_port: Some(IntOrString::String(name.into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
             ..Default::default()
         }),
         status: None,
@@ -517,11 +491,19 @@ pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
         return out;
     };
     out.deployments.push(queue_deployment(t));
-    out.services
-        .push(service(t, TRANSCODE_QUEUE, "redis", QUEUE_PORT));
+    out.services.push(super::monitoring::cluster_service(
+        t,
+        TRANSCODE_QUEUE,
+        "redis",
+        QUEUE_PORT,
+    ));
     out.network_policies.push(queue_policy(t));
-    out.services
-        .push(service(t, TRANSCODE, "http", SERVICE_PORT));
+    out.services.push(super::monitoring::cluster_service(
+        t,
+        TRANSCODE,
+        "http",
+        SERVICE_PORT,
+    ));
     out.disruption_budgets.push(super::web::pdb(t, TRANSCODE));
     out.deployments.push(service_deployment(t, v));
     out.deployments.push(worker_deployment(t, v));

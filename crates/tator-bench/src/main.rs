@@ -964,17 +964,6 @@ async fn queue_scaling(cluster: &Cluster) -> anyhow::Result<(String, f64, Durati
     Ok((format!("{wanted:.1} s ({ready:.1} s)"), down, cooldown))
 }
 
-/// Resident memory of this process, in MiB.
-fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0.0);
-    pages * 4096.0 / (1024.0 * 1024.0)
-}
-
 /// A loopback server answering every connection with a 1 GiB body (`endless`) or nothing.
 async fn hostile_server(endless: bool) -> anyhow::Result<u16> {
     use tokio::io::AsyncWriteExt;
@@ -1013,11 +1002,11 @@ async fn hostile_endpoints() -> anyhow::Result<(f64, f64, f64)> {
         ca_pem: None,
     };
     let endless = hostile_server(true).await?;
-    let before = rss_mib();
+    let before = tator_testbed::support::rss_mib();
     let started = Instant::now();
     let refused = check_elasticsearch(&target(endless)).await.is_err();
     let body_s = started.elapsed().as_secs_f64();
-    let grew = rss_mib() - before;
+    let grew = tator_testbed::support::rss_mib() - before;
     anyhow::ensure!(refused, "the check accepted a 1 GiB body");
     let silent = hostile_server(false).await?;
     let started = Instant::now();

@@ -251,17 +251,6 @@ async fn hostile(kind: Hostile) -> u16 {
     port
 }
 
-/// Resident memory of this process, in MiB.
-fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0.0);
-    pages * 4096.0 / (1024.0 * 1024.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_endpoints_cost_bounded_memory_and_time_and_get_no_credentials() {
     let target = |port: u16| ElasticsearchTarget {
@@ -271,11 +260,11 @@ async fn hostile_endpoints_cost_bounded_memory_and_time_and_get_no_credentials()
     };
     // A body that never ends: read up to the bound, then refused.
     let endless = hostile(Hostile::EndlessBody).await;
-    let before = rss_mib();
+    let before = tator_testbed::support::rss_mib();
     let started = std::time::Instant::now();
     let err = check_elasticsearch(&target(endless)).await.unwrap_err();
     let took = started.elapsed();
-    let grew = rss_mib() - before;
+    let grew = tator_testbed::support::rss_mib() - before;
     eprintln!(
         "endless body: {} after {:.1} s, resident memory +{grew:.1} MiB",
         err.reason,

@@ -436,6 +436,17 @@ where
     }
 }
 
+/// Resident memory of this process, in MiB (from `/proc/self/statm`).
+pub fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
 /// A loopback port nothing listens on (bound once, then released): for "unreachable" cases.
 pub fn unused_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -266,6 +266,8 @@ async fn existing(client: &Client, ns: &str) -> anyhow::Result<BTreeSet<(String,
         &mut out,
     )
     .await?;
+    names::<k8s_openapi::api::networking::v1::NetworkPolicy>(client, ns, "NetworkPolicy", &mut out)
+        .await?;
     Ok(out)
 }
 

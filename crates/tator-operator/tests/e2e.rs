@@ -410,20 +410,17 @@ async fn video_journey(
     assert!(!bytes.is_empty());
     // Tator asks the transcode service for its jobs: this one succeeds (the worker still makes
     // thumbnails after the files are recorded).
-    let succeeded = wait_for(
-        "the job to succeed in Tator's list",
-        Duration::from_secs(120),
-        || async {
-            let st = job_status(c, base, token, project, gid, uid).await;
-            (st.as_deref() == Some("succeeded"))
-                .then_some(())
-                .ok_or(format!("{st:?}"))
-        },
+    wait_transcode(
+        c,
+        base,
+        token,
+        project,
+        (gid, uid),
+        "succeeded",
+        120,
+        cluster,
     )
     .await;
-    if let Err(e) = succeeded {
-        panic!("{e}{}", logs(cluster));
-    }
     Upload {
         video_type,
         url,
@@ -502,6 +499,34 @@ async fn job_status(
         .and_then(|j| j["job"]["status"].as_str().map(String::from))
 }
 
+/// Waits until one transcode job has `status` in Tator's list (panics with the pod logs).
+#[allow(clippy::too_many_arguments)]
+async fn wait_transcode(
+    c: &reqwest::Client,
+    base: &str,
+    token: &str,
+    project: i64,
+    (gid, uid): (&str, &str),
+    status: &str,
+    seconds: u64,
+    cluster: &TestCluster,
+) {
+    let reached = wait_for(
+        &format!("transcode job {uid} to be {status} in Tator's list"),
+        Duration::from_secs(seconds),
+        || async {
+            let st = job_status(c, base, token, project, gid, uid).await;
+            (st.as_deref() == Some(status))
+                .then_some(())
+                .ok_or(format!("{st:?}"))
+        },
+    )
+    .await;
+    if let Err(e) = reached {
+        panic!("{e}{}", logs(cluster));
+    }
+}
+
 /// A worker killed (`kill -9`) in the middle of a transcode: the job is not silently lost.
 /// Tator's job list shows it running, then failed once a worker's maintenance finds its
 /// heartbeat expired; the restarted worker goes on with other jobs.
@@ -542,16 +567,7 @@ async fn killed_worker_journey(
     )
     .await;
     assert_eq!(s, 201, "transcode: {started}");
-    let running = wait_for("the job to run", Duration::from_secs(120), || async {
-        let st = job_status(c, base, token, project, gid, uid).await;
-        (st.as_deref() == Some("running"))
-            .then_some(())
-            .ok_or(format!("{st:?}"))
-    })
-    .await;
-    if let Err(e) = running {
-        panic!("{e}{}", logs(cluster));
-    }
+    wait_transcode(c, base, token, project, (gid, uid), "running", 120, cluster).await;
     // The worker and its work horse (the process running the job), as the node would lose them.
     let killed = std::process::Command::new("pkill")
         .args([
@@ -562,20 +578,7 @@ async fn killed_worker_journey(
         .status()
         .unwrap();
     assert!(killed.success(), "no worker process to kill");
-    let reported = wait_for(
-        "the killed job to be reported failed",
-        Duration::from_secs(300),
-        || async {
-            let st = job_status(c, base, token, project, gid, uid).await;
-            (st.as_deref() == Some("failed"))
-                .then_some(())
-                .ok_or(format!("{st:?}"))
-        },
-    )
-    .await;
-    if let Err(e) = reported {
-        panic!("{e}{}", logs(cluster));
-    }
+    wait_transcode(c, base, token, project, (gid, uid), "failed", 300, cluster).await;
 }
 
 /// An uploaded video, ready to be transcoded again.

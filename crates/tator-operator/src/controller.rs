@@ -498,14 +498,9 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     }
     // job clusters: hand the workers what they keep (never waits on another cluster)
     let synced = if paused || (!had_clusters && t.spec.job_clusters.is_empty()) {
-        if paused && build::common::remote_transcode(&t) {
-            // Held back: the pods' remote transcode settings stay as they are.
-            t.remote_transcode =
-                crate::job_clusters::existing_transcode_digest(&ctx.client, &t).await;
-        }
         None
     } else {
-        Some(crate::job_clusters::sync(&ctx.client, &ctx.job_clusters, &mut t, had_clusters).await?)
+        Some(crate::job_clusters::sync(&ctx.client, &ctx.job_clusters, &t).await?)
     };
     // build and apply the web tier, then prune what neither tier wants
     let desired = build::build(&t, &rollout);

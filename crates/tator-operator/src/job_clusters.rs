@@ -8,7 +8,7 @@
 //! the worker asks for a reconcile of its TatorDeployment.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -160,6 +160,8 @@ pub struct JobClusters {
     workers: Mutex<HashMap<ClusterKey, Worker>>,
     removals: Mutex<HashMap<ClusterKey, Arc<Mutex<Removal>>>>,
     trigger: Mutex<Option<UnboundedSender<ObjectRef<TatorDeployment>>>>,
+    /// Installations whose one-off clean-ups this process has done.
+    synced_once: Mutex<HashSet<String>>,
 }
 
 impl JobClusters {
@@ -170,7 +172,16 @@ impl JobClusters {
             workers: Mutex::new(HashMap::new()),
             removals: Mutex::new(HashMap::new()),
             trigger: Mutex::new(None),
+            synced_once: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// True the first time an installation's job clusters are synced by this process.
+    fn first_sync(&self, uid: &str) -> bool {
+        self.synced_once
+            .lock()
+            .map(|mut s| s.insert(uid.to_string()))
+            .unwrap_or(false)
     }
 
     /// Where workers ask for reconciles.
@@ -932,16 +943,6 @@ pub async fn read_copies(
     Ok(out)
 }
 
-/// Digest of what a report means for Tator's backend (rolls pods when it changes).
-pub fn credentials_digest(host: &str, port: u16, c: &Credentials) -> String {
-    transcode_digest(host, &port.to_string(), &c.token, &c.ca)
-}
-
-/// One digest for the remote transcode settings, whether read from the cluster or the Secret.
-fn transcode_digest(host: &str, port: &str, token: &str, ca: &str) -> String {
-    short_hash(format!("{host}\n{port}\n{token}\n{ca}").as_bytes(), 16)
-}
-
 /// Conditions of a cluster as status shows them.
 pub fn conditions(r: &Report, registered: Option<&Check>) -> BTreeMap<&'static str, Check> {
     let mut m = BTreeMap::from([
@@ -966,13 +967,11 @@ pub struct Synced {
     pub reports: Vec<(JobCluster, Report)>,
 }
 
-/// Hands every job cluster's worker its desired objects, and keeps the owned Secret that wires
-/// the transcode cluster into Tator's backend current. Never waits on another cluster.
+/// Hands every job cluster's worker its desired objects. Never waits on another cluster.
 pub async fn sync(
     main: &Client,
     jc: &JobClusters,
-    t: &mut crate::validate::ValidatedTator,
-    had_clusters: bool,
+    t: &crate::validate::ValidatedTator,
 ) -> Result<Synced, crate::error::Error> {
     use crate::error::Error;
     let version = t
@@ -1006,95 +1005,47 @@ pub async fn sync(
     let reports = jc.sync(desired, &t.owner.uid);
     let reports: Vec<(JobCluster, Report)> =
         t.spec.job_clusters.iter().cloned().zip(reports).collect();
-    let secrets: Api<Secret> = Api::namespaced(main.clone(), &t.namespace);
-    let name = remote::remote_transcode_secret_name(t);
-    let transcode = reports
-        .iter()
-        .find(|(c, _)| c.runs.contains(&tator_api::JobKind::Transcode));
-    match transcode {
-        Some((c, r)) => {
-            let addr = c.api_server.clone().or_else(|| r.server.clone());
-            if let (Some(creds), Some((host, port))) =
-                (&r.credentials, addr.as_deref().and_then(remote::host_port))
-            {
-                let want = remote::remote_transcode_secret(t, &host, port, &creds.token, &creds.ca);
-                let live = secrets
-                    .get_opt(&name)
-                    .await
-                    .map_err(|source| Error::Fetch {
-                        what: format!("Secret {name}"),
-                        source,
-                    })?;
-                if live.and_then(|l| l.data) != want.data {
-                    secrets
-                        .patch(
-                            &name,
-                            &PatchParams::apply(FIELD_MANAGER).force(),
-                            &Patch::Apply(&want),
-                        )
-                        .await
-                        .map_err(|source| Error::Apply {
-                            kind: "Secret",
-                            name: name.clone(),
-                            source,
-                        })?;
-                    info!(secret = %name, "wrote the remote transcode settings");
-                }
-                t.remote_transcode = Some(credentials_digest(&host, port, creds));
-            } else {
-                // Until the cluster answers again, pods keep the settings they have.
-                t.remote_transcode = existing_transcode_digest(main, t).await;
-            }
-        }
-        None if had_clusters || !t.spec.job_clusters.is_empty() => {
-            let exists = secrets
-                .get_metadata_opt(&name)
-                .await
-                .map_err(|source| Error::Fetch {
-                    what: format!("Secret {name}"),
-                    source,
-                })?
-                .is_some();
-            if exists {
-                secrets
-                    .delete(&name, &DeleteParams::background())
-                    .await
-                    .map_err(|source| Error::Prune {
-                        kind: "Secret",
-                        name: name.clone(),
-                        source,
-                    })?;
-            }
-        }
-        None => {}
+    if jc.first_sync(&t.owner.uid) {
+        remove_legacy_transcode_secret(main, t).await?;
     }
     Ok(Synced { reports })
 }
 
-/// The digest of the remote transcode Secret as it is (None when it does not exist): what the
-/// pods already run with, while the cluster cannot be asked or changes are held back.
-pub async fn existing_transcode_digest(
+/// Removes the REMOTE_TRANSCODE_* Secret earlier operator versions wrote (Tator 1.5.0 never
+/// reads it). Done once per installation and operator process.
+async fn remove_legacy_transcode_secret(
     main: &Client,
     t: &crate::validate::ValidatedTator,
-) -> Option<String> {
+) -> Result<(), crate::error::Error> {
+    use crate::error::Error;
     let secrets: Api<Secret> = Api::namespaced(main.clone(), &t.namespace);
-    let m = secrets
-        .get_opt(&remote::remote_transcode_secret_name(t))
+    let name = remote::legacy_remote_transcode_secret_name(t);
+    let owned = secrets
+        .get_metadata_opt(&name)
         .await
-        .ok()
-        .flatten()?;
-    let d = m.data.unwrap_or_default();
-    let text = |k: &str| {
-        d.get(k)
-            .map(|b| String::from_utf8_lossy(&b.0).to_string())
-            .unwrap_or_default()
-    };
-    Some(transcode_digest(
-        &text("REMOTE_TRANSCODE_HOST"),
-        &text("REMOTE_TRANSCODE_PORT"),
-        text("REMOTE_TRANSCODE_TOKEN").trim_start_matches("Bearer "),
-        &text(CA_KEY),
-    ))
+        .map_err(|source| Error::Fetch {
+            what: format!("Secret {name}"),
+            source,
+        })?
+        .is_some_and(|m| {
+            m.metadata
+                .owner_references
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o.uid == t.owner.uid)
+        });
+    if owned {
+        secrets
+            .delete(&name, &DeleteParams::background())
+            .await
+            .map_err(|source| Error::Prune {
+                kind: "Secret",
+                name: name.clone(),
+                source,
+            })?;
+        info!(secret = %name, "removed the REMOTE_TRANSCODE_* Secret Tator never reads");
+    }
+    Ok(())
 }
 
 fn condition(

@@ -43,9 +43,6 @@ pub struct ValidatedTator {
     /// Facts about the cluster the observability builders depend on, filled in by the fetch
     /// stage (defaults in `render`: no prometheus-operator, PodSecurity unknown).
     pub cluster: ClusterFacts,
-    /// Digest of the remote transcode cluster's address and credentials, once known: Tator's
-    /// pods roll when it changes.
-    pub remote_transcode: Option<String>,
 }
 
 /// What the fetch stage learnt about the cluster.
@@ -262,7 +259,6 @@ pub fn validate_with(td: &TatorDeployment, policy: Policy) -> Result<ValidatedTa
         owner,
         secrets_hash: None,
         cluster: ClusterFacts::default(),
-        remote_transcode: None,
     })
 }
 

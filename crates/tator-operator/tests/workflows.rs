@@ -411,6 +411,19 @@ async fn workflow_templates_and_a_job_cluster_journey() {
         json!({"kubeconfig": kubeconfig}),
     )
     .await;
+    // What an earlier operator version left: its REMOTE_TRANSCODE_* Secret, owned by the
+    // installation.
+    let legacy: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "tator-remote-transcode", "ownerReferences": [{
+            "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment", "name": "tator",
+            "uid": uid, "controller": true}]},
+        "stringData": {"REMOTE_TRANSCODE_HOST": "127.0.0.1"}}))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &legacy)
+        .await
+        .unwrap();
     tds.patch(
         "tator",
         &PatchParams::default(),
@@ -487,32 +500,29 @@ async fn workflow_templates_and_a_job_cluster_journey() {
     let events =
         serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
     assert!(!events.contains(&token), "the token is in an Event");
-    // The transcode cluster is wired into the backend from an owned Secret.
-    let rt = secrets.get("tator-remote-transcode").await.unwrap();
-    let data = rt.data.unwrap();
-    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
-    assert_eq!(text("REMOTE_TRANSCODE_HOST"), "127.0.0.1");
-    assert_eq!(text("REMOTE_TRANSCODE_PORT"), server.to_string());
-    assert_eq!(text("REMOTE_TRANSCODE_TOKEN"), format!("Bearer {token}"));
+    // Tator 1.5.0 reads no REMOTE_TRANSCODE_* setting: the API gets none, and the Secret an
+    // earlier operator version wrote for it is removed.
     wait_for(
-        "the API pods to read REMOTE_TRANSCODE_*",
+        "the legacy REMOTE_TRANSCODE_* Secret to be removed",
         Duration::from_secs(60),
         || async {
-            let d = deploys.get("tator-api").await.map_err(|e| e.to_string())?;
-            let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
-            let env = c.env.clone().unwrap_or_default();
-            let host = env.iter().find(|e| e.name == "REMOTE_TRANSCODE_HOST");
-            match host
-                .and_then(|e| e.value_from.as_ref())
-                .and_then(|v| v.secret_key_ref.as_ref())
-            {
-                Some(r) if r.name == "tator-remote-transcode" => Ok(()),
+            match secrets.get_opt("tator-remote-transcode").await {
+                Ok(None) => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         },
     )
     .await
     .unwrap();
+    let d = deploys.get("tator-api").await.unwrap();
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    let env = serde_json::to_string(&pod.containers[0].env).unwrap();
+    assert!(!env.contains("REMOTE_TRANSCODE"), "{env}");
+    assert!(
+        !serde_json::to_string(&pod.volumes)
+            .unwrap()
+            .contains("remote-transcode")
+    );
     // Transcodes run remotely now: the local templates are pruned.
     wait_for(
         "local templates to be pruned",
@@ -688,17 +698,10 @@ async fn workflow_templates_and_a_job_cluster_journey() {
                 .map_err(|e| e.to_string())?
                 .items
                 .len();
-            let rt = secrets
-                .get_opt("tator-remote-transcode")
-                .await
-                .map_err(|e| e.to_string())?;
-            if remote == 0 && local == 2 && rt.is_none() {
+            if remote == 0 && local == 2 {
                 Ok(())
             } else {
-                Err(format!(
-                    "remote {remote}, local {local}, secret {}",
-                    rt.is_some()
-                ))
+                Err(format!("remote {remote}, local {local}"))
             }
         },
     )

@@ -181,7 +181,9 @@ fn default_parallelism() -> i32 {
 )]
 #[serde(rename_all = "camelCase")]
 pub enum JobKind {
-    /// Tator's transcode and archive-import workflows (REMOTE_TRANSCODE_* in the backend).
+    /// The transcode and archive-import WorkflowTemplates live on this cluster instead of the
+    /// main one, for users and scripts that submit them. Tator's own uploads go to the transcode
+    /// service (spec.transcodes), not to these templates.
     Transcode,
     /// Algorithm workflows, registered in Tator as a JobCluster of an organization.
     Algorithms,

@@ -38,24 +38,7 @@ pub fn secrets_annotation(t: &ValidatedTator) -> BTreeMap<String, String> {
         BUCKETS_HASH_ANNOTATION.to_string(),
         super::objects::settings_hash(t),
     );
-    if let Some(h) = &t.remote_transcode {
-        out.insert(REMOTE_TRANSCODE_ANNOTATION.to_string(), h.clone());
-    }
     out
-}
-
-/// Annotation on pod templates carrying a digest of the remote transcode cluster's address and
-/// credentials.
-pub const REMOTE_TRANSCODE_ANNOTATION: &str = "tator.io/remote-transcode-hash";
-/// Where the remote transcode cluster's CA is mounted (Tator's REMOTE_TRANSCODE_CERT).
-pub const REMOTE_TRANSCODE_CERT: &str = "/remote_transcodes/ca.crt";
-
-/// Whether a job cluster runs transcodes.
-pub fn remote_transcode(t: &ValidatedTator) -> bool {
-    t.spec
-        .job_clusters
-        .iter()
-        .any(|c| c.runs.contains(&tator_api::JobKind::Transcode))
 }
 
 /// Tator's WORKFLOW_STORAGE_CLASSES: `workflows.storageClasses`, else the transcode scratch
@@ -72,34 +55,11 @@ pub fn workflow_storage_classes(t: &ValidatedTator) -> String {
         .unwrap_or_default()
 }
 
-/// The workflow settings Tator reads, and the remote transcode cluster from the operator's
-/// Secret (optional references: the Secret appears once the cluster has answered).
+/// The workflow settings Tator reads. (Tator 1.5.0 reads no REMOTE_TRANSCODE_* setting: its
+/// uploads go to the transcode service, so a transcode job cluster only hosts the templates.)
 fn workflow_env(t: &ValidatedTator) -> Vec<EnvVar> {
     // Tator splits WORKFLOW_STORAGE_CLASSES whenever an algorithm claims a volume: always set.
-    let mut out = vec![env("WORKFLOW_STORAGE_CLASSES", workflow_storage_classes(t))];
-    if remote_transcode(t) {
-        let secret = super::remote::remote_transcode_secret_name(t);
-        for key in [
-            "REMOTE_TRANSCODE_HOST",
-            "REMOTE_TRANSCODE_PORT",
-            "REMOTE_TRANSCODE_TOKEN",
-        ] {
-            out.push(EnvVar {
-                name: key.into(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: secret.clone(),
-                        key: key.into(),
-                        optional: Some(true),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-        }
-        out.push(env("REMOTE_TRANSCODE_CERT", REMOTE_TRANSCODE_CERT));
-    }
-    out
+    vec![env("WORKFLOW_STORAGE_CLASSES", workflow_storage_classes(t))]
 }
 
 /// Key of the Django secret key in its Secret.
@@ -380,28 +340,6 @@ pub fn tator_volumes(t: &ValidatedTator) -> (Vec<Volume>, Vec<VolumeMount>) {
     if let Some((v, m)) = super::data::pg_ca_volume(&super::data::endpoints(t)) {
         volumes.push(v);
         mounts.push(m);
-    }
-    if remote_transcode(t) {
-        volumes.push(Volume {
-            name: "remote-transcode".into(),
-            secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
-                secret_name: Some(super::remote::remote_transcode_secret_name(t)),
-                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                    key: super::remote::CA_KEY.into(),
-                    path: "ca.crt".into(),
-                    ..Default::default()
-                }]),
-                optional: Some(true),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "remote-transcode".into(),
-            mount_path: "/remote_transcodes".into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
     }
     (volumes, mounts)
 }

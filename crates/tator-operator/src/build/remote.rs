@@ -4,12 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{
-    ByteString,
-    api::{
-        core::v1::{Namespace, Secret, ServiceAccount},
-        rbac::v1::{Role, RoleBinding},
-    },
+use k8s_openapi::api::{
+    core::v1::{Namespace, Secret, ServiceAccount},
+    rbac::v1::{Role, RoleBinding},
 };
 use kube::api::{DynamicObject, ObjectMeta};
 use tator_api::{JobCluster, JobKind};
@@ -136,41 +133,9 @@ pub fn host_port(url: &str) -> Option<(String, u16)> {
     }
 }
 
-/// The owned Secret that wires the transcode cluster into Tator's backend.
-pub fn remote_transcode_secret(
-    t: &ValidatedTator,
-    host: &str,
-    port: u16,
-    token: &str,
-    ca: &str,
-) -> Secret {
-    let data = BTreeMap::from([
-        ("REMOTE_TRANSCODE_HOST".to_string(), host.to_string()),
-        ("REMOTE_TRANSCODE_PORT".to_string(), port.to_string()),
-        (
-            "REMOTE_TRANSCODE_TOKEN".to_string(),
-            format!("Bearer {token}"),
-        ),
-        (CA_KEY.to_string(), ca.to_string()),
-    ]);
-    Secret {
-        metadata: super::common::child_meta(
-            t,
-            remote_transcode_secret_name(t),
-            "remote-transcode",
-            None,
-        ),
-        type_: Some("Opaque".into()),
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Default::default()
-    }
-}
-
-pub fn remote_transcode_secret_name(t: &ValidatedTator) -> String {
+/// Name of the Secret earlier operator versions wrote with REMOTE_TRANSCODE_* settings, which
+/// Tator 1.5.0 never reads; the job-cluster stage removes it where it is left.
+pub fn legacy_remote_transcode_secret_name(t: &ValidatedTator) -> String {
     t.child_name("remote-transcode")
 }
 

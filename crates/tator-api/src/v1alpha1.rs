@@ -879,10 +879,15 @@ pub struct WorkersSettings {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerSettings {
-    /// Number of worker pods (0 turns the worker off).
+    /// Number of worker pods (0 turns the worker off). Ignored with `autoscaling`.
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
+    /// Scale the workers on their rq queue in Tator's Redis (opt-in): between minReplicas and
+    /// maxReplicas, one per jobsPerWorker jobs waiting or running, down only after
+    /// cooldownSeconds without need. Off when unset (`replicas` pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<QueueAutoscaling>,
     #[serde(flatten)]
     pub pod: PodSettings,
 }
@@ -891,6 +896,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             replicas: 1,
+            autoscaling: None,
             pod: PodSettings::default(),
         }
     }

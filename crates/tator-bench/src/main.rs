@@ -893,7 +893,12 @@ async fn queue_scaling(cluster: &Cluster) -> anyhow::Result<(String, f64, Durati
         vec![tator_operator::scaler::Target {
             namespace: ns.into(),
             deployment: "workers".into(),
-            redis: ("127.0.0.1".into(), redis.port),
+            redis: tator_operator::scaler::QueueRedis {
+                host: "127.0.0.1".into(),
+                port: redis.port,
+                tls: false,
+                password: None,
+            },
             queue: "transcodes".into(),
             min: 0,
             max: 4,

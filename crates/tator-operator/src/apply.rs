@@ -24,7 +24,8 @@ use tracing::info;
 
 use crate::{
     build::{
-        Children, common::instance_selector, data, monitoring, storage, tls, transcodes, workflows,
+        Children, common::instance_selector, data, monitoring, queue_workers, storage, tls,
+        workflows,
     },
     cache::{self, Cached, Caches, Seen},
     error::Error,
@@ -285,7 +286,7 @@ pub async fn apply(
     let (scaled_objects, _) = apply_dynamic(
         client,
         ns,
-        &transcodes::scaled_object_resource(),
+        &queue_workers::scaled_object_resource(),
         "ScaledObject",
         scaled_objects,
     )
@@ -627,7 +628,7 @@ pub async fn prune(
             workflow_templates,
         ),
         (
-            transcodes::scaled_object_resource(),
+            queue_workers::scaled_object_resource(),
             "ScaledObject",
             scaled_objects,
         ),

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// A password: never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -293,11 +293,14 @@ pub struct RedisTarget {
     pub password: Option<Password>,
 }
 
-pub(crate) async fn resp_line<S: AsyncRead + Unpin>(
-    reader: &mut BufReader<S>,
-) -> Result<String, CheckError> {
+/// Longest answer line read from a Redis: the replies used here are short status or integer
+/// lines, so a server that sends more is not a Redis worth waiting for.
+const RESP_LINE_MAX: u64 = 4096;
+
+async fn resp_line<S: AsyncRead + Unpin>(reader: &mut BufReader<S>) -> Result<String, CheckError> {
     let mut line = String::new();
-    reader
+    (&mut *reader)
+        .take(RESP_LINE_MAX)
         .read_line(&mut line)
         .await
         .map_err(|e| CheckError::new("Unreachable", format!("connection lost: {e}")))?;
@@ -307,10 +310,16 @@ pub(crate) async fn resp_line<S: AsyncRead + Unpin>(
             "the server closed the connection",
         ));
     }
+    if !line.ends_with('\n') {
+        return Err(CheckError::new(
+            "Unhealthy",
+            format!("an answer longer than {RESP_LINE_MAX} bytes"),
+        ));
+    }
     Ok(line.trim_end().to_string())
 }
 
-pub(crate) fn resp_command(args: &[&str]) -> Vec<u8> {
+fn resp_command(args: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         out.extend(format!("${}\r\n", a.len()).into_bytes());
@@ -320,47 +329,19 @@ pub(crate) fn resp_command(args: &[&str]) -> Vec<u8> {
     out
 }
 
-async fn redis_session<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    password: Option<&Password>,
-) -> Result<(), CheckError> {
-    let mut reader = BufReader::new(stream);
-    if let Some(pw) = password {
-        reader
-            .get_mut()
-            .write_all(&resp_command(&["AUTH", pw.expose()]))
-            .await
-            .map_err(|e| CheckError::new("Unreachable", e.to_string()))?;
-        let answer = resp_line(&mut reader).await?;
-        if answer != "+OK" {
-            return Err(CheckError::new(
-                "AuthenticationFailed",
-                pw.scrub(format!("AUTH refused: {answer}")),
-            ));
-        }
-    }
-    reader
-        .get_mut()
-        .write_all(&resp_command(&["PING"]))
-        .await
-        .map_err(|e| CheckError::new("Unreachable", e.to_string()))?;
-    let answer = resp_line(&mut reader).await?;
-    match answer.as_str() {
-        "+PONG" => Ok(()),
-        a if a.starts_with("-NOAUTH") => Err(CheckError::new(
-            "AuthenticationFailed",
-            "the server requires a password and none is configured",
-        )),
-        a => Err(CheckError::new(
-            "Unhealthy",
-            format!("unexpected answer to PING: {a}"),
-        )),
-    }
+/// A byte stream to a Redis, plain or TLS.
+pub trait RedisStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> RedisStream for S {}
+
+/// A connection to a Redis, authenticated when a password is configured. Not bounded in time:
+/// callers put a limit around their whole exchange.
+pub struct RedisConnection {
+    reader: BufReader<Box<dyn RedisStream>>,
 }
 
-/// AUTH (when a password is configured) and PING.
-pub async fn check_redis(target: &RedisTarget) -> Result<String, CheckError> {
-    let work = async {
+impl RedisConnection {
+    /// Connects (TLS when asked, verified against the public roots) and sends AUTH.
+    pub async fn open(target: &RedisTarget) -> Result<Self, CheckError> {
         let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
             .await
             .map_err(|e| {
@@ -369,34 +350,98 @@ pub async fn check_redis(target: &RedisTarget) -> Result<String, CheckError> {
                     format!("could not connect to {}:{}: {e}", target.host, target.port),
                 )
             })?;
-        if target.tls {
+        let stream: Box<dyn RedisStream> = if target.tls {
             let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(None, true)?));
             let name = rustls::pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|e| CheckError::new("TLSError", e.to_string()))?;
             let handshake = tokio::time::timeout(CHECK_TIMEOUT / 2, connector.connect(name, tcp));
-            let stream = handshake
-                .await
-                .map_err(|_| {
-                    CheckError::new(
-                        "TLSError",
-                        format!(
-                            "{}:{} did not complete a TLS handshake (does it offer TLS?)",
-                            target.host, target.port
-                        ),
-                    )
-                })?
-                .map_err(|e| {
-                    CheckError::new(
-                        "TLSError",
-                        format!(
-                            "TLS handshake with {}:{} failed: {e}",
-                            target.host, target.port
-                        ),
-                    )
-                })?;
-            redis_session(stream, target.password.as_ref()).await
+            Box::new(
+                handshake
+                    .await
+                    .map_err(|_| {
+                        CheckError::new(
+                            "TLSError",
+                            format!(
+                                "{}:{} did not complete a TLS handshake (does it offer TLS?)",
+                                target.host, target.port
+                            ),
+                        )
+                    })?
+                    .map_err(|e| {
+                        CheckError::new(
+                            "TLSError",
+                            format!(
+                                "TLS handshake with {}:{} failed: {e}",
+                                target.host, target.port
+                            ),
+                        )
+                    })?,
+            )
         } else {
-            redis_session(tcp, target.password.as_ref()).await
+            Box::new(tcp)
+        };
+        let mut conn = Self {
+            reader: BufReader::new(stream),
+        };
+        if let Some(pw) = &target.password {
+            let answer = conn.command(&["AUTH", pw.expose()]).await?;
+            if answer != "+OK" {
+                return Err(CheckError::new(
+                    "AuthenticationFailed",
+                    pw.scrub(format!("AUTH refused: {answer}")),
+                ));
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Sends one command and reads its one-line answer.
+    pub async fn command(&mut self, args: &[&str]) -> Result<String, CheckError> {
+        self.reader
+            .get_mut()
+            .write_all(&resp_command(args))
+            .await
+            .map_err(|e| CheckError::new("Unreachable", format!("connection lost: {e}")))?;
+        let answer = resp_line(&mut self.reader).await?;
+        if answer.starts_with("-NOAUTH") {
+            return Err(CheckError::new(
+                "AuthenticationFailed",
+                "the server requires a password and none is configured",
+            ));
+        }
+        Ok(answer)
+    }
+
+    /// Sends a command whose answer is an integer (`LLEN`, `ZCARD`).
+    pub async fn integer(&mut self, args: &[&str]) -> Result<u64, CheckError> {
+        let answer = self.command(args).await?;
+        answer
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                CheckError::new(
+                    "Unhealthy",
+                    format!(
+                        "unexpected answer to {}",
+                        args.first().copied().unwrap_or("")
+                    ),
+                )
+            })
+    }
+}
+
+/// AUTH (when a password is configured) and PING.
+pub async fn check_redis(target: &RedisTarget) -> Result<String, CheckError> {
+    let work = async {
+        let mut conn = RedisConnection::open(target).await?;
+        let answer = conn.command(&["PING"]).await?;
+        if answer == "+PONG" {
+            Ok(())
+        } else {
+            Err(CheckError::new(
+                "Unhealthy",
+                format!("unexpected answer to PING: {answer}"),
+            ))
         }
     };
     tokio::time::timeout(CHECK_TIMEOUT, work)

@@ -140,6 +140,8 @@ impl Desired {
 struct Worker {
     desired: watch::Sender<Desired>,
     report: Arc<Mutex<Report>>,
+    /// Checks the worker has finished.
+    checks: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -216,12 +218,13 @@ impl JobClusters {
             }
             let (tx, rx) = watch::channel(d.clone());
             let report = Arc::new(Mutex::new(Report::default()));
+            let checks = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let trigger = self.trigger.lock().ok().and_then(|t| t.clone());
             let task = tokio::spawn(run_worker(
                 self.main.clone(),
                 self.consent,
                 rx,
-                report.clone(),
+                (report.clone(), checks.clone()),
                 trigger,
             ));
             out.push(Report::default());
@@ -230,11 +233,20 @@ impl JobClusters {
                 Worker {
                     desired: tx,
                     report,
+                    checks,
                     task,
                 },
             );
         }
         out
+    }
+
+    /// Checks the worker of one cluster has finished (None: no such worker): what tests wait on
+    /// to see that a check happened.
+    pub fn checks(&self, uid: &str, cluster: &str) -> Option<u64> {
+        let workers = self.workers.lock().ok()?;
+        let w = workers.get(&(uid.to_string(), cluster.to_string()))?;
+        Some(w.checks.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Stops every worker of one TatorDeployment (it is being deleted).
@@ -249,7 +261,7 @@ async fn run_worker(
     main: Client,
     consent: crate::consent::Mode,
     mut rx: watch::Receiver<Desired>,
-    report: Arc<Mutex<Report>>,
+    (report, checks): (Arc<Mutex<Report>>, Arc<std::sync::atomic::AtomicU64>),
     trigger: Option<UnboundedSender<ObjectRef<TatorDeployment>>>,
 ) {
     let mut session: Option<Session> = None;
@@ -297,6 +309,7 @@ async fn run_worker(
                 let _ = tx.unbounded_send(ObjectRef::new(&d.name).within(&d.namespace));
             }
         }
+        checks.fetch_add(1, std::sync::atomic::Ordering::Release);
         let wait = if healthy {
             CHECK_INTERVAL
         } else {

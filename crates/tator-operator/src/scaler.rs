@@ -1,5 +1,6 @@
 //! The operator's own queue scaler: for a worker Deployment whose spec asks for autoscaling and
-//! no KEDA, a task reads the length of its rq queue (jobs waiting, `rq:queue:<queue>`, and
+//! no KEDA, a task reads (authenticated, over TLS when the Redis asks for it) the length of its
+//! rq queue (jobs waiting, `rq:queue:<queue>`, and
 //! running, `rq:wip:<queue>`) every few seconds and writes the Deployment's `replicas` through
 //! its scale subresource, under a field manager of its own. The reconcile then leaves
 //! `replicas` out of what it applies, so the two never fight; nor does the scaler run when KEDA
@@ -19,10 +20,9 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, BufReader},
-    sync::watch,
-};
+use tokio::sync::watch;
+
+use crate::checks::{CheckError, Password, RedisConnection, RedisTarget, secret_value};
 use tracing::{info, warn};
 
 /// Field manager of the scaler's writes of `replicas`.
@@ -32,13 +32,23 @@ pub const INTERVAL: Duration = Duration::from_secs(2);
 /// Time limit of each read of the queue.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Where a queue is: a Redis, and the Secret key of its password if it has one (in the
+/// Deployment's namespace; read by the scaler task, never part of the target itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueRedis {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// Secret name and key.
+    pub password: Option<(String, String)>,
+}
+
 /// One worker Deployment to scale, and its queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub namespace: String,
     pub deployment: String,
-    /// Host and port of the queue's Redis (no password).
-    pub redis: (String, u16),
+    pub redis: QueueRedis,
     pub queue: String,
     pub min: i32,
     pub max: i32,
@@ -74,37 +84,50 @@ pub fn decide(
 }
 
 /// Jobs waiting and running on the queue.
-pub async fn queue_jobs(redis: &(String, u16), queue: &str) -> Result<u64, String> {
+pub async fn queue_jobs(redis: &RedisTarget, queue: &str) -> Result<u64, CheckError> {
     let work = async {
-        let stream = tokio::net::TcpStream::connect((redis.0.as_str(), redis.1))
-            .await
-            .map_err(|e| format!("cannot connect to {}:{}: {e}", redis.0, redis.1))?;
-        let (read, mut write) = stream.into_split();
-        // Answers are one short line each; never read more than that.
-        let mut reader = BufReader::new(read.take(4096));
-        let mut total = 0u64;
-        for (cmd, key) in [
-            ("LLEN", format!("rq:queue:{queue}")),
-            ("ZCARD", format!("rq:wip:{queue}")),
-        ] {
-            write
-                .write_all(&crate::checks::resp_command(&[cmd, &key]))
-                .await
-                .map_err(|e| format!("connection lost: {e}"))?;
-            let line = crate::checks::resp_line(&mut reader)
-                .await
-                .map_err(|e| e.message)?;
-            let n = line
-                .strip_prefix(':')
-                .and_then(|n| n.parse::<u64>().ok())
-                .ok_or_else(|| format!("unexpected answer to {cmd}"))?;
-            total += n;
-        }
-        Ok(total)
+        let mut conn = RedisConnection::open(redis).await?;
+        let waiting = conn
+            .integer(&["LLEN", &format!("rq:queue:{queue}")])
+            .await?;
+        let running = conn.integer(&["ZCARD", &format!("rq:wip:{queue}")]).await?;
+        Ok(waiting + running)
     };
     tokio::time::timeout(READ_TIMEOUT, work)
         .await
-        .map_err(|_| format!("no answer within {} s", READ_TIMEOUT.as_secs()))?
+        .unwrap_or_else(|_| {
+            Err(CheckError {
+                reason: "Unreachable",
+                message: format!("no answer within {} s", READ_TIMEOUT.as_secs()),
+            })
+        })
+}
+
+/// The queue's Redis as the task reaches it, its password read from the Secret (and read again
+/// after a refusal, for a rotated password).
+async fn connect_target(
+    client: &Client,
+    namespace: &str,
+    redis: &QueueRedis,
+    cached: &mut Option<Password>,
+) -> Result<RedisTarget, CheckError> {
+    let password = match &redis.password {
+        None => None,
+        Some((name, key)) => match cached {
+            Some(p) => Some(p.clone()),
+            None => {
+                let p = Password::new(secret_value(client, namespace, name, key).await?);
+                *cached = Some(p.clone());
+                Some(p)
+            }
+        },
+    };
+    Ok(RedisTarget {
+        host: redis.host.clone(),
+        port: redis.port,
+        tls: redis.tls,
+        password,
+    })
 }
 
 struct Task {
@@ -187,10 +210,22 @@ async fn run(
 ) {
     let mut enough_since: Option<Instant> = None;
     let mut failing = false;
+    let mut password: Option<Password> = None;
     loop {
         let t = rx.borrow_and_update().clone();
         let api: Api<Deployment> = Api::namespaced(client.clone(), &t.namespace);
-        match queue_jobs(&t.redis, &t.queue).await {
+        let read = match connect_target(&client, &t.namespace, &t.redis, &mut password).await {
+            Ok(target) => queue_jobs(&target, &t.queue).await,
+            Err(e) => Err(e),
+        };
+        if read
+            .as_ref()
+            .is_err_and(|e| e.reason == "AuthenticationFailed")
+        {
+            // Read the Secret again next time: the password may have been rotated.
+            password = None;
+        }
+        match read {
             Ok(jobs) => {
                 failing = false;
                 if let Ok(mut l) = lengths.lock() {
@@ -234,14 +269,20 @@ async fn run(
             Err(e) => {
                 // The replicas stay as they are while the queue cannot be read.
                 if !failing {
-                    warn!(deployment = %t.deployment, queue = %t.queue, error = %e, "cannot read the queue; workers stay as they are");
+                    warn!(deployment = %t.deployment, queue = %t.queue, reason = e.reason, error = %e.message, "cannot read the queue; workers stay as they are");
                 }
                 failing = true;
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(INTERVAL) => {}
-            changed = rx.changed() => if changed.is_err() { return; },
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Perhaps another Redis or Secret: read the password anew.
+                password = None;
+            }
         }
     }
 }
@@ -254,7 +295,12 @@ mod tests {
         Target {
             namespace: "ns".into(),
             deployment: "w".into(),
-            redis: ("q".into(), 6379),
+            redis: QueueRedis {
+                host: "q".into(),
+                port: 6379,
+                tls: false,
+                password: None,
+            },
             queue: "transcodes".into(),
             min,
             max,

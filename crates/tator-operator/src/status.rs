@@ -295,30 +295,39 @@ pub fn compute(
             .collect()
     };
     let waiting = rollout.app_version.is_none();
+    // Autoscaled workers come and go with their queue: their count is the scaler's, not a
+    // rollout, so it does not make the installation less ready.
+    let fixed = |c: &str| -> Vec<&Deployment> {
+        if crate::build::queue_workers::autoscaled(t, c) {
+            Vec::new()
+        } else {
+            by_component(c)
+        }
+    };
+    let workers = [fixed(DB_WORKER), fixed(IMAGE_WORKER)].concat();
+    let workers = if workers.is_empty() && !waiting {
+        Cond::new(
+            "Workers",
+            true,
+            "Autoscaled",
+            "the db and image workers follow their queues",
+        )
+    } else {
+        deployment_cond("Workers", &workers, waiting)
+    };
     let mut conds = vec![
         deployment_cond("Api", &by_component(API), waiting),
-        deployment_cond(
-            "Workers",
-            &[by_component(DB_WORKER), by_component(IMAGE_WORKER)].concat(),
-            waiting,
-        ),
+        workers,
         deployment_cond("Ui", &by_component(UI), waiting),
     ];
     if crate::build::transcodes::enabled(t) {
         use crate::build::transcodes::{TRANSCODE, TRANSCODE_QUEUE, TRANSCODE_WORKER};
-        // Autoscaled workers come and go with the queue: their count is the scaler's, not a
-        // rollout, so it does not make the installation less ready.
-        let workers = if crate::build::transcodes::autoscaled(t) {
-            Vec::new()
-        } else {
-            by_component(TRANSCODE_WORKER)
-        };
         conds.push(deployment_cond(
             "Transcodes",
             &[
                 by_component(TRANSCODE_QUEUE),
                 by_component(TRANSCODE),
-                workers,
+                fixed(TRANSCODE_WORKER),
             ]
             .concat(),
             waiting,

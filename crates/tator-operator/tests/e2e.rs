@@ -599,6 +599,39 @@ async fn replicas(api: &Api<Deployment>, name: &str) -> i32 {
         .unwrap_or(-1)
 }
 
+/// Opt-in scaling of the image workers (`image_jobs` in Tator's own Redis, which has a
+/// password): on, at most 1, back to none after 20 s idle; returns once none runs.
+async fn image_workers_scale_to_zero(client: &Client, ns: &str, name: &str, cluster: &TestCluster) {
+    let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), ns);
+    let autoscaling = serde_json::json!({
+        "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"workers": {"image": {"autoscaling": {
+            "minReplicas": 0, "maxReplicas": 1, "cooldownSeconds": 20, "scaler": "Operator"}}}},
+    });
+    tds.patch(
+        name,
+        &PatchParams::apply("e2e-image-scaling"),
+        &Patch::Apply(&autoscaling),
+    )
+    .await
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let workers = format!("{name}-image-worker");
+    let idle = wait_for(
+        "idle image workers to go to zero",
+        Duration::from_secs(120),
+        || async {
+            let n = replicas(&deployments, &workers).await;
+            (n == 0).then_some(()).ok_or(format!("{n} replicas"))
+        },
+    )
+    .await;
+    if let Err(e) = idle {
+        panic!("{e}{}", logs(cluster));
+    }
+}
+
 /// The workers scale on the queue: autoscaling on (at most 3, back to none after 20 s idle);
 /// idle, they go to zero; 20 transcodes at once bring them to 3 within 60 s of the queue
 /// growing; every transcode succeeds exactly once (20 Media, each with its files, 20 jobs
@@ -940,6 +973,9 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
     .await;
     assert_eq!(s, 201, "media type: {media_type}");
     let media_type = media_type["id"].as_i64().unwrap();
+    // The image workers scale on their queue in Tator's Redis (password and all): idle, none
+    // runs, so the import below proves the operator's scaler started one for the job.
+    image_workers_scale_to_zero(&client, &ns, &name, &cluster).await;
     let (s, info) = rest(
         &c,
         &base,

@@ -384,7 +384,7 @@ async fn api_server_and_etcd_restarts_cause_no_storm_and_no_deletes() {
     wait_for("Ready", Duration::from_secs(90), || converged(&admin, &ns))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    common::poke_and_settle(&ctx, &tds, "tator").await;
     let before = uids(&admin, &ns).await;
 
     // 1. The API server alone: every watch breaks and re-lists. Nothing changed, so nothing is
@@ -411,7 +411,8 @@ async fn api_server_and_etcd_restarts_cause_no_storm_and_no_deletes() {
     )
     .await;
     relisted.unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // A reconcile from the refilled caches: it has nothing to write.
+    common::poke_and_settle(&ctx, &tds, "tator").await;
     let c1 = counts.by_verb();
     let delta: BTreeMap<String, u64> = c1
         .iter()
@@ -509,7 +510,7 @@ async fn wait_converged(client: &Client, ns: &str, seconds: u64) {
 async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
     let client = common::cluster().await;
     let ns = namespace(&client, "faults-invalid", true).await.unwrap();
-    let (_ctx, task) = common::start_controller(&client, &ns);
+    let (ctx, task) = common::start_controller(&client, &ns);
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     let td: TatorDeployment = serde_json::from_value(json!({
         "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
@@ -750,7 +751,7 @@ async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::poke_and_settle(&ctx, &tds, "tator").await;
     let after = uids(&client, &ns).await;
     for (key, uid) in &before {
         assert_eq!(after.get(key), Some(uid), "{key:?} was deleted or replaced");

@@ -45,7 +45,7 @@ async fn live(api: &Api<CronJob>) -> Result<Vec<(String, String, bool)>, String>
 async fn cron_jobs_follow_the_spec_and_a_due_one_creates_a_job() {
     let client = common::cluster().await;
     let ns = namespace(&client, "op-maintenance", true).await.unwrap();
-    let (_ctx, task) = common::start_controller(&client, &ns);
+    let (ctx, task) = common::start_controller(&client, &ns);
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
     let td: TatorDeployment = serde_json::from_value(json!({
@@ -255,8 +255,9 @@ async fn cron_jobs_follow_the_spec_and_a_due_one_creates_a_job() {
         pod.containers[0].command.clone().unwrap(),
         ["python3", "manage.py", "expireinvitations"]
     );
-    // The operator does not treat the cronjob controller's Jobs as its own orphans.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The operator does not treat the cronjob controller's Jobs as its own orphans: a reconcile
+    // after the Job exists keeps it.
+    common::poke_and_settle(&ctx, &tds, "tator").await;
     assert!(
         jobs.get_opt(&job.metadata.name.unwrap())
             .await

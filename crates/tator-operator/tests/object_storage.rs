@@ -351,7 +351,7 @@ async fn buckets_on_the_control_plane() {
                 .unwrap();
         secrets.create(&PostParams::default(), &s).await.unwrap();
     }
-    let (_ctx, task) = common::start_controller(&client, &ns);
+    let (ctx, task) = common::start_controller(&client, &ns);
 
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     // The live bucket stays on the in-cluster store (the default); the backup bucket and an
@@ -454,14 +454,7 @@ async fn buckets_on_the_control_plane() {
 
     // A re-run sends nothing when nothing changed.
     let writes = tator.writes().len();
-    tds.patch(
-        "tator",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"poke": "1"}}})),
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    common::poke_and_settle(&ctx, &tds, "tator").await;
     assert_eq!(tator.writes().len(), writes, "{:?}", tator.writes());
 
     // A changed entry is updated in place (found by name), not created again.

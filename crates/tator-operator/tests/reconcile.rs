@@ -428,7 +428,8 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
         Duration::from_secs(30),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The baseline is taken after a reconcile that started once the Job was gone has ended.
+    common::poke_and_settle(&env.ctx, &env.tds(), "tator").await;
     let before = env.snapshot().await;
 
     // A fresh controller reconciles every object once on start: that reconcile must be a no-op.
@@ -436,20 +437,7 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
     let (ctx, task) = common::start_controller(&env.client, &env.ns);
     env.ctx = ctx.clone();
     env.task = task;
-    wait_for(
-        "the restarted controller to reconcile",
-        Duration::from_secs(20),
-        || async {
-            if ctx.reconcile_count() >= 1 {
-                Ok(())
-            } else {
-                Err("no reconcile yet".into())
-            }
-        },
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    common::settled_after(&ctx, 0).await;
     assert_eq!(
         env.snapshot().await,
         before,
@@ -468,14 +456,7 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
     let (ctx, task) = common::start_controller(&counted, &env.ns);
     env.ctx = ctx.clone();
     env.task = task;
-    wait_for("the first reconcile", Duration::from_secs(20), || async {
-        (ctx.reconcile_count() >= 1)
-            .then_some(())
-            .ok_or("none yet".to_string())
-    })
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    common::settled_after(&ctx, 0).await;
     let writes = |c: &tator_operator::client::RequestCounts| -> u64 {
         c.by_verb()
             .iter()
@@ -494,18 +475,7 @@ async fn no_op_reconcile_writes_nothing_and_spec_change_touches_only_its_child()
     )
     .await
     .unwrap();
-    wait_for(
-        "a reconcile after the poke",
-        Duration::from_secs(20),
-        || async {
-            (ctx.reconcile_count() > runs)
-                .then_some(())
-                .ok_or("none yet".to_string())
-        },
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::settled_after(&ctx, runs).await;
     assert_eq!(
         writes(&counts),
         written,
@@ -1095,7 +1065,8 @@ async fn paused_holds_changes_back_and_stopped_scales_to_zero_keeping_data() {
     assert!(msg.contains("Deployment/tator-ui"), "{msg}");
     let (ready, reason, _) = env.condition("Ready").await.unwrap();
     assert_eq!((ready.as_str(), reason.as_str()), ("False", "Paused"));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Another reconcile while paused: still nothing applied.
+    common::poke_and_settle(&env.ctx, &env.tds(), "tator").await;
     let ui = env.api::<Deployment>().get("tator-ui").await.unwrap();
     assert_eq!(
         ui.spec.as_ref().unwrap().replicas,

@@ -327,7 +327,7 @@ async fn workflow_templates_and_a_job_cluster_journey() {
     put_secret(&secrets, "tator-token", json!({"token": TOKEN})).await;
     let standin = JobClustersStandIn::default();
     let api_port = standin.start().await;
-    let (_ctx, task) = common::start_controller(&client, &ns);
+    let (ctx, task) = common::start_controller(&client, &ns);
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), &ns);
     let td: TatorDeployment = serde_json::from_value(json!({
         "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
@@ -598,7 +598,20 @@ async fn workflow_templates_and_a_job_cluster_journey() {
     // server-side apply (only the operator applies there).
     let applies_before = applies(&job_client).await;
     assert!(applies_before > 0, "the operator's applies are counted");
-    tokio::time::sleep(Duration::from_secs(35)).await;
+    let checks = || ctx.job_clusters.checks(&uid, "gpu").unwrap_or(0);
+    let first = checks();
+    wait_for(
+        "two more checks of the job cluster",
+        Duration::from_secs(60),
+        || async {
+            let n = checks();
+            (n >= first + 2)
+                .then_some(())
+                .ok_or(format!("{} checks since", n - first))
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         applies(&job_client).await,
         applies_before,

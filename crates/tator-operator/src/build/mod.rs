@@ -8,6 +8,7 @@ pub mod migrations;
 pub mod monitoring;
 pub mod nginx;
 pub mod objects;
+pub mod queue_workers;
 pub mod remote;
 pub mod storage;
 pub mod tls;
@@ -249,6 +250,7 @@ fn stop_if_stopped(t: &ValidatedTator, d: &mut Children) {
         spec.replicas = Some(0);
     }
     d.autoscalers.clear();
+    d.scaled_objects.clear();
     // Jobs would start pods: migrations wait for the start, buckets exist already.
     d.jobs.clear();
     // Maintenance is kept, suspended: no new Jobs until Tator starts again.
@@ -305,7 +307,9 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     d.services.extend(tc.services);
     d.network_policies.extend(tc.network_policies);
     d.disruption_budgets.extend(tc.disruption_budgets);
-    d.scaled_objects.extend(tc.scaled_objects);
+    if rollout.app_version.is_some() {
+        d.scaled_objects.extend(queue_workers::scaled_objects(t));
+    }
 
     d.autoscalers.extend(web::api_hpa(t));
     d.disruption_budgets.push(web::pdb(t, web::API));

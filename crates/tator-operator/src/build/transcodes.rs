@@ -29,9 +29,6 @@ use k8s_openapi::{
     },
 };
 
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use tator_api::Scaler;
-
 use super::common::*;
 use crate::validate::ValidatedTator;
 
@@ -59,86 +56,17 @@ pub fn enabled(t: &ValidatedTator) -> bool {
 
 /// Whether the workers scale on their queue.
 pub fn autoscaled(t: &ValidatedTator) -> bool {
-    enabled(t) && t.spec.transcodes.workers.autoscaling.is_some()
+    super::queue_workers::autoscaled(t, TRANSCODE_WORKER)
 }
 
-/// Whether KEDA scales the workers: asked for, or `Auto` with KEDA's CRDs installed.
+/// Whether KEDA scales the workers.
 pub fn uses_keda(t: &ValidatedTator) -> bool {
     t.spec
         .transcodes
         .workers
         .autoscaling
         .as_ref()
-        .filter(|_| enabled(t))
-        .is_some_and(|a| match a.scaler {
-            Scaler::Keda => true,
-            Scaler::Auto => t.cluster.keda,
-            Scaler::Operator => false,
-        })
-}
-
-/// KEDA's ScaledObject.
-pub fn scaled_object_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "keda.sh",
-        "v1alpha1",
-        "ScaledObject",
-    ))
-}
-
-/// What the operator's own scaler watches, once a release serves (`serving`): the workers,
-/// unless KEDA scales them.
-pub fn scaler_targets(t: &ValidatedTator, serving: bool) -> Vec<crate::scaler::Target> {
-    let Some(a) = t.spec.transcodes.workers.autoscaling.as_ref() else {
-        return Vec::new();
-    };
-    if !serving || !enabled(t) || uses_keda(t) {
-        return Vec::new();
-    }
-    vec![crate::scaler::Target {
-        namespace: t.namespace.clone(),
-        deployment: t.child_name(TRANSCODE_WORKER),
-        redis: (
-            format!("{}.{}.svc", queue_host(t), t.namespace),
-            u16::try_from(QUEUE_PORT).unwrap_or(6379),
-        ),
-        queue: QUEUE_NAME.into(),
-        min: a.min_replicas,
-        max: a.max_replicas,
-        jobs_per_worker: a.jobs_per_worker,
-        cooldown: std::time::Duration::from_secs(u64::try_from(a.cooldown_seconds).unwrap_or(0)),
-    }]
-}
-
-/// The workers' ScaledObject, when KEDA scales them and its CRDs are installed: KEDA's redis
-/// scaler on the rq list of waiting jobs.
-pub fn scaled_object(t: &ValidatedTator) -> Option<DynamicObject> {
-    let a = t.spec.transcodes.workers.autoscaling.as_ref()?;
-    if !uses_keda(t) || !t.cluster.keda {
-        return None;
-    }
-    let name = t.child_name(TRANSCODE_WORKER);
-    let meta = child_meta(t, name.clone(), TRANSCODE_WORKER, None);
-    let mut obj = DynamicObject::new(&name, &scaled_object_resource()).data(serde_json::json!({
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicaCount": a.min_replicas,
-            "maxReplicaCount": a.max_replicas,
-            "cooldownPeriod": a.cooldown_seconds,
-            "pollingInterval": 5,
-            "triggers": [{
-                "type": "redis",
-                "metadata": {
-                    "address": format!("{}.{}.svc:{QUEUE_PORT}", queue_host(t), t.namespace),
-                    "listName": format!("rq:queue:{QUEUE_NAME}"),
-                    "listLength": a.jobs_per_worker.to_string(),
-                    "activationListLength": "0",
-                },
-            }],
-        },
-    }));
-    obj.metadata = meta;
-    Some(obj)
+        .is_some_and(|a| enabled(t) && super::queue_workers::uses_keda(t, a))
 }
 
 /// Tator's `TRANSCODE_HOST`: the service's URL.
@@ -476,7 +404,6 @@ pub struct TranscodeChildren {
     pub services: Vec<Service>,
     pub network_policies: Vec<NetworkPolicy>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
-    pub scaled_objects: Vec<DynamicObject>,
 }
 
 pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
@@ -485,7 +412,6 @@ pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
         services: Vec::new(),
         network_policies: Vec::new(),
         disruption_budgets: Vec::new(),
-        scaled_objects: Vec::new(),
     };
     let Some(v) = version.filter(|_| enabled(t)) else {
         return out;
@@ -507,14 +433,13 @@ pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
     out.disruption_budgets.push(super::web::pdb(t, TRANSCODE));
     out.deployments.push(service_deployment(t, v));
     out.deployments.push(worker_deployment(t, v));
-    out.scaled_objects.extend(scaled_object(t));
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{test_fixtures::minimal, validate::validate};
+    use crate::{build::queue_workers, test_fixtures::minimal, validate::validate};
 
     fn tator() -> ValidatedTator {
         validate(&minimal("1.5.0")).unwrap()
@@ -622,12 +547,13 @@ mod tests {
         let w = worker_deployment(&t, "1.5.0");
         assert_eq!(w.spec.unwrap().replicas, None);
         // Auto without KEDA: the operator scales, and may read the queue.
-        let targets = scaler_targets(&t, true);
+        let targets = queue_workers::scaler_targets(&t, true);
         assert_eq!(targets.len(), 1);
         assert_eq!((targets[0].min, targets[0].max), (0, 3));
-        assert_eq!(targets[0].redis.0, "tator-transcode-queue.tator.svc");
-        assert!(scaler_targets(&t, false).is_empty());
-        assert!(scaled_object(&t).is_none());
+        assert_eq!(targets[0].redis.host, "tator-transcode-queue.tator.svc");
+        assert_eq!(targets[0].redis.password, None);
+        assert!(queue_workers::scaler_targets(&t, false).is_empty());
+        assert!(queue_workers::scaled_objects(&t).is_empty());
         let peers = queue_policy(&t).spec.unwrap().ingress.unwrap()[0]
             .from
             .clone()
@@ -645,13 +571,13 @@ mod tests {
         );
         // With KEDA's CRDs: a ScaledObject on the rq list, and no operator scaler.
         t.cluster.keda = true;
-        assert!(scaler_targets(&t, true).is_empty());
-        let so = scaled_object(&t).unwrap();
-        assert_eq!(so.data["spec"]["maxReplicaCount"], 3);
-        assert_eq!(
-            so.data["spec"]["triggers"][0]["metadata"]["listName"],
-            "rq:queue:transcodes"
-        );
+        assert!(queue_workers::scaler_targets(&t, true).is_empty());
+        let so = queue_workers::scaled_objects(&t);
+        assert_eq!(so.len(), 1);
+        assert_eq!(so[0].data["spec"]["maxReplicaCount"], 3);
+        let m = &so[0].data["spec"]["triggers"][0]["metadata"];
+        assert_eq!(m["listName"], "rq:queue:transcodes");
+        assert!(m.get("passwordFromEnv").is_none());
         let peers = queue_policy(&t).spec.unwrap().ingress.unwrap()[0]
             .from
             .clone()

@@ -158,7 +158,9 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> 
     Deployment {
         metadata: child_meta(t, t.child_name(component), component, Some(version)),
         spec: Some(DeploymentSpec {
-            replicas: Some(settings.replicas),
+            // Autoscaled: the replicas are the scaler's (KEDA's or the operator's).
+            replicas: (!super::queue_workers::autoscaled(t, component))
+                .then_some(settings.replicas),
             selector: label_selector(t, component),
             template: pod_template(
                 t,

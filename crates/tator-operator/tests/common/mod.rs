@@ -29,6 +29,48 @@ pub async fn cluster() -> Client {
     client
 }
 
+/// Waits until a reconcile that started after the first `runs` has ended and none is running:
+/// every write the controller made for what happened before is done. What a "nothing happened"
+/// check waits on instead of a fixed sleep (one TatorDeployment per controller: kube-runtime
+/// never reconciles one object twice at once).
+pub async fn settled_after(ctx: &Context, runs: u64) {
+    tator_testbed::support::wait_for("a reconcile to end", Duration::from_secs(60), || async {
+        let (started, ended) = (ctx.reconcile_count(), ctx.finished_count());
+        (ended > runs && ended == started)
+            .then_some(())
+            .ok_or(format!(
+                "{ended} of {started} reconciles ended; waiting for one past {runs}"
+            ))
+    })
+    .await
+    .unwrap();
+}
+
+/// Makes the controller reconcile (an annotation on the TatorDeployment, which changes no
+/// generation) and waits until that reconcile has ended.
+pub async fn poke_and_settle(
+    ctx: &Context,
+    tds: &kube::Api<tator_api::TatorDeployment>,
+    name: &str,
+) {
+    let runs = ctx.reconcile_count();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+        .to_string();
+    tds.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            serde_json::json!({"metadata": {"annotations": {"test.tator.io/poke": now}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    settled_after(ctx, runs).await;
+}
+
 /// An in-process controller watching one namespace (concurrency 2, resync every 10 minutes),
 /// with its context.
 pub fn start_controller(client: &Client, ns: &str) -> (Arc<Context>, tokio::task::JoinHandle<()>) {

@@ -316,6 +316,9 @@ async fn serve(shared: Arc<Shared>) {
         }
     };
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    // Pods whose containers have run to the end: never started again, even while the watch
+    // still shows them Running (their final phase is written after they leave `running`).
+    let mut done: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut next_ip: u32 = 0;
     let proxy = Arc::new(Proxy::default());
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -338,6 +341,9 @@ async fn serve(shared: Arc<Shared>) {
                 }
             };
             let finished = r.run.state.borrow().finished.is_some();
+            if finished {
+                done.insert(r.uid.clone());
+            }
             if (gone || finished)
                 && let Some(r) = running.remove(&k)
             {
@@ -363,9 +369,17 @@ async fn serve(shared: Arc<Shared>) {
                 });
             }
         }
+        done.retain(|uid| {
+            current
+                .values()
+                .any(|p| p.uid().as_deref() == Some(uid.as_str()))
+        });
         // Start new pods.
         for (k, p) in &current {
-            if running.contains_key(k) || p.metadata.deletion_timestamp.is_some() {
+            if running.contains_key(k)
+                || p.metadata.deletion_timestamp.is_some()
+                || p.uid().is_some_and(|u| done.contains(&u))
+            {
                 continue;
             }
             let phase = p

@@ -35,6 +35,8 @@ use serde_json::json;
 use tator_api::{TatorDeployment, TatorDeploymentStatus, labels};
 use tracing::{Instrument, info, info_span, warn};
 
+pub mod decide;
+
 use crate::cache::{CacheWriters, Caches, Generations, Slim};
 use crate::metrics::Metrics;
 use crate::watched::{Unreadable, Watched};
@@ -91,6 +93,8 @@ pub struct Context {
     /// When each TatorDeployment's dependencies were first seen unavailable.
     dependencies_down_since: Mutex<HashMap<String, std::time::Instant>>,
     reconciles: AtomicU64,
+    /// Reconciles ended (every write they made is done).
+    finished: AtomicU64,
     /// Local copies of the children, filled by the watches `run` starts.
     pub caches: Caches,
     /// What `/metrics` exports.
@@ -134,6 +138,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             dependencies_down_since: Mutex::new(HashMap::new()),
             reconciles: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
             caches,
             cache_writers: Mutex::new(Some(writers)),
             metrics,
@@ -143,6 +148,13 @@ impl Context {
     /// Reconciles started since this context was created.
     pub fn reconcile_count(&self) -> u64 {
         self.reconciles.load(Ordering::Relaxed)
+    }
+
+    /// Reconciles ended since this context was created: once it passes a value
+    /// `reconcile_count` had, every write of those reconciles is done (what tests wait on
+    /// before checking that nothing happened).
+    pub fn finished_count(&self) -> u64 {
+        self.finished.load(Ordering::Acquire)
     }
 
     /// How long to wait before checking unavailable dependencies again: as long as they have been
@@ -296,6 +308,7 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
         publish(&ctx, td, EventType::Warning, e.category(), e.to_string()).await;
         report_failure(&ctx, td, e).await;
     }
+    ctx.finished.fetch_add(1, Ordering::Release);
     result
 }
 
@@ -434,11 +447,11 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             )
             .await?;
     }
-    if build::transcodes::autoscaled(&t) {
+    if !build::queue_workers::all(&t).is_empty() {
         t.cluster.keda = apply::crd_installed(
             &ctx.client,
             &t.namespace,
-            &build::transcodes::scaled_object_resource(),
+            &build::queue_workers::scaled_object_resource(),
         )
         .await?;
         t.cluster.operator_namespace = ctx.settings.operator_namespace.clone();
@@ -526,7 +539,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     let scale = if paused || t.spec.stopped {
         Vec::new()
     } else {
-        build::transcodes::scaler_targets(&t, rollout.app_version.is_some())
+        build::queue_workers::scaler_targets(&t, rollout.app_version.is_some())
     };
     ctx.scalers.sync(&t.owner.uid, scale);
     // object storage and bucket registration
@@ -610,86 +623,34 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     let (mut st, mut conds) = status::compute(&t, &rollout, &applied, &obs, &deps);
     status::pause_and_stop(&t, &pending, &mut st, &mut conds);
     let st = status::with_conditions(st, &conds, td.status.as_ref(), t.generation);
-    let was_pending = td.status.as_ref().and_then(|s| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == "Paused" && c.reason == "ChangesPending")
-            .map(|c| c.message.clone())
-    });
-    let now_pending = st
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Paused" && c.reason == "ChangesPending")
-        .map(|c| c.message.clone());
     ctx.metrics
         .observe_status(&t.namespace, &t.name, td.status.as_ref(), &st);
-    let old_phase = td.status.as_ref().and_then(|s| s.phase.clone());
-    let ready = st.phase.as_deref() == Some("Ready");
-    if write_status(ctx, td, &st).await? && old_phase != st.phase {
-        let new_phase = st.phase.clone().unwrap_or_default();
-        // The phase is the reason: the event recorder folds repeats of one reason into a series.
-        let kind = if new_phase == "Failed" {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        let reason = new_phase.as_str();
-        let detail = st
-            .conditions
-            .iter()
-            .find(|c| {
-                c.type_
-                    == if kind == EventType::Warning {
-                        "Stalled"
-                    } else {
-                        "Ready"
-                    }
-            })
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        let from = old_phase.unwrap_or_else(|| "None".into());
-        publish(
-            ctx,
-            td,
-            kind,
-            reason,
-            format!("{from} -> {new_phase}: {detail}"),
-        )
-        .await;
-    }
-    if now_pending.is_some() && now_pending != was_pending {
-        publish(
-            ctx,
-            td,
-            EventType::Warning,
-            "ChangesPending",
-            now_pending.unwrap_or_default(),
-        )
-        .await;
+    let written = write_status(ctx, td, &st).await?;
+    for e in decide::status_events(td.status.as_ref(), &st, written) {
+        publish(ctx, td, e.type_, &e.reason, e.note).await;
     }
     ctx.failures(&key(td), true);
-    let settling = !matches!(rollout.plan, VersionPlan::Steady(_));
     if deps.all_ready() {
         ctx.dependency_backoff(&key(td), false);
     }
-    Ok(if ready && settling {
-        // A migration just succeeded: come back at once to read the new version back from status
-        // and retire the Job.
-        Action::requeue(Duration::from_secs(1))
-    } else if ready && dependencies::has_managed_services(&t) {
-        // Managed services are re-checked every minute: one that goes away flips its condition.
-        Action::requeue(ctx.settings.resync.min(Duration::from_secs(60)))
-    } else if ready && local_workflows.any() && !t.cluster.argo {
-        // Argo may be installed later: look again every minute.
-        Action::requeue(ctx.settings.resync.min(Duration::from_secs(60)))
-    } else if ready {
-        Action::requeue(ctx.settings.resync)
-    } else if !deps.all_ready() {
-        // Dependency checks back off while a service stays unavailable.
-        Action::requeue(ctx.dependency_backoff(&key(td), true))
+    let facts = decide::RequeueFacts {
+        ready: st.phase.as_deref() == Some("Ready"),
+        settling: !matches!(rollout.plan, VersionPlan::Steady(_)),
+        managed_services: dependencies::has_managed_services(&t),
+        awaiting_argo: local_workflows.any() && !t.cluster.argo,
+        dependencies_ready: deps.all_ready(),
+    };
+    // Only a requeue that uses it starts or extends the back-off.
+    let backoff = if facts.ready || facts.dependencies_ready {
+        Duration::ZERO
     } else {
-        Action::requeue(Duration::from_secs(10))
-    })
+        ctx.dependency_backoff(&key(td), true)
+    };
+    Ok(Action::requeue(decide::requeue(
+        facts,
+        ctx.settings.resync,
+        backoff,
+    )))
 }
 
 fn has_finalizer(td: &TatorDeployment) -> bool {
@@ -806,31 +767,24 @@ async fn finalize(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             format!("job cluster {}: {what} ({e})", p.cluster)
         })
         .collect();
-    if force || hopeless || waited >= Duration::from_secs(u64::try_from(limit).unwrap_or(0)) {
-        let why = if force {
-            format!("{FORCE_DELETE_ANNOTATION} is set")
-        } else if hopeless {
-            "the kubeconfig Secret is gone".to_string()
-        } else {
-            format!("gave up after {limit} s")
-        };
-        warn!(tator = %key(td), left = ?left, "deleting without cleaning up job clusters");
-        publish(
-            ctx,
-            td,
-            EventType::Warning,
-            "LeftBehind",
-            format!("{why}; left behind: {}", left.join("; ")),
-        )
-        .await;
-        set_finalizer(ctx, td, false).await?;
-        forget();
-        return Ok(Action::await_change());
-    }
+    let remaining = match decide::deletion(force, hopeless, waited, limit) {
+        decide::Deletion::Wait { remaining } => remaining,
+        decide::Deletion::GoAhead(why) => {
+            warn!(tator = %key(td), left = ?left, "deleting without cleaning up job clusters");
+            publish(
+                ctx,
+                td,
+                EventType::Warning,
+                "LeftBehind",
+                format!("{why}; left behind: {}", left.join("; ")),
+            )
+            .await;
+            set_finalizer(ctx, td, false).await?;
+            forget();
+            return Ok(Action::await_change());
+        }
+    };
     let mut st = td.status.clone().unwrap_or_default();
-    let remaining = u64::try_from(limit)
-        .unwrap_or(0)
-        .saturating_sub(waited.as_secs());
     for (p, _, _, _) in &failed {
         let msg = format!(
             "deletion waits for this cluster: could not remove {}; deletion goes ahead without it in {remaining} s, or at once with the annotation {FORCE_DELETE_ANNOTATION}=\"true\"",

@@ -57,31 +57,60 @@ fn push_yaml<T: Serialize>(out: &mut String, obj: &T) -> Result<(), Error> {
 }
 
 /// Every child as JSON values, in apply order.
-pub fn render_values(td: &TatorDeployment) -> Result<Vec<serde_json::Value>, Error> {
+/// The spec as the operator would see it once created (a uid and a namespace filled in).
+fn validated(td: &TatorDeployment) -> Result<validate::ValidatedTator, Error> {
     let mut td = td.clone();
-    // A manifest from a file has no uid: give the owner reference a placeholder.
     if td.metadata.uid.is_none() {
         td.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
     }
     if td.metadata.namespace.is_none() {
         td.metadata.namespace = Some("default".into());
     }
-    let t = validate::validate(&td)?;
+    validate::validate(&td)
+}
+
+fn values(c: &build::Children) -> Result<Vec<serde_json::Value>, Error> {
+    c.to_values().map_err(|source| Error::Serialize {
+        what: "a child".into(),
+        source,
+    })
+}
+
+/// The web tier of a migrated installation.
+fn web_tier(t: &validate::ValidatedTator) -> build::Children {
     let rollout = migrations::decide(
         VersionPlan::Steady(t.target_version.clone()),
         None,
         migrations::JobState::Missing,
         true,
     );
-    let mut desired = build::build_data(&t);
-    desired.extend(build::build(&t, &rollout));
-    desired.to_values().map_err(|source| Error::Serialize {
-        what: "a child".into(),
-        source,
-    })
+    build::build(t, &rollout)
 }
 
-/// Renders a manifest (one TatorDeployment) to multi-document YAML.
+pub fn render_values(td: &TatorDeployment) -> Result<Vec<serde_json::Value>, Error> {
+    let t = validated(td)?;
+    let mut desired = build::build_data(&t);
+    desired.extend(web_tier(&t));
+    values(&desired)
+}
+
+/// A new installation's children in the order the operator creates them: the data tier, the
+/// migrations Job, then the web tier (for the benchmark's staged floor).
+pub fn render_tiers(td: &TatorDeployment) -> Result<[Vec<serde_json::Value>; 3], Error> {
+    let t = validated(td)?;
+    let job = serde_json::to_value(migrations::job(&t, &t.target_version.to_string())).map_err(
+        |source| Error::Serialize {
+            what: "the migrations Job".into(),
+            source,
+        },
+    )?;
+    Ok([
+        values(&build::build_data(&t))?,
+        vec![job],
+        values(&web_tier(&t))?,
+    ])
+}
+
 pub fn render(manifest: &str) -> Result<String, Error> {
     let td: TatorDeployment = serde_yaml::from_str(manifest)
         .map_err(|e| Error::InvalidSpec(format!("the manifest is not a TatorDeployment: {e}")))?;

@@ -128,7 +128,7 @@ pub fn deletion(force: bool, hopeless: bool, waited: Duration, limit_seconds: i3
     if force {
         Deletion::GoAhead(format!(
             "{} is set",
-            crate::job_clusters::FORCE_DELETE_ANNOTATION
+            super::job_clusters::FORCE_DELETE_ANNOTATION
         ))
     } else if hopeless {
         Deletion::GoAhead("the kubeconfig Secret is gone".into())

@@ -36,6 +36,7 @@ use tator_api::{TatorDeployment, TatorDeploymentStatus, labels};
 use tracing::{Instrument, info, info_span, warn};
 
 pub mod decide;
+pub mod job_clusters;
 
 use crate::cache::{CacheWriters, Caches, Generations, Slim};
 use crate::metrics::Metrics;
@@ -101,7 +102,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     cache_writers: Mutex<Option<CacheWriters>>,
     /// The job-cluster workers.
-    pub job_clusters: Arc<crate::job_clusters::JobClusters>,
+    pub job_clusters: Arc<crate::remote::JobClusters>,
     /// The operator's own queue scalers.
     pub scalers: crate::scaler::Scalers,
     /// Reconcile requests from the job-cluster workers (taken by `run`).
@@ -122,7 +123,7 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         let (caches, writers) = Caches::new();
-        let job_clusters = Arc::new(crate::job_clusters::JobClusters::new(
+        let job_clusters = Arc::new(crate::remote::JobClusters::new(
             client.clone(),
             settings.secret_consent,
         ));
@@ -513,7 +514,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     let synced = if paused || (!had_clusters && t.spec.job_clusters.is_empty()) {
         None
     } else {
-        Some(crate::job_clusters::sync(&ctx.client, &ctx.job_clusters, &t).await?)
+        Some(job_clusters::sync(&ctx.client, &ctx.job_clusters, &t).await?)
     };
     // build and apply the web tier, then prune what neither tier wants
     let desired = build::build(&t, &rollout);
@@ -597,11 +598,11 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         .unwrap_or_default();
     match &synced {
         Some(synced) => {
-            let (conds, statuses) = crate::job_clusters::finish(
+            let (conds, statuses) = job_clusters::finish(
                 &ctx.job_clusters,
                 &t,
                 synced,
-                crate::job_clusters::Finish {
+                job_clusters::Finish {
                     api_ready: status::api_available(&applied),
                     api_token: token.as_deref(),
                     previous: &previous_clusters,
@@ -654,9 +655,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
 }
 
 fn has_finalizer(td: &TatorDeployment) -> bool {
-    td.finalizers()
-        .iter()
-        .any(|f| f == crate::job_clusters::FINALIZER)
+    td.finalizers().iter().any(|f| f == job_clusters::FINALIZER)
 }
 
 /// Adds or removes the job-cluster finalizer (server-side apply of that list entry only).
@@ -664,7 +663,7 @@ async fn set_finalizer(ctx: &Context, td: &TatorDeployment, on: bool) -> Result<
     let api: Api<TatorDeployment> =
         Api::namespaced(ctx.client.clone(), &td.namespace().unwrap_or_default());
     let finalizers: Vec<&str> = if on {
-        vec![crate::job_clusters::FINALIZER]
+        vec![job_clusters::FINALIZER]
     } else {
         Vec::new()
     };
@@ -692,7 +691,8 @@ async fn set_finalizer(ctx: &Context, td: &TatorDeployment, on: bool) -> Result<
 /// that cannot be cleaned up holds deletion for its cleanupTimeoutSeconds (the condition says
 /// what is left), or until the force-delete annotation is set.
 async fn finalize(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> {
-    use crate::job_clusters::{FORCE_DELETE_ANNOTATION, Placement, cleanup};
+    use crate::remote::{Placement, cleanup};
+    use job_clusters::FORCE_DELETE_ANNOTATION;
     let uid = td.uid().unwrap_or_default();
     let ns = td.namespace().unwrap_or_default();
     ctx.job_clusters.stop(&uid);

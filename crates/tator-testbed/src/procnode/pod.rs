@@ -809,6 +809,10 @@ pub async fn report(shared: Arc<Shared>, run: Arc<PodRun>) {
     let mut rx = run.state.subscribe();
     let mut stop = run.stop.clone();
     let mut last = serde_json::Value::Null;
+    // Once the pod stops (finished, or deleted), its last state is still written: a Job's pod
+    // that ended must show Succeeded or Failed, and nothing runs it again.
+    let mut last_round = false;
+    let mut failures = 0u32;
     loop {
         let body = status(&rx.borrow_and_update().clone(), &run.ip, &start);
         if body != last {
@@ -821,14 +825,22 @@ pub async fn report(shared: Arc<Shared>, run: Arc<PodRun>) {
                 Err(kube::Error::Api(s)) if s.code == 404 => return,
                 Err(e) => {
                     debug!(pod = %run.key, error = %e, "status write failed; trying again");
+                    failures += 1;
+                    if last_round && failures > 20 {
+                        return;
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             }
         }
+        if last_round {
+            return;
+        }
         tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            _ = stopping(&mut stop) => return,
+            biased;
+            r = rx.changed() => if r.is_err() { last_round = true },
+            _ = stopping(&mut stop) => last_round = true,
         }
     }
 }

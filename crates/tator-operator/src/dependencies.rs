@@ -1,7 +1,6 @@
 //! Observe: is each data service ready? In-cluster services are judged by their workloads (as
 //! applied this round); managed ones are checked for real from the operator process.
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::{Client, ResourceExt};
 
 use crate::{
@@ -10,33 +9,9 @@ use crate::{
     checks::{self, CheckError, Password},
     validate::ValidatedTator,
 };
+use crate::{finding::Finding, workload::Workload};
 
-/// Readiness of one dependency.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DepState {
-    pub ok: bool,
-    pub reason: String,
-    pub message: String,
-}
-
-impl DepState {
-    pub fn ready(reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            ok: true,
-            reason: reason.into(),
-            message: message.into(),
-        }
-    }
-    pub fn not_ready(reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            reason: reason.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl From<Result<String, CheckError>> for DepState {
+impl From<Result<String, CheckError>> for Finding {
     fn from(r: Result<String, CheckError>) -> Self {
         match r {
             Ok(msg) => Self::ready("Reachable", msg),
@@ -48,10 +23,10 @@ impl From<Result<String, CheckError>> for DepState {
 /// Readiness of the three data services.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dependencies {
-    pub database: DepState,
-    pub cache: DepState,
+    pub database: Finding,
+    pub cache: Finding,
     /// Elasticsearch, when something uses it (the release or the logging stack).
-    pub search: Option<DepState>,
+    pub search: Option<Finding>,
     /// The release itself uses Elasticsearch: migrations wait for it.
     pub search_required: bool,
 }
@@ -66,7 +41,7 @@ impl Dependencies {
 
     /// Everything ready (for render and unit tests).
     pub fn assumed_ready() -> Self {
-        let r = || DepState::ready("Assumed", "");
+        let r = || Finding::ready("Assumed", "");
         Self {
             database: r(),
             cache: r(),
@@ -76,38 +51,25 @@ impl Dependencies {
     }
 }
 
-/// (desired, ready) replicas of an applied StatefulSet.
-fn sts_replicas(s: &StatefulSet) -> (i32, i32) {
-    let ready = s.status.as_ref().and_then(|st| st.ready_replicas);
-    let desired = s.spec.as_ref().and_then(|x| x.replicas);
-    (desired.unwrap_or(1), ready.unwrap_or(0))
-}
-
-/// (desired, ready) replicas of an applied Deployment.
-fn deploy_replicas(d: &Deployment) -> (i32, i32) {
-    let ready = d.status.as_ref().and_then(|st| st.ready_replicas);
-    let desired = d.spec.as_ref().and_then(|x| x.replicas);
-    (desired.unwrap_or(1), ready.unwrap_or(0))
-}
-
-fn sts_ready(applied: &Applied, name: &str) -> DepState {
+fn sts_ready(applied: &Applied, name: &str) -> Finding {
     let found = applied.stateful_sets.iter().find(|s| s.name_any() == name);
-    workload_state(name, found.map(sts_replicas))
+    workload_state(name, found.map(Workload::of_stateful_set))
 }
 
-fn deploy_ready(applied: &Applied, name: &str) -> DepState {
+fn deploy_ready(applied: &Applied, name: &str) -> Finding {
     let found = applied.deployments.iter().find(|d| d.name_any() == name);
-    workload_state(name, found.map(deploy_replicas))
+    workload_state(name, found.map(Workload::of_deployment))
 }
 
-fn workload_state(name: &str, replicas: Option<(i32, i32)>) -> DepState {
-    let Some((desired, ready)) = replicas else {
-        return DepState::not_ready("NotApplied", format!("{name} is not created yet"));
+fn workload_state(name: &str, workload: Option<Workload>) -> Finding {
+    let Some(w) = workload else {
+        return Finding::not_ready("NotApplied", format!("{name} is not created yet"));
     };
-    if ready >= desired {
-        DepState::ready("WorkloadReady", format!("{name}: {ready}/{desired} ready"))
+    let (desired, ready) = (w.desired, w.ready);
+    if w.serving() {
+        Finding::ready("WorkloadReady", format!("{name}: {ready}/{desired} ready"))
     } else {
-        DepState::not_ready(
+        Finding::not_ready(
             "WorkloadNotReady",
             format!("{name}: {ready}/{desired} ready"),
         )
@@ -118,7 +80,7 @@ async fn external_postgres(
     client: &Client,
     t: &ValidatedTator,
     ext: &tator_api::PostgresExternal,
-) -> DepState {
+) -> Finding {
     let creds = &ext.credentials_secret;
     let result = async {
         let user =
@@ -150,7 +112,7 @@ async fn external_redis(
     client: &Client,
     t: &ValidatedTator,
     ext: &tator_api::RedisExternal,
-) -> DepState {
+) -> Finding {
     let result = async {
         let password = match &ext.password_secret {
             Some(s) => Some(Password::new(
@@ -174,7 +136,7 @@ async fn external_elasticsearch(
     client: &Client,
     t: &ValidatedTator,
     ext: &tator_api::ElasticsearchExternal,
-) -> DepState {
+) -> Finding {
     let result = async {
         let credentials = match &ext.credentials_secret {
             Some(c) => Some((
@@ -214,7 +176,7 @@ pub async fn observe(client: &Client, t: &ValidatedTator, applied: &Applied) -> 
                     db
                 }
             }
-            (None, None) => DepState::not_ready(
+            (None, None) => Finding::not_ready(
                 "NotConfigured",
                 "postgres has neither inCluster nor external",
             ),

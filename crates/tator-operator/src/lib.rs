@@ -19,6 +19,7 @@ pub mod crd_install;
 pub mod cron;
 pub mod dependencies;
 pub mod error;
+pub mod finding;
 pub mod health;
 pub mod leader;
 pub mod metrics;
@@ -32,6 +33,7 @@ pub mod scaler;
 pub mod status;
 pub mod validate;
 pub mod watched;
+pub mod workload;
 
 #[cfg(test)]
 pub(crate) mod test_fixtures {

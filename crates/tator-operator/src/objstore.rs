@@ -16,8 +16,8 @@ use crate::{
     apply::{Applied, FIELD_MANAGER},
     build::objects::{self, ConfigProblem, Placement, StorageSecrets},
     checks::{self, CheckError, Password},
-    dependencies::DepState,
     error::Error,
+    finding::Finding,
     validate::ValidatedTator,
 };
 
@@ -190,9 +190,9 @@ pub async fn observe(
     secrets: &StorageSecrets,
     applied: &Applied,
     problem: Option<&ConfigProblem>,
-) -> DepState {
+) -> Finding {
     if let Some(p) = problem {
-        return DepState::not_ready(p.reason, p.message.clone());
+        return Finding::not_ready(p.reason, p.message.clone());
     }
     let mut ok_msgs = Vec::new();
     if objects::store_runs(t) {
@@ -201,11 +201,9 @@ pub async fn observe(
             .stateful_sets
             .iter()
             .find(|s| s.name_any() == name)
-            .and_then(|s| s.status.as_ref())
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0);
+            .map_or(0, |s| crate::workload::Workload::of_stateful_set(s).ready);
         if ready < 1 {
-            return DepState::not_ready(
+            return Finding::not_ready(
                 "StoreNotReady",
                 format!("the in-cluster object store {name} is not ready"),
             );
@@ -219,7 +217,7 @@ pub async fn observe(
         match job.and_then(job_succeeded) {
             Some(true) => {}
             Some(false) => {
-                return DepState::not_ready(
+                return Finding::not_ready(
                     "BucketJobFailed",
                     format!(
                         "Job {} could not create the buckets; see its pod logs",
@@ -228,7 +226,7 @@ pub async fn observe(
                 );
             }
             None => {
-                return DepState::not_ready(
+                return Finding::not_ready(
                     "CreatingBuckets",
                     "the in-cluster buckets are being created",
                 );
@@ -266,10 +264,10 @@ pub async fn observe(
     for r in results {
         match r {
             Ok(msg) => ok_msgs.push(msg),
-            Err(e) => return DepState::not_ready(e.reason, e.message),
+            Err(e) => return Finding::not_ready(e.reason, e.message),
         }
     }
-    DepState::ready("BucketsReachable", ok_msgs.join("; "))
+    Finding::ready("BucketsReachable", ok_msgs.join("; "))
 }
 
 /// Whether object storage has buckets the operator checks over the network.

@@ -57,7 +57,7 @@ pub struct Observations {
     /// The TLS Secret named in the spec is missing.
     pub tls_secret_missing: Option<String>,
     /// `ObjectStorageReady` (None where nothing was observed, as in `render`).
-    pub object_storage: Option<crate::dependencies::DepState>,
+    pub object_storage: Option<crate::finding::Finding>,
     /// `BucketsRegistered` and the registrations (None: no buckets to register).
     pub registration: Option<crate::registration::Registration>,
     /// Conditions that describe but do not gate `Ready`: `WorkflowsReady` and one
@@ -75,37 +75,6 @@ pub fn api_available(applied: &Applied) -> bool {
         .filter(|d| component_of(d) == API)
         .collect();
     deployment_cond("Api", &api, false).ok
-}
-
-struct DeployState {
-    ready: i32,
-    desired: i32,
-    available: bool,
-    stalled: Option<String>,
-}
-
-fn deploy_state(d: &Deployment) -> DeployState {
-    let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas);
-    let st = d.status.clone().unwrap_or_default();
-    let desired = spec_replicas.unwrap_or(st.replicas.unwrap_or(1));
-    let ready = st.ready_replicas.unwrap_or(0);
-    let updated = st.updated_replicas.unwrap_or(0);
-    let total = st.replicas.unwrap_or(0);
-    let observed = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
-    let stalled = st.conditions.unwrap_or_default().into_iter().find_map(|c| {
-        (c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")).then(
-            || {
-                c.message
-                    .unwrap_or_else(|| "progress deadline exceeded".into())
-            },
-        )
-    });
-    DeployState {
-        ready,
-        desired,
-        available: observed && updated >= desired && ready >= desired && total == updated,
-        stalled,
-    }
 }
 
 fn component_of(d: &Deployment) -> String {
@@ -131,8 +100,8 @@ fn deployment_cond(type_: &str, deps: &[&Deployment], waiting_for_migration: boo
     let mut msgs = Vec::new();
     let mut all_ok = true;
     for d in deps {
-        let s = deploy_state(d);
-        if let Some(why) = s.stalled {
+        let s = crate::workload::Workload::of_deployment(d);
+        if let Some(why) = &s.stalled {
             return Cond::new(
                 type_,
                 false,
@@ -140,7 +109,7 @@ fn deployment_cond(type_: &str, deps: &[&Deployment], waiting_for_migration: boo
                 format!("{}: {why}", d.name_any()),
             );
         }
-        all_ok &= s.available;
+        all_ok &= s.rolled_out();
         msgs.push(format!("{}: {}/{} ready", d.name_any(), s.ready, s.desired));
     }
     if all_ok {
@@ -536,7 +505,7 @@ pub fn compute(
     };
     let mut components = BTreeMap::new();
     for d in &applied.deployments {
-        let s = deploy_state(d);
+        let s = crate::workload::Workload::of_deployment(d);
         components.insert(
             component_of(d),
             ComponentStatus {
@@ -990,7 +959,7 @@ mod tests {
         let (_, conds) = compute(&t, &r, &Applied::default(), &Observations::default(), &deps);
         assert!(conds.iter().all(|c| c.type_ != "SearchReady"));
         // Used by the logging stack: checked and shown, but migrations still do not wait for it.
-        deps.search = Some(crate::dependencies::DepState::not_ready("NotReady", "down"));
+        deps.search = Some(crate::finding::Finding::not_ready("NotReady", "down"));
         assert!(deps.all_ready());
         let (_, conds) = compute(&t, &r, &Applied::default(), &Observations::default(), &deps);
         assert!(conds.iter().any(|c| c.type_ == "SearchReady" && !c.ok));

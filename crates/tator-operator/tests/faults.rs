@@ -384,7 +384,7 @@ async fn api_server_and_etcd_restarts_cause_no_storm_and_no_deletes() {
     wait_for("Ready", Duration::from_secs(90), || converged(&admin, &ns))
         .await
         .unwrap();
-    common::poke_and_settle(&ctx, &tds, "tator").await;
+    common::poke_and_settle(&ctx, &admin, &ns, "tator").await;
     let before = uids(&admin, &ns).await;
 
     // 1. The API server alone: every watch breaks and re-lists. Nothing changed, so nothing is
@@ -412,7 +412,7 @@ async fn api_server_and_etcd_restarts_cause_no_storm_and_no_deletes() {
     .await;
     relisted.unwrap();
     // A reconcile from the refilled caches: it has nothing to write.
-    common::poke_and_settle(&ctx, &tds, "tator").await;
+    common::poke_and_settle(&ctx, &admin, &ns, "tator").await;
     let c1 = counts.by_verb();
     let delta: BTreeMap<String, u64> = c1
         .iter()
@@ -751,7 +751,7 @@ async fn invalid_input_is_rejected_or_reported_and_deletes_nothing() {
     )
     .await
     .unwrap();
-    common::poke_and_settle(&ctx, &tds, "tator").await;
+    common::poke_and_settle(&ctx, &client, &ns, "tator").await;
     let after = uids(&client, &ns).await;
     for (key, uid) in &before {
         assert_eq!(after.get(key), Some(uid), "{key:?} was deleted or replaced");

@@ -257,7 +257,7 @@ async fn cron_jobs_follow_the_spec_and_a_due_one_creates_a_job() {
     );
     // The operator does not treat the cronjob controller's Jobs as its own orphans: a reconcile
     // after the Job exists keeps it.
-    common::poke_and_settle(&ctx, &tds, "tator").await;
+    common::poke_and_settle(&ctx, &client, &ns, "tator").await;
     assert!(
         jobs.get_opt(&job.metadata.name.unwrap())
             .await

@@ -454,7 +454,7 @@ async fn buckets_on_the_control_plane() {
 
     // A re-run sends nothing when nothing changed.
     let writes = tator.writes().len();
-    common::poke_and_settle(&ctx, &tds, "tator").await;
+    common::poke_and_settle(&ctx, &client, &ns, "tator").await;
     assert_eq!(tator.writes().len(), writes, "{:?}", tator.writes());
 
     // A changed entry is updated in place (found by name), not created again.

@@ -9,9 +9,8 @@ use tracing::{info, warn};
 
 use crate::{
     build::remote,
-    remote::{
-        Check, Desired, JobClusters, Placement, REMOVAL_GIVE_UP, Report, conditions, read_copies,
-    },
+    finding::Finding,
+    remote::{Desired, JobClusters, Placement, REMOVAL_GIVE_UP, Report, conditions, read_copies},
 };
 
 /// The finalizer that holds deletion until job clusters are cleaned up.
@@ -107,7 +106,7 @@ async fn remove_legacy_transcode_secret(
 
 fn condition(
     type_: &str,
-    c: &Check,
+    c: &Finding,
     previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     generation: i64,
 ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
@@ -182,7 +181,7 @@ pub async fn finish(
                 .map(|(id, d)| {
                     entry.registered_id = Some(id);
                     entry.registered_digest = Some(d);
-                    Check::new(
+                    Finding::new(
                         true,
                         "Registered",
                         format!(
@@ -320,10 +319,10 @@ async fn register(
     r: &Report,
     f: &Finish<'_>,
     previous: Option<(i64, String)>,
-) -> Result<(i64, String), Check> {
+) -> Result<(i64, String), Finding> {
     if f.paused {
         return previous
-            .ok_or_else(|| Check::new(false, "Paused", "spec.paused holds registration back"));
+            .ok_or_else(|| Finding::new(false, "Paused", "spec.paused holds registration back"));
     }
     let (Some(creds), Some((host, port))) = (
         &r.credentials,
@@ -335,7 +334,7 @@ async fn register(
     ) else {
         // Tator keeps what it was given while the cluster cannot be asked for its token.
         return previous.ok_or_else(|| {
-            Check::new(
+            Finding::new(
                 false,
                 "WaitingForCluster",
                 "registered once the cluster answers and Tator's token exists",
@@ -356,14 +355,14 @@ async fn register(
         return Ok((*id, d.clone()));
     }
     if !f.api_ready {
-        return Err(Check::new(
+        return Err(Finding::new(
             false,
             "WaitingForApi",
             "registered once Tator's REST API is available",
         ));
     }
     let Some(api_token) = f.api_token else {
-        return Err(Check::new(
+        return Err(Finding::new(
             false,
             "TokenNotFound",
             "the apiAccess token Secret could not be read",
@@ -377,5 +376,5 @@ async fn register(
         previous.as_ref().map(|(id, d)| (*id, d.as_str())),
     )
     .await
-    .map_err(|(reason, message)| Check::new(false, &reason, message))
+    .map_err(|(reason, message)| Finding::new(false, &reason, message))
 }

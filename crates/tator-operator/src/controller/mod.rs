@@ -284,6 +284,7 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
     let span = info_span!("reconcile", tator = %key(td), generation = td.meta().generation.unwrap_or_default());
     ctx.reconciles.fetch_add(1, Ordering::Relaxed);
     ctx.metrics.reconciles.inc();
+    tracing::debug!(tator = %key(td), "reconcile started");
     let started = std::time::Instant::now();
     // One installation cannot hold a reconcile slot forever, whatever it waits on.
     let result =
@@ -310,6 +311,7 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
         report_failure(&ctx, td, e).await;
     }
     ctx.finished.fetch_add(1, Ordering::Release);
+    tracing::debug!(tator = %key(td), seconds = started.elapsed().as_secs_f64(), ok = result.is_ok(), "reconcile ended");
     result
 }
 

@@ -31,6 +31,7 @@ use tator_api::{JobCluster, JobClusterStatus, KubeconfigSecret, TatorDeployment}
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::finding::Finding;
 use crate::{
     apply::FIELD_MANAGER,
     build::{
@@ -58,27 +59,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest a single check (connect, apply, prune) may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// One condition of a job cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
-    pub ok: bool,
-    pub reason: String,
-    pub message: String,
-}
-
-impl Check {
-    pub fn new(ok: bool, reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            ok,
-            reason: reason.into(),
-            message: message.into(),
-        }
-    }
-    fn pending() -> Self {
-        Self::new(false, "Pending", "not checked yet")
-    }
-}
-
 /// Tator's credentials for a cluster. Never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -95,8 +75,8 @@ impl std::fmt::Debug for Credentials {
 /// What a worker last saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
-    pub reachable: Check,
-    pub templates: Check,
+    pub reachable: Finding,
+    pub templates: Finding,
     /// The API server URL from the kubeconfig.
     pub server: Option<String>,
     /// Tator's token and the cluster CA, once the token controller filled the Secret.
@@ -108,8 +88,8 @@ pub struct Report {
 impl Default for Report {
     fn default() -> Self {
         Self {
-            reachable: Check::pending(),
-            templates: Check::pending(),
+            reachable: Finding::pending(),
+            templates: Finding::pending(),
             server: None,
             credentials: None,
             objects: Vec::new(),
@@ -290,7 +270,7 @@ pub async fn read_copies(
 }
 
 /// Conditions of a cluster as status shows them.
-pub fn conditions(r: &Report, registered: Option<&Check>) -> BTreeMap<&'static str, Check> {
+pub fn conditions(r: &Report, registered: Option<&Finding>) -> BTreeMap<&'static str, Finding> {
     let mut m = BTreeMap::from([
         ("Reachable", r.reachable.clone()),
         ("TemplatesReady", r.templates.clone()),

@@ -71,20 +71,20 @@ pub(super) async fn session<'a>(
     secret_ref: &KubeconfigSecret,
     who: Option<(&str, &str)>,
     cached: &'a mut Option<Session>,
-) -> Result<&'a Session, Check> {
+) -> Result<&'a Session, Finding> {
     let secrets: Api<Secret> = Api::namespaced(main.clone(), namespace);
     let secret = secrets
         .get_opt(&secret_ref.name)
         .await
         .map_err(|e| {
-            Check::new(
+            Finding::new(
                 false,
                 "SecretUnreadable",
                 format!("Secret {}: {e}", secret_ref.name),
             )
         })?
         .ok_or_else(|| {
-            Check::new(
+            Finding::new(
                 false,
                 "SecretNotFound",
                 format!("kubeconfig Secret {} does not exist", secret_ref.name),
@@ -94,7 +94,7 @@ pub(super) async fn session<'a>(
         && !crate::consent::consents(&secret.metadata, name, uid)
     {
         *cached = None;
-        return Err(Check::new(
+        return Err(Finding::new(
             false,
             "SecretNotAllowed",
             format!(
@@ -108,7 +108,7 @@ pub(super) async fn session<'a>(
         .data
         .and_then(|mut m| m.remove(&secret_ref.key))
         .ok_or_else(|| {
-            Check::new(
+            Finding::new(
                 false,
                 "SecretNotFound",
                 format!("Secret {} has no key {}", secret_ref.name, secret_ref.key),
@@ -116,13 +116,13 @@ pub(super) async fn session<'a>(
         })?;
     let hash = short_hash(&bytes.0, 32);
     if cached.as_ref().is_some_and(|s| s.kubeconfig_hash == hash) {
-        return cached.as_ref().ok_or_else(Check::pending);
+        return cached.as_ref().ok_or_else(Finding::pending);
     }
     let text = String::from_utf8(bytes.0)
-        .map_err(|_| Check::new(false, "InvalidKubeconfig", "the kubeconfig is not text"))?;
+        .map_err(|_| Finding::new(false, "InvalidKubeconfig", "the kubeconfig is not text"))?;
     // Parse errors can quote the input: report only where it failed.
     let kc = Kubeconfig::from_yaml(&text).map_err(|_| {
-        Check::new(
+        Finding::new(
             false,
             "InvalidKubeconfig",
             format!(
@@ -132,17 +132,17 @@ pub(super) async fn session<'a>(
         )
     })?;
     if let Some(why) = refuse(&kc) {
-        return Err(Check::new(false, "UnsupportedKubeconfig", why));
+        return Err(Finding::new(false, "UnsupportedKubeconfig", why));
     }
     let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .map_err(|e| Check::new(false, "InvalidKubeconfig", scrub_kube(&e.to_string())))?;
+        .map_err(|e| Finding::new(false, "InvalidKubeconfig", scrub_kube(&e.to_string())))?;
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(15));
     config.write_timeout = Some(Duration::from_secs(15));
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config)
-        .map_err(|e| Check::new(false, "InvalidKubeconfig", scrub_kube(&e.to_string())))?;
+        .map_err(|e| Finding::new(false, "InvalidKubeconfig", scrub_kube(&e.to_string())))?;
     if cached.is_some() {
         info!(secret = %secret_ref.name, "kubeconfig changed: new client");
     }
@@ -151,7 +151,7 @@ pub(super) async fn session<'a>(
         client,
         server,
     });
-    cached.as_ref().ok_or_else(Check::pending)
+    cached.as_ref().ok_or_else(Finding::pending)
 }
 
 /// Error texts keep only their first line, without anything that looks like a credential.
@@ -164,19 +164,19 @@ pub(super) fn scrub_kube(m: &str) -> String {
         .collect()
 }
 
-pub(super) fn reach_error(e: &kube::Error) -> Check {
+pub(super) fn reach_error(e: &kube::Error) -> Finding {
     match e {
-        kube::Error::Api(s) if s.code == 401 => Check::new(
+        kube::Error::Api(s) if s.code == 401 => Finding::new(
             false,
             "Unauthorized",
             "the API server refused the kubeconfig's credentials (401)",
         ),
-        kube::Error::Api(s) if s.code == 403 => Check::new(
+        kube::Error::Api(s) if s.code == 403 => Finding::new(
             false,
             "Forbidden",
             format!("the kubeconfig's user may not do this: {}", s.message),
         ),
-        other => Check::new(
+        other => Finding::new(
             false,
             "Unreachable",
             scrub_kube(

@@ -26,7 +26,7 @@ pub(super) async fn run_worker(
                 session = None;
                 last = None;
                 Report {
-                    reachable: Check::new(
+                    reachable: Finding::new(
                         false,
                         "Unreachable",
                         format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()),
@@ -87,20 +87,24 @@ pub(super) struct LastApply {
 /// repair); the checks in between only read.
 pub const FULL_APPLY_INTERVAL: Duration = Duration::from_secs(300);
 
-pub(super) fn templates_check(d: &Desired, argo: bool, credentials: Option<&Credentials>) -> Check {
+pub(super) fn templates_check(
+    d: &Desired,
+    argo: bool,
+    credentials: Option<&Credentials>,
+) -> Finding {
     match (&d.objects.templates, argo, credentials) {
-        (Err(e), _, _) => Check::new(false, "InvalidTemplate", e.clone()),
-        (Ok(_), false, _) => Check::new(
+        (Err(e), _, _) => Finding::new(false, "InvalidTemplate", e.clone()),
+        (Ok(_), false, _) => Finding::new(
             false,
             "ArgoNotInstalled",
             "Argo Workflows' CRDs (workflowtemplates.argoproj.io) are not installed in the job cluster",
         ),
-        (_, _, None) => Check::new(
+        (_, _, None) => Finding::new(
             false,
             "TokenPending",
             "waiting for the token controller to fill Tator's token Secret",
         ),
-        (Ok(t), _, Some(_)) => Check::new(
+        (Ok(t), _, Some(_)) => Finding::new(
             true,
             "Applied",
             format!(
@@ -112,10 +116,10 @@ pub(super) fn templates_check(d: &Desired, argo: bool, credentials: Option<&Cred
     }
 }
 
-pub(super) fn unreachable(check: Check, server: Option<String>) -> Report {
+pub(super) fn unreachable(check: Finding, server: Option<String>) -> Report {
     Report {
         reachable: check,
-        templates: Check::new(false, "Unreachable", "the cluster could not be reached"),
+        templates: Finding::new(false, "Unreachable", "the cluster could not be reached"),
         server,
         ..Report::default()
     }
@@ -149,7 +153,7 @@ pub(super) async fn sync_once(
         *last = None;
         return unreachable(reach_error(&e), server);
     }
-    let reachable = Check::new(true, "Connected", format!("{} answers", s.server));
+    let reachable = Finding::new(true, "Connected", format!("{} answers", s.server));
     // Nothing changed since the last apply: read only (Argo's CRDs and Tator's token).
     if let Some(l) = last.as_ref()
         && l.digest == d.digest
@@ -215,7 +219,7 @@ pub(super) async fn sync_once(
             }
             Report {
                 reachable,
-                templates: Check::new(
+                templates: Finding::new(
                     false,
                     "ApplyFailed",
                     format!("{}: {}", e.what, failed.message),

@@ -46,21 +46,21 @@ pub async fn settled_after(ctx: &Context, runs: u64) {
     .unwrap();
 }
 
-/// Makes the controller reconcile (an annotation on the TatorDeployment, which changes no
-/// generation) and waits until that reconcile has ended.
-pub async fn poke_and_settle(
-    ctx: &Context,
-    tds: &kube::Api<tator_api::TatorDeployment>,
-    name: &str,
-) {
+/// Makes the controller reconcile and waits until that reconcile has ended: a foreign
+/// annotation on the installation's NGINX ConfigMap, a child the operator watches without a
+/// filter and leaves as it is (an annotation on the TatorDeployment itself changes no
+/// generation, which the controller filters out).
+pub async fn poke_and_settle(ctx: &Context, client: &Client, ns: &str, name: &str) {
     let runs = ctx.reconcile_count();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos()
         .to_string();
-    tds.patch(
-        name,
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), ns);
+    cms.patch(
+        &format!("{name}-nginx-conf"),
         &kube::api::PatchParams::default(),
         &kube::api::Patch::Merge(
             serde_json::json!({"metadata": {"annotations": {"test.tator.io/poke": now}}}),

@@ -358,9 +358,9 @@ impl Drop for Operator {
     }
 }
 
-/// Whether every Deployment and StatefulSet in `ns` has its pods ready, and every Job there
-/// has succeeded.
-async fn workloads_done(client: &Client, ns: &str) -> anyhow::Result<bool> {
+/// The Deployments and StatefulSets in `ns` whose pods are not all ready, and the Jobs there
+/// that have not succeeded (empty: everything is done).
+async fn workloads_pending(client: &Client, ns: &str) -> anyhow::Result<Vec<String>> {
     let lp = ListParams::default();
     let deployments = Api::<Deployment>::namespaced(client.clone(), ns)
         .list(&lp)
@@ -369,21 +369,30 @@ async fn workloads_done(client: &Client, ns: &str) -> anyhow::Result<bool> {
         .list(&lp)
         .await?;
     let jobs = Api::<Job>::namespaced(client.clone(), ns).list(&lp).await?;
-    let want = |spec: Option<i32>, ready: Option<i32>| ready.unwrap_or(0) >= spec.unwrap_or(1);
-    Ok(deployments.items.iter().all(|d| {
-        want(
+    let short = |spec: Option<i32>, ready: Option<i32>| ready.unwrap_or(0) < spec.unwrap_or(1);
+    let mut out = Vec::new();
+    for d in &deployments.items {
+        if short(
             d.spec.as_ref().and_then(|s| s.replicas),
             d.status.as_ref().and_then(|s| s.ready_replicas),
-        )
-    }) && sets.items.iter().all(|s| {
-        want(
+        ) {
+            out.push(format!("Deployment/{}", d.name_any()));
+        }
+    }
+    for s in &sets.items {
+        if short(
             s.spec.as_ref().and_then(|s| s.replicas),
             s.status.as_ref().and_then(|s| s.ready_replicas),
-        )
-    }) && jobs
-        .items
-        .iter()
-        .all(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) >= 1))
+        ) {
+            out.push(format!("StatefulSet/{}", s.name_any()));
+        }
+    }
+    for j in &jobs.items {
+        if j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) < 1 {
+            out.push(format!("Job/{}", j.name_any()));
+        }
+    }
+    Ok(out)
 }
 
 /// The staged floor: what the operator does for a new installation, done by `kubectl apply
@@ -415,11 +424,16 @@ async fn staged_floor(
     let t0 = Instant::now();
     for tier in &tiers {
         kubectl_apply(kubectl, &cluster.kubeconfig, &to_yaml(tier)?, true)?;
-        while !workloads_done(&client, &ns).await? {
+        loop {
+            let pending = workloads_pending(&client, &ns).await?;
+            if pending.is_empty() {
+                break;
+            }
             if t0.elapsed() > timeout {
                 bail!(
-                    "{label}: the staged floor did not finish in {} s",
-                    timeout.as_secs()
+                    "{label}: the staged floor did not finish in {} s: {} not done",
+                    timeout.as_secs(),
+                    pending.join(", ")
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -94,19 +94,24 @@ pub fn render_values(td: &TatorDeployment) -> Result<Vec<serde_json::Value>, Err
     values(&desired)
 }
 
-/// A new installation's children in the order the operator creates them: the data tier, the
-/// migrations Job, then the web tier (for the benchmark's staged floor).
+/// A new installation's children in the order the operator creates them (for the benchmark's
+/// staged floor): the data tier; what the web tier holds while the first migration runs (the
+/// migrations Job, the shared volume, NGINX, no Tator process); then the migrated web tier.
 pub fn render_tiers(td: &TatorDeployment) -> Result<[Vec<serde_json::Value>; 3], Error> {
     let t = validated(td)?;
-    let job = serde_json::to_value(migrations::job(&t, &t.target_version.to_string())).map_err(
-        |source| Error::Serialize {
-            what: "the migrations Job".into(),
-            source,
+    let version = t.target_version.to_string();
+    let migrating = migrations::decide(
+        VersionPlan::Migrate {
+            from: None,
+            to: t.target_version.clone(),
         },
-    )?;
+        Some(migrations::job(&t, &version)),
+        migrations::JobState::Missing,
+        true,
+    );
     Ok([
         values(&build::build_data(&t))?,
-        vec![job],
+        values(&build::build(&t, &migrating))?,
         values(&web_tier(&t))?,
     ])
 }

@@ -599,30 +599,36 @@ async fn replicas(api: &Api<Deployment>, name: &str) -> i32 {
         .unwrap_or(-1)
 }
 
-/// Opt-in scaling of the image workers (`image_jobs` in Tator's own Redis, which has a
-/// password): on, at most 1, back to none after 20 s idle; returns once none runs.
-async fn image_workers_scale_to_zero(client: &Client, ns: &str, name: &str, cluster: &TestCluster) {
+/// Turns on autoscaling of one worker Deployment (`spec` is the part of the TatorDeployment's
+/// spec that holds it, applied under its own field manager) and waits until the idle workers
+/// are down to zero. Returns the Deployment's name.
+async fn autoscale_to_zero(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    workers: &str,
+    spec: Value,
+    cluster: &TestCluster,
+) -> String {
     let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), ns);
-    let autoscaling = serde_json::json!({
+    let patch = serde_json::json!({
         "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"workers": {"image": {"autoscaling": {
-            "minReplicas": 0, "maxReplicas": 1, "cooldownSeconds": 20, "scaler": "Operator"}}}},
+        "metadata": {"name": name, "namespace": ns}, "spec": spec,
     });
     tds.patch(
         name,
-        &PatchParams::apply("e2e-image-scaling"),
-        &Patch::Apply(&autoscaling),
+        &PatchParams::apply(&format!("e2e-{workers}-scaling")),
+        &Patch::Apply(&patch),
     )
     .await
     .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let workers = format!("{name}-image-worker");
+    let deployment = format!("{name}-{workers}");
     let idle = wait_for(
-        "idle image workers to go to zero",
+        &format!("idle {workers}s to go to zero"),
         Duration::from_secs(120),
         || async {
-            let n = replicas(&deployments, &workers).await;
+            let n = replicas(&deployments, &deployment).await;
             (n == 0).then_some(()).ok_or(format!("{n} replicas"))
         },
     )
@@ -630,6 +636,7 @@ async fn image_workers_scale_to_zero(client: &Client, ns: &str, name: &str, clus
     if let Err(e) = idle {
         panic!("{e}{}", logs(cluster));
     }
+    deployment
 }
 
 /// The workers scale on the queue: autoscaling on (at most 3, back to none after 20 s idle);
@@ -650,34 +657,17 @@ async fn scaling_journey(
 ) {
     const JOBS: usize = 20;
     const MAX: i32 = 3;
-    let tds: Api<TatorDeployment> = Api::namespaced(client.clone(), ns);
-    let autoscaling = serde_json::json!({
-        "apiVersion": "tator.io/v1alpha1", "kind": "TatorDeployment",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"transcodes": {"workers": {"autoscaling": {
-            "minReplicas": 0, "maxReplicas": MAX, "cooldownSeconds": 20, "scaler": "Operator"}}}},
-    });
-    tds.patch(
+    let workers = autoscale_to_zero(
+        client,
+        ns,
         name,
-        &PatchParams::apply("e2e-scaling"),
-        &Patch::Apply(&autoscaling),
-    )
-    .await
-    .unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let workers = format!("{name}-transcode-worker");
-    let idle = wait_for(
-        "idle workers to go to zero",
-        Duration::from_secs(120),
-        || async {
-            let n = replicas(&deployments, &workers).await;
-            (n == 0).then_some(()).ok_or(format!("{n} replicas"))
-        },
+        "transcode-worker",
+        serde_json::json!({"transcodes": {"workers": {"autoscaling": {
+            "minReplicas": 0, "maxReplicas": MAX, "cooldownSeconds": 20, "scaler": "Operator"}}}}),
+        cluster,
     )
     .await;
-    if let Err(e) = idle {
-        panic!("{e}{}", logs(cluster));
-    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let started = std::time::Instant::now();
     let mut media = Vec::new();
     for i in 0..JOBS {
@@ -975,7 +965,17 @@ async fn minimal_example_runs_tator_and_serves_its_pages() {
     let media_type = media_type["id"].as_i64().unwrap();
     // The image workers scale on their queue in Tator's Redis (password and all): idle, none
     // runs, so the import below proves the operator's scaler started one for the job.
-    image_workers_scale_to_zero(&client, &ns, &name, &cluster).await;
+    // Opt-in: at most 1, back to none after 20 s idle.
+    autoscale_to_zero(
+        &client,
+        &ns,
+        &name,
+        "image-worker",
+        serde_json::json!({"workers": {"image": {"autoscaling": {
+            "minReplicas": 0, "maxReplicas": 1, "cooldownSeconds": 20, "scaler": "Operator"}}}}),
+        &cluster,
+    )
+    .await;
     let (s, info) = rest(
         &c,
         &base,

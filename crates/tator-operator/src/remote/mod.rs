@@ -247,6 +247,9 @@ impl JobClusters {
         if let Ok(mut workers) = self.workers.lock() {
             workers.retain(|(u, _), _| u != uid);
         }
+        if let Ok(mut once) = self.synced_once.lock() {
+            once.remove(uid);
+        }
     }
 }
 

@@ -27,8 +27,6 @@ pub struct QueueWorkers<'a> {
     pub autoscaling: &'a QueueAutoscaling,
     /// The queue's Redis as seen from the operator and KEDA (a Service's full name in-cluster).
     pub redis: QueueRedis,
-    /// The workers' env var holding the Redis password (KEDA's `passwordFromEnv`).
-    pub password_env: Option<&'static str>,
 }
 
 /// Every autoscaled worker Deployment of the installation.
@@ -47,7 +45,6 @@ pub fn all(t: &ValidatedTator) -> Vec<QueueWorkers<'_>> {
                 tls: false,
                 password: None,
             },
-            password_env: None,
         });
     }
     let main = main_redis(t);
@@ -60,7 +57,6 @@ pub fn all(t: &ValidatedTator) -> Vec<QueueWorkers<'_>> {
                 component,
                 queue,
                 autoscaling: a,
-                password_env: main.password.is_some().then_some("REDIS_PASSWORD"),
                 redis: main.clone(),
             });
         }
@@ -160,8 +156,9 @@ pub fn scaled_objects(t: &ValidatedTator) -> Vec<DynamicObject> {
             if w.redis.tls {
                 metadata["enableTLS"] = "true".into();
             }
-            if let Some(env) = w.password_env {
-                metadata["passwordFromEnv"] = env.into();
+            // A password is Tator's, which the workers hold in REDIS_PASSWORD.
+            if w.redis.password.is_some() {
+                metadata["passwordFromEnv"] = "REDIS_PASSWORD".into();
             }
             let mut obj =
                 DynamicObject::new(&name, &scaled_object_resource()).data(serde_json::json!({

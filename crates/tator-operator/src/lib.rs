@@ -31,6 +31,7 @@ pub mod remote;
 pub mod render;
 pub mod scaler;
 pub mod status;
+pub mod tator_rest;
 pub mod validate;
 pub mod watched;
 pub mod workload;

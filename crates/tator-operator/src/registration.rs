@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tator_api::{RegisteredBucket, TatorBucket};
 
 use crate::{
-    build::{common::short_hash, objects, web::API_PORT},
-    checks::CHECK_TIMEOUT,
+    build::{common::short_hash, objects},
+    tator_rest::{CallError, Kind, TatorRest, find_by_name},
     validate::ValidatedTator,
 };
 
@@ -44,25 +44,6 @@ impl Registration {
     }
 }
 
-/// Base URL of the REST API: the spec's, or the API Service.
-pub fn api_url(t: &ValidatedTator) -> String {
-    match t.spec.api_access.as_ref().and_then(|a| a.url.clone()) {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => format!(
-            "http://{}.{}.svc:{API_PORT}",
-            t.child_name(crate::build::web::API),
-            t.namespace
-        ),
-    }
-}
-
-/// The Host header of every call: the domain (Tator's MAIN_HOST). Tator's ALLOWED_HOSTS holds
-/// MAIN_HOST, ALIAS_HOSTS and a few compose names, never `<name>-api.<namespace>.svc`, so a
-/// call without it is answered 400 (DisallowedHost).
-pub fn api_host(t: &ValidatedTator) -> String {
-    t.spec.domain.clone()
-}
-
 /// The body Tator's Bucket endpoints take for one entry.
 pub fn request_body(b: &TatorBucket, config: Value) -> Value {
     let mut body = json!({
@@ -83,91 +64,6 @@ pub fn request_body(b: &TatorBucket, config: Value) -> Value {
 /// Digest of a request body: which settings and credentials were last sent.
 pub fn digest(body: &Value) -> String {
     short_hash(body.to_string().as_bytes(), 16)
-}
-
-struct Api<'a> {
-    http: reqwest::Client,
-    base: String,
-    /// The Host header: Tator's MAIN_HOST. Its ALLOWED_HOSTS refuses the Service's name.
-    host: String,
-    token: &'a str,
-    /// Values that must never appear in a message.
-    secrets: Vec<String>,
-}
-
-/// A failed call: a stable reason and a message without credentials.
-struct CallError {
-    reason: &'static str,
-    message: String,
-}
-
-impl Api<'_> {
-    fn scrub(&self, mut m: String) -> String {
-        for s in &self.secrets {
-            if s.len() >= 4 {
-                m = m.replace(s.as_str(), "***");
-            }
-        }
-        m
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, CallError> {
-        let what = format!("{method} {path}");
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header(reqwest::header::HOST, self.host.as_str())
-            .header("Authorization", format!("Token {}", self.token))
-            .header("Accept", "application/json");
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|e| CallError {
-            reason: "ApiUnreachable",
-            message: self.scrub(format!(
-                "{what}: {}",
-                std::error::Error::source(&e)
-                    .map(ToString::to_string)
-                    .unwrap_or_else(|| e.to_string())
-            )),
-        })?;
-        let status = resp.status();
-        let text = match crate::bounded::body(resp, crate::bounded::BODY_MAX).await {
-            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-            Err(e) => {
-                return Err(CallError {
-                    reason: "ApiError",
-                    message: format!("{what} answered {status}; {e}"),
-                });
-            }
-        };
-        if status.is_success() {
-            return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
-        }
-        let detail = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| {
-                v.get("message")
-                    .or_else(|| v.get("detail"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-            .map(|m| format!(": {}", m.chars().take(200).collect::<String>()))
-            .unwrap_or_default();
-        Err(CallError {
-            reason: if status.as_u16() == 404 {
-                "NotFound"
-            } else {
-                "ApiError"
-            },
-            message: self.scrub(format!("{what} answered {status}{detail}")),
-        })
-    }
 }
 
 /// Inputs of one registration round.
@@ -213,20 +109,20 @@ pub async fn register(t: &ValidatedTator, inputs: Inputs<'_>) -> Option<Registra
             keep_previous(),
         ));
     };
-    let mut secrets = vec![token.to_string()];
+    let mut secrets = Vec::new();
     for v in inputs.configs.values().flatten() {
         collect_strings(v, &mut secrets);
     }
-    let http = match http_client() {
-        Ok(h) => h,
-        Err(e) => return Some(Registration::new(false, "ApiError", e, keep_previous())),
-    };
-    let api = Api {
-        http,
-        base: api_url(t),
-        host: api_host(t),
-        token,
-        secrets,
+    let api = match TatorRest::new(t, token, secrets) {
+        Ok(api) => api,
+        Err(e) => {
+            return Some(Registration::new(
+                false,
+                e.reason,
+                e.message,
+                keep_previous(),
+            ));
+        }
     };
     let prev: BTreeMap<(i64, String), &RegisteredBucket> = inputs
         .previous
@@ -265,46 +161,14 @@ pub async fn register(t: &ValidatedTator, inputs: Inputs<'_>) -> Option<Registra
         let result = async {
             if let std::collections::btree_map::Entry::Vacant(slot) = listings.entry(b.organization)
             {
-                let list = api
-                    .call(
-                        reqwest::Method::GET,
-                        &format!("/rest/Buckets/{}", b.organization),
-                        None,
-                    )
-                    .await?;
-                slot.insert(list.as_array().cloned().unwrap_or_default());
+                slot.insert(api.list(Kind::Bucket, b.organization).await?);
             }
-            let found = listings.get(&b.organization).and_then(|l| {
-                l.iter()
-                    .find(|x| x["name"].as_str() == Some(b.name.as_str()))
-                    .and_then(|x| x["id"].as_i64())
-            });
+            let found = listings
+                .get(&b.organization)
+                .and_then(|l| find_by_name(l, &b.name));
             match found {
-                Some(id) => {
-                    api.call(
-                        reqwest::Method::PATCH,
-                        &format!("/rest/Bucket/{id}"),
-                        Some(&body),
-                    )
-                    .await?;
-                    Ok(id)
-                }
-                None => {
-                    let created = api
-                        .call(
-                            reqwest::Method::POST,
-                            &format!("/rest/Buckets/{}", b.organization),
-                            Some(&body),
-                        )
-                        .await?;
-                    created["id"].as_i64().ok_or(CallError {
-                        reason: "ApiError",
-                        message: format!(
-                            "POST /rest/Buckets/{} answered without an id",
-                            b.organization
-                        ),
-                    })
-                }
+                Some(id) => api.update(Kind::Bucket, id, &body).await.map(|()| id),
+                None => api.create(Kind::Bucket, b.organization, &body).await,
             }
         }
         .await;
@@ -333,16 +197,8 @@ pub async fn register(t: &ValidatedTator, inputs: Inputs<'_>) -> Option<Registra
         if still || !r.prune {
             continue;
         }
-        match api
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/rest/Bucket/{}", r.id),
-                None,
-            )
-            .await
-        {
-            Ok(_) => changed += 1,
-            Err(e) if e.reason == "NotFound" => {}
+        match api.delete(Kind::Bucket, r.id).await {
+            Ok(deleted) => changed += usize::from(deleted),
             Err(e) => {
                 out.push(r.clone());
                 failures.push(e);
@@ -369,22 +225,6 @@ pub async fn register(t: &ValidatedTator, inputs: Inputs<'_>) -> Option<Registra
             out,
         ),
     })
-}
-
-fn http_client() -> Result<reqwest::Client, String> {
-    crate::checks::tls_config(None, true)
-        .map_err(|e| e.message)
-        .and_then(|tls| {
-            reqwest::Client::builder()
-                .timeout(CHECK_TIMEOUT)
-                .no_proxy()
-                // A redirect could send the token and the credentials in the body elsewhere,
-                // https to http included.
-                .redirect(reqwest::redirect::Policy::none())
-                .tls_backend_preconfigured(tls)
-                .build()
-                .map_err(|e| e.to_string())
-        })
 }
 
 /// A job cluster as Tator's /rest/JobClusters endpoints take it.
@@ -424,55 +264,23 @@ pub async fn register_job_cluster(
     {
         return Ok((id, d));
     }
-    let http = http_client().map_err(|e| ("ApiError".to_string(), e))?;
-    let api = Api {
-        http,
-        base: api_url(t),
-        host: api_host(t),
-        token: api_token,
-        secrets: vec![api_token.to_string(), c.token.to_string()],
-    };
     let fail = |e: CallError| (e.reason.to_string(), e.message);
-    let list = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/rest/JobClusters/{organization}"),
-            None,
-        )
+    let api = TatorRest::new(t, api_token, vec![c.token.to_string()]).map_err(fail)?;
+    let listing = api
+        .list(Kind::JobCluster, organization)
         .await
         .map_err(fail)?;
-    let found = list.as_array().and_then(|l| {
-        l.iter()
-            .find(|x| x["name"].as_str() == Some(c.name))
-            .and_then(|x| x["id"].as_i64())
-    });
-    let id = match found {
+    let id = match find_by_name(&listing, c.name) {
         Some(id) => {
-            api.call(
-                reqwest::Method::PATCH,
-                &format!("/rest/JobCluster/{id}"),
-                Some(&body),
-            )
-            .await
-            .map_err(fail)?;
-            id
-        }
-        None => {
-            let created = api
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/rest/JobClusters/{organization}"),
-                    Some(&body),
-                )
+            api.update(Kind::JobCluster, id, &body)
                 .await
                 .map_err(fail)?;
-            created["id"].as_i64().ok_or_else(|| {
-                (
-                    "ApiError".to_string(),
-                    format!("POST /rest/JobClusters/{organization} answered without an id"),
-                )
-            })?
+            id
         }
+        None => api
+            .create(Kind::JobCluster, organization, &body)
+            .await
+            .map_err(fail)?,
     };
     Ok((id, d))
 }
@@ -483,26 +291,12 @@ pub async fn unregister_job_cluster(
     api_token: &str,
     id: i64,
 ) -> Result<(), (String, String)> {
-    let http = http_client().map_err(|e| ("ApiError".to_string(), e))?;
-    let api = Api {
-        http,
-        base: api_url(t),
-        host: api_host(t),
-        token: api_token,
-        secrets: vec![api_token.to_string()],
-    };
-    match api
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/rest/JobCluster/{id}"),
-            None,
-        )
+    let fail = |e: CallError| (e.reason.to_string(), e.message);
+    let api = TatorRest::new(t, api_token, Vec::new()).map_err(fail)?;
+    api.delete(Kind::JobCluster, id)
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.reason == "NotFound" => Ok(()),
-        Err(e) => Err((e.reason.to_string(), e.message)),
-    }
+        .map(drop)
+        .map_err(fail)
 }
 
 fn collect_strings(v: &Value, out: &mut Vec<String>) {
@@ -546,7 +340,7 @@ pub fn configs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{test_fixtures::minimal, validate::validate};
+    use crate::{tator_rest::api_url, test_fixtures::minimal, validate::validate};
     use tator_api::{ApiAccess, ArchiveStorageClass, SecretKeyRef, StoreType};
 
     /// Answers one HTTP request with `204 No Content` and returns its head.

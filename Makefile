@@ -6,6 +6,7 @@
 #   make cluster-down  stop the demo operator and the local cluster
 #   make crds          regenerate crds/ from the Rust types
 #   make lint          rustfmt check and clippy -D warnings
+#   make audit         cargo audit of Cargo.lock against the advisories in tests/tools/advisory-db
 #   make test-e2e      end-to-end journeys with Tator's real processes (also part of make test)
 #   make test-faults   fault injection only (also part of make test)
 #   make test-compat   the suite on the oldest supported Kubernetes, then on the newest
@@ -22,11 +23,11 @@ OPERATOR_BIN := $(CARGO_TARGET_DIR)/debug/tator-operator
 CLUSTER_DIR ?= $(CURDIR)/.testbed/cluster
 DEMO_DIR := $(CURDIR)/.testbed/demo
 
-.PHONY: help tools build crds crds-check lint test test-unit test-faults test-e2e e2e-images test-compat cluster-up cluster-down demo bench \
+.PHONY: help tools build crds crds-check lint audit test test-unit test-faults test-e2e e2e-images test-compat cluster-up cluster-down demo bench \
   image chart-lint deploy deploy-check
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 
 ## Control-plane binaries from pinned Go modules (cached in $(CACHE_DIR); a second run is a no-op).
 tools:
@@ -46,6 +47,11 @@ crds-check: build
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## RustSec advisories (unmaintained, unsound and yanked crates too) from the snapshot kept in
+## tests/tools/advisory-db: these machines cannot fetch the database from GitHub.
+audit:
+	@tests/tools/audit.sh
 
 ## Tator's images as host folders for the end-to-end bed (cached in $(CACHE_DIR)/e2e-<key>; a
 ## second run is a no-op). The shared inputs are checked against their pins first.

@@ -324,10 +324,25 @@ struct Operator {
 
 impl Operator {
     fn start(bin: &Path, kubeconfig: &Path, ns: &str, log: &Path) -> anyhow::Result<Self> {
+        Self::start_with(
+            bin,
+            kubeconfig,
+            log,
+            &["--namespace", ns, "--log-level", "warn"],
+        )
+    }
+
+    fn start_with(
+        bin: &Path,
+        kubeconfig: &Path,
+        log: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let out = std::fs::File::create(log)?;
         let err = out.try_clone()?;
         let child = Command::new(bin)
-            .args(["run", "--namespace", ns, "--log-level", "warn"])
+            .arg("run")
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .stdin(Stdio::null())
             .stdout(out)
@@ -340,10 +355,19 @@ impl Operator {
     fn stats(&self) -> (u64, f64) {
         proc_stats(self.child.id())
     }
+
+    /// Whether the process has exited.
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        if self.exited() {
+            // Reaped already: its pid may belong to another process by now.
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -905,7 +929,15 @@ async fn bench(args: &Args, cluster: &Cluster, kubectl: &Path) -> anyhow::Result
     report.line("## Hostile endpoints");
     report.line("");
     report.line(format!(
-        "The Elasticsearch check (`checks::check_elasticsearch`, with credentials) run in this process against loopback servers: one announcing and sending a 1 GiB body is refused after {body_s:.1} s for +{grew:.1} MiB of resident memory (the body is read up to a 1 MiB bound); one that never answers is given up on after {silent_s:.1} s. Leader failover under an API-server freeze is measured by `tests/packaging.rs` (see docs/installation.md)."
+        "The Elasticsearch check (`checks::check_elasticsearch`, with credentials) run in this process against loopback servers: one announcing and sending a 1 GiB body is refused after {body_s:.1} s for +{grew:.1} MiB of resident memory (the body is read up to a 1 MiB bound); one that never answers is given up on after {silent_s:.1} s. "
+    ));
+    report.line("");
+    eprintln!("[bench] leader failover");
+    let (stepped_down, led) = failover(cluster, &args.operator).await?;
+    report.line("## Leader failover");
+    report.line("");
+    report.line(format!(
+        "Two operators with leader election (lease 10 s, grace 3 s); the leader reaches the API server through a relay that is then frozen (requests hang, connections stay open). The leader stepped down on its own clock after {stepped_down:.1} s (its renew deadline is 7 s after its last renewal) and the standby led after {led:.1} s (it takes the Lease only after a whole lease duration without a renewal). `tests/packaging.rs` checks the same failover with `/readyz` sampled every 50 ms: never two leaders."
     ));
     report.line("");
 
@@ -1105,6 +1137,87 @@ async fn hostile_server(endless: bool) -> anyhow::Result<u16> {
         }
     });
     Ok(port)
+}
+
+/// The role an operator's `/readyz` reports when it answers 200 (`leader: watches synced`,
+/// `standby: waiting for the lease`).
+async fn role(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let ok = head.split_whitespace().nth(1) == Some("200");
+    let role = body.split(':').next()?.trim();
+    ok.then(|| role.to_string())
+}
+
+/// Seconds from freezing the leader's connection to the API server until the leader exits and
+/// until the standby reports itself leader.
+async fn failover(cluster: &Cluster, operator: &Path) -> anyhow::Result<(f64, f64)> {
+    use tator_testbed::support::{Freezer, through, unused_port, wait_for};
+    let admin = cluster.client().await?;
+    let ns = "bench-failover";
+    create_namespace(&admin, ns).await?;
+    let (_, upstream) = through(&cluster.kubeconfig, 0, &cluster.dir)?;
+    let freezer = Freezer::start(upstream).await?;
+    let (relayed, _) = through(&cluster.kubeconfig, freezer.port, &cluster.dir)?;
+    let start = |name: &str, kubeconfig: &Path| -> anyhow::Result<(Operator, u16)> {
+        let port = unused_port();
+        let args = [
+            format!("--namespace={ns}"),
+            format!("--lease-namespace={ns}"),
+            format!("--metrics-addr=127.0.0.1:{port}"),
+            format!("--identity={name}"),
+            "--leader-election".into(),
+            "--lease-duration=10".into(),
+            "--lease-grace=3".into(),
+            "--log-level=warn".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = cluster.dir.join(format!("operator-{name}.log"));
+        Ok((
+            Operator::start_with(operator, kubeconfig, &log, &args)?,
+            port,
+        ))
+    };
+    let wait_role = |port: u16, want: &'static str| async move {
+        wait_for(
+            &format!("an operator to be {want}"),
+            Duration::from_secs(60),
+            || async move {
+                match role(port).await {
+                    Some(r) if r == want => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await
+    };
+    let (mut leader, leader_port) = start("bench-a", &relayed)?;
+    wait_role(leader_port, "leader").await?;
+    let (standby, standby_port) = start("bench-b", &cluster.kubeconfig)?;
+    wait_role(standby_port, "standby").await?;
+    let frozen = Instant::now();
+    freezer.freeze(true);
+    wait_for("the leader to step down", Duration::from_secs(30), || {
+        let done = leader.exited();
+        async move { done.then_some(()).ok_or("still running".to_string()) }
+    })
+    .await?;
+    let stepped_down = frozen.elapsed().as_secs_f64();
+    wait_role(standby_port, "leader").await?;
+    let led = frozen.elapsed().as_secs_f64();
+    drop(standby);
+    drop(freezer);
+    delete_namespace(&admin, ns).await;
+    Ok((stepped_down, led))
 }
 
 /// Memory growth (MiB) and time (s) of a check against a 1 GiB body, and the time it gives a

@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 use tator_api::TatorDeployment;
 use tator_operator::controller::{self, Context, Settings};
 use tator_testbed::support::{
-    TestCluster, install_crds, namespace, shared_client, shared_dir, shared_kubeconfig,
-    unused_port, wait_for, workspace_root,
+    Freezer, TestCluster, install_crds, namespace, shared_client, shared_dir, shared_kubeconfig,
+    through, unused_port, wait_for, workspace_root,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1147,84 +1147,6 @@ async fn a_standby_takes_over_within_15_s_when_the_leader_is_killed() {
     eprintln!("failover took {took:?}");
 }
 
-/// A TCP relay to the API server that can be frozen: while frozen, bytes in either direction are
-/// held back (connections stay open, requests hang), as when the API server stops answering.
-/// Fault injection for one client; the API server itself keeps serving the others.
-struct Freezer {
-    port: u16,
-    frozen: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Freezer {
-    async fn start(upstream: std::net::SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (frozen, watch) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::spawn(Self::pipe(cr, sw, watch.clone()));
-                tokio::spawn(Self::pipe(sr, cw, watch.clone()));
-            }
-        });
-        Self { port, frozen, task }
-    }
-
-    async fn pipe(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        mut frozen: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if frozen.wait_for(|f| !*f).await.is_err() {
-                return;
-            }
-            if to.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    fn freeze(&self, on: bool) {
-        self.frozen.send_replace(on);
-    }
-}
-
-impl Drop for Freezer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// `kubeconfig` with its server replaced by 127.0.0.1:`port` (the certificate names 127.0.0.1).
-fn through(kubeconfig: &Path, port: u16, out: &Path) -> (PathBuf, std::net::SocketAddr) {
-    let mut config: Kubeconfig =
-        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
-    let cluster = config.clusters[0].cluster.as_mut().unwrap();
-    let server = cluster.server.clone().unwrap();
-    let upstream = server
-        .trim_start_matches("https://")
-        .parse::<std::net::SocketAddr>()
-        .unwrap();
-    cluster.server = Some(format!("https://127.0.0.1:{port}"));
-    let path = out.join("frozen.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    (path, upstream)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_the_api_server_steps_down_before_a_standby_takes_over() {
     let admin = shared_client().await.unwrap();
@@ -1239,9 +1161,9 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_a_standby_takes_
         service_account_kubeconfig(&admin, &admin_kubeconfig, &ns, "tator-operator", dir.path())
             .await;
     // op-a reaches the API server through the relay, op-b directly.
-    let (_, upstream) = through(&kubeconfig, 0, dir.path());
-    let freezer = Freezer::start(upstream).await;
-    let (relayed, _) = through(&kubeconfig, freezer.port, dir.path());
+    let (_, upstream) = through(&kubeconfig, 0, dir.path()).unwrap();
+    let freezer = Freezer::start(upstream).await.unwrap();
+    let (relayed, _) = through(&kubeconfig, freezer.port, dir.path()).unwrap();
     let args = [
         format!("--namespace={ns}"),
         format!("--lease-namespace={ns}"),

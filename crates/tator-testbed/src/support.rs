@@ -572,3 +572,105 @@ where
     });
     port
 }
+
+/// A TCP relay to the API server that can be frozen: while frozen, bytes in either direction are
+/// held back (connections stay open, requests hang), as when the API server stops answering.
+/// Fault injection for one client (the leader-election test and the bench's failover figure);
+/// the API server itself keeps serving the others. Listens on loopback.
+pub struct Freezer {
+    pub port: u16,
+    frozen: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Freezer {
+    pub async fn start(upstream: std::net::SocketAddr) -> Result<Self, Error> {
+        let relay_err = |source| Error::Spawn {
+            process: "the API-server relay".into(),
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(relay_err)?;
+        let port = listener.local_addr().map_err(relay_err)?.port();
+        let (frozen, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Self::pipe(cr, sw, watch.clone()));
+                tokio::spawn(Self::pipe(sr, cw, watch.clone()));
+            }
+        });
+        Ok(Self { port, frozen, task })
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut frozen: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if frozen.wait_for(|f| !*f).await.is_err() {
+                return;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Holds back (true) or lets through (false) every byte from now on.
+    pub fn freeze(&self, on: bool) {
+        self.frozen.send_replace(on);
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `kubeconfig` with its server replaced by 127.0.0.1:`port` (the certificate names 127.0.0.1),
+/// written to `out/frozen.kubeconfig`; the path and the server it named.
+pub fn through(
+    kubeconfig: &Path,
+    port: u16,
+    out: &Path,
+) -> Result<(PathBuf, std::net::SocketAddr), Error> {
+    let invalid = |message: &str| Error::Yaml {
+        path: kubeconfig.to_path_buf(),
+        message: message.to_string(),
+    };
+    let text = std::fs::read_to_string(kubeconfig).map_err(io_err(kubeconfig))?;
+    let mut config: kube::config::Kubeconfig =
+        serde_yaml::from_str(&text).map_err(|e| invalid(&e.to_string()))?;
+    let cluster = config
+        .clusters
+        .first_mut()
+        .and_then(|c| c.cluster.as_mut())
+        .ok_or_else(|| invalid("no cluster"))?;
+    let server = cluster.server.clone().ok_or_else(|| invalid("no server"))?;
+    let upstream = server
+        .trim_start_matches("https://")
+        .parse::<std::net::SocketAddr>()
+        .map_err(|e| invalid(&format!("server {server}: {e}")))?;
+    cluster.server = Some(format!("https://127.0.0.1:{port}"));
+    let path = out.join("frozen.kubeconfig");
+    let yaml = serde_yaml::to_string(&config).map_err(|e| invalid(&e.to_string()))?;
+    std::fs::write(&path, yaml).map_err(io_err(&path))?;
+    Ok((path, upstream))
+}

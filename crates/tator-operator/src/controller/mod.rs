@@ -1,5 +1,7 @@
 //! The controller: watches TatorDeployments and their children and runs the reconcile pipeline
-//! fetch → validate → build → apply → status.
+//! validate → [`fetch`] → build and apply the data tier → observe it → build and apply the web
+//! tier, then prune → external writes (Tator's REST API, [`job_clusters`]) → status → requeue
+//! ([`decide`]).
 
 use std::{
     collections::HashMap,
@@ -36,6 +38,7 @@ use tator_api::{TatorDeployment, TatorDeploymentStatus, labels};
 use tracing::{Instrument, info, info_span, warn};
 
 pub mod decide;
+pub mod fetch;
 pub mod job_clusters;
 
 use crate::cache::{CacheWriters, Caches, Generations, Slim};
@@ -47,7 +50,7 @@ use crate::{
         self,
         migrations::{self, JobState},
     },
-    checks, consent, dependencies,
+    consent, dependencies,
     error::Error,
     objstore, registration,
     status::{self, Observations},
@@ -105,6 +108,8 @@ pub struct Context {
     pub job_clusters: Arc<crate::remote::JobClusters>,
     /// The operator's own queue scalers.
     pub scalers: crate::scaler::Scalers,
+    /// CRDs seen installed (the fetch stage asks again only after a while).
+    crds_seen: fetch::CrdsSeen,
     /// Reconcile requests from the job-cluster workers (taken by `run`).
     job_cluster_triggers: Mutex<
         Option<futures::channel::mpsc::UnboundedReceiver<reflector::ObjectRef<TatorDeployment>>>,
@@ -132,6 +137,7 @@ impl Context {
         Self {
             job_clusters,
             scalers: crate::scaler::Scalers::new(client.clone()),
+            crds_seen: fetch::CrdsSeen::default(),
             job_cluster_triggers: Mutex::new(Some(rx)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -190,10 +196,6 @@ impl Context {
             *n
         }
     }
-}
-
-fn has_registrations(td: &TatorDeployment) -> bool {
-    td.status.as_ref().is_some_and(|s| !s.buckets.is_empty())
 }
 
 fn key(td: &TatorDeployment) -> String {
@@ -358,7 +360,7 @@ async fn report_failure(ctx: &Context, td: &TatorDeployment, e: &Error) {
     }
 }
 
-/// fetch → validate → build → apply → status.
+/// One reconcile of a live TatorDeployment, stage by stage (see the module documentation).
 async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> {
     if td.meta().deletion_timestamp.is_some() {
         if has_finalizer(td) {
@@ -393,7 +395,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         let st = status::first(t.generation);
         write_status(ctx, td, &st).await?;
     }
-    // fetch: the Secrets the spec names (metadata only), and whether each is meant for this one
+    // fetch: every read before building, at once (Secret values only with consent)
     let removed_clusters: Vec<String> = td
         .status
         .iter()
@@ -401,27 +403,19 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         .filter(|c| !t.spec.job_clusters.iter().any(|j| j.name == c.name))
         .map(|c| c.kubeconfig_secret.clone())
         .collect();
-    let secret_facts = consent::fetch(
-        &ctx.client,
-        &t.namespace,
-        consent::named(&t, &removed_clusters),
-    )
-    .await?;
-    if ctx.settings.secret_consent == consent::Mode::Required {
-        let refused = secret_facts.refused(&t);
-        if !refused.is_empty() {
-            // Nothing is applied, deleted or read: the status says which Secret and how to
-            // consent; the Secret is looked at again shortly (Secrets are not watched).
-            let msg = consent::refusal_message(&t, &refused);
-            let st =
-                status::invalid_spec(td.status.as_ref(), t.generation, "SecretNotAllowed", &msg);
-            if write_status(ctx, td, &st).await? {
-                publish(ctx, td, EventType::Warning, "SecretNotAllowed", msg).await;
-            }
-            return Ok(Action::requeue(CONSENT_RECHECK));
+    let facts = fetch::fetch(ctx, td, &t, &removed_clusters).await?;
+    if !facts.refused.is_empty() {
+        // Nothing is applied, deleted or read: the status says which Secret and how to
+        // consent; the Secret is looked at again shortly (Secrets are not watched).
+        let refused: Vec<&consent::Named> = facts.refused.iter().collect();
+        let msg = consent::refusal_message(&t, &refused);
+        let st = status::invalid_spec(td.status.as_ref(), t.generation, "SecretNotAllowed", &msg);
+        if write_status(ctx, td, &st).await? {
+            publish(ctx, td, EventType::Warning, "SecretNotAllowed", msg).await;
         }
+        return Ok(Action::requeue(CONSENT_RECHECK));
     }
-    t.secrets_hash = dependencies::secrets_hash(&t, &secret_facts);
+    facts.fill_in(&mut t);
     let had_clusters = td
         .status
         .as_ref()
@@ -432,49 +426,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     // spec.paused: build and compare, but write nothing but status.
     let paused = t.spec.paused;
     let mut pending: Vec<String> = Vec::new();
-    // What the observability builders need to know about the cluster.
-    if build::logging::filebeat_wanted(&t) {
-        t.cluster.pod_security = apply::pod_security_level(&ctx.client, &t.namespace).await?;
-    }
-    if build::monitoring::enabled(&t) {
-        t.cluster.prometheus_operator = apply::crd_installed(
-            &ctx.client,
-            &t.namespace,
-            &build::monitoring::service_monitor_resource(),
-        )
-        .await?
-            && apply::crd_installed(
-                &ctx.client,
-                &t.namespace,
-                &build::monitoring::pod_monitor_resource(),
-            )
-            .await?;
-    }
-    if !build::queue_workers::all(&t).is_empty() {
-        t.cluster.keda = apply::crd_installed(
-            &ctx.client,
-            &t.namespace,
-            &build::queue_workers::scaled_object_resource(),
-        )
-        .await?;
-        t.cluster.operator_namespace = ctx.settings.operator_namespace.clone();
-    }
     let local_workflows = build::workflows::LocalWorkflows::of(&t);
-    // Tator's WORKFLOW_STORAGE_CLASSES falls back to the cluster's default class.
-    if local_workflows.algorithms
-        && t.spec.workflows.storage_classes.is_empty()
-        && t.spec.workflows.transcode.scratch_storage_class.is_none()
-    {
-        t.cluster.default_storage_class = apply::default_storage_class(&ctx.client).await?;
-    }
-    if local_workflows.any() {
-        t.cluster.argo = apply::crd_installed(
-            &ctx.client,
-            &t.namespace,
-            &build::workflows::workflow_template_resource(),
-        )
-        .await?;
-    }
     let caches = Some(&ctx.caches);
     // data tier first: the web tier waits for it
     if !paused {
@@ -494,24 +446,20 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         apply::apply(&ctx.client, &t, build::build_data(&t), caches).await?
     };
     let deps = dependencies::observe(&ctx.client, &t, &applied).await;
-    // fetch
+    // the rollout: which release the web tier runs, and whether the migrations Job is due
     let plan = t.plan();
     let (job, state) = match &plan {
-        VersionPlan::Migrate { to, .. } => {
-            let job = migrations::job(&t, &to.to_string());
-            let live = apply::get_job(&ctx.client, &t.namespace, &job.name_any()).await?;
-            let state = migrations::job_state(live.as_ref());
-            (Some(job), state)
-        }
+        VersionPlan::Migrate { to, .. } => (
+            Some(migrations::job(&t, &to.to_string())),
+            migrations::job_state(facts.migration_job.as_ref()),
+        ),
         _ => (None, JobState::Missing),
     };
     let rollout = migrations::decide(plan, job, state, deps.all_ready());
-    let mut obs = Observations::default();
-    if let Some(secret) = build::tls::secret_name(&t)
-        && !apply::secret_exists(&ctx.client, &t.namespace, &secret).await?
-    {
-        obs.tls_secret_missing = Some(secret);
-    }
+    let mut obs = Observations {
+        tls_secret_missing: facts.tls_secret_missing.clone(),
+        ..Observations::default()
+    };
     // job clusters: hand the workers what they keep (never waits on another cluster)
     let synced = if paused || (!had_clusters && t.spec.job_clusters.is_empty()) {
         None
@@ -548,28 +496,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     // object storage and bucket registration
     obs.object_storage =
         Some(objstore::observe(&t, &storage_secrets, &applied, storage_problem.as_ref()).await);
-    let algorithm_clusters = t
-        .spec
-        .job_clusters
-        .iter()
-        .any(|c| c.runs.contains(&tator_api::JobKind::Algorithms))
-        || td
-            .status
-            .as_ref()
-            .is_some_and(|s| s.job_clusters.iter().any(|c| c.registered_id.is_some()));
-    let token = match &t.spec.api_access {
-        Some(a) if !t.spec.buckets.is_empty() || has_registrations(td) || algorithm_clusters => {
-            checks::secret_value(
-                &ctx.client,
-                &t.namespace,
-                &a.token_secret.name,
-                &a.token_secret.key,
-            )
-            .await
-            .ok()
-        }
-        _ => None,
-    };
+    let token = facts.api_token.as_deref();
     let previous = td
         .status
         .as_ref()
@@ -583,7 +510,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
             &t,
             registration::Inputs {
                 api_ready: status::api_available(&applied),
-                token: token.as_deref(),
+                token,
                 configs: registration::configs(&t, &storage_secrets),
                 previous: &previous,
             },
@@ -606,7 +533,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
                 synced,
                 job_clusters::Finish {
                     api_ready: status::api_available(&applied),
-                    api_token: token.as_deref(),
+                    api_token: token,
                     previous: &previous_clusters,
                     paused,
                 },

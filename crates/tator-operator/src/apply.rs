@@ -23,7 +23,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::info;
 
 use crate::{
-    build::{
+    builders::{
         Children, common::instance_selector, data, monitoring, queue_workers, storage, tls,
         workflows,
     },

@@ -39,7 +39,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tator_api::labels::INSTANCE;
 
-use crate::build::common::short_hash;
+use crate::builders::common::short_hash;
 
 /// Annotation on every applied child: a hash of what the operator sent.
 pub const APPLIED_HASH_ANNOTATION: &str = "tator.io/applied-hash";

@@ -14,7 +14,7 @@ use tator_api::StoreType;
 
 use crate::{
     apply::{Applied, FIELD_MANAGER},
-    build::objects::{self, ConfigProblem, Placement, StorageSecrets},
+    builders::objects::{self, ConfigProblem, Placement, StorageSecrets},
     checks::{self, CheckError, Password},
     error::Error,
     finding::Finding,

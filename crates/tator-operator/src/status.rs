@@ -19,7 +19,7 @@ use tator_api::{ComponentStatus, TatorDeploymentStatus, labels};
 
 use crate::{
     apply::Applied,
-    build::{
+    builders::{
         logging::{self, FILEBEAT, KIBANA, KIBANA_SETUP},
         migrations::{self, JobState, Rollout},
         monitoring::{self, GRAFANA, PROMETHEUS, STATSD_EXPORTER},
@@ -267,7 +267,7 @@ pub fn compute(
     // Autoscaled workers come and go with their queue: their count is the scaler's, not a
     // rollout, so it does not make the installation less ready.
     let fixed = |c: &str| -> Vec<&Deployment> {
-        if crate::build::queue_workers::autoscaled(t, c) {
+        if crate::builders::queue_workers::autoscaled(t, c) {
             Vec::new()
         } else {
             by_component(c)
@@ -289,8 +289,8 @@ pub fn compute(
         workers,
         deployment_cond("Ui", &by_component(UI), waiting),
     ];
-    if crate::build::transcodes::enabled(t) {
-        use crate::build::transcodes::{TRANSCODE, TRANSCODE_QUEUE, TRANSCODE_WORKER};
+    if crate::builders::transcodes::enabled(t) {
+        use crate::builders::transcodes::{TRANSCODE, TRANSCODE_QUEUE, TRANSCODE_WORKER};
         conds.push(deployment_cond(
             "Transcodes",
             &[
@@ -544,7 +544,7 @@ pub fn compute(
 
 /// `WorkflowsReady`: whether workflows can run in this cluster (it does not gate `Ready`).
 pub fn workflows_ready(t: &ValidatedTator, rollout: &Rollout, applied: &Applied) -> Cond {
-    use crate::build::workflows::{self, LocalWorkflows};
+    use crate::builders::workflows::{self, LocalWorkflows};
     const T: &str = "WorkflowsReady";
     let local = LocalWorkflows::of(t);
     if !local.any() {
@@ -853,7 +853,7 @@ pub fn differs(a: Option<&TatorDeploymentStatus>, b: &TatorDeploymentStatus) -> 
 mod tests {
     use super::*;
     use crate::{
-        build::{build, migrations::decide},
+        builders::{build, migrations::decide},
         test_fixtures::minimal,
         validate::validate,
     };
@@ -947,7 +947,7 @@ mod tests {
     #[test]
     fn elasticsearch_neither_gates_migrations_nor_shows_for_1_5() {
         let t = validate(&minimal("1.5.0")).unwrap();
-        assert!(!crate::build::data::elasticsearch_used(&t));
+        assert!(!crate::builders::data::elasticsearch_used(&t));
         let r = decide(
             crate::validate::VersionPlan::Steady(t.target_version.clone()),
             None,

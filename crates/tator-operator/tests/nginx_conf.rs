@@ -10,7 +10,7 @@
 use std::process::Command;
 
 use tator_operator::{
-    build::nginx::{Guard, NginxConfig, ProxyRoute, render_conf},
+    builders::nginx::{Guard, NginxConfig, ProxyRoute, render_conf},
     validate::validate,
 };
 

@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 use crate::watched::{Unreadable, Watched};
 use crate::{
     apply::{self, FIELD_MANAGER},
-    build::{
+    builders::{
         self,
         migrations::{self, JobState},
     },
@@ -433,33 +433,33 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     let paused = t.spec.paused;
     let mut pending: Vec<String> = Vec::new();
     // What the observability builders need to know about the cluster.
-    if build::logging::filebeat_wanted(&t) {
+    if builders::logging::filebeat_wanted(&t) {
         t.cluster.pod_security = apply::pod_security_level(&ctx.client, &t.namespace).await?;
     }
-    if build::monitoring::enabled(&t) {
+    if builders::monitoring::enabled(&t) {
         t.cluster.prometheus_operator = apply::crd_installed(
             &ctx.client,
             &t.namespace,
-            &build::monitoring::service_monitor_resource(),
+            &builders::monitoring::service_monitor_resource(),
         )
         .await?
             && apply::crd_installed(
                 &ctx.client,
                 &t.namespace,
-                &build::monitoring::pod_monitor_resource(),
+                &builders::monitoring::pod_monitor_resource(),
             )
             .await?;
     }
-    if !build::queue_workers::all(&t).is_empty() {
+    if !builders::queue_workers::all(&t).is_empty() {
         t.cluster.keda = apply::crd_installed(
             &ctx.client,
             &t.namespace,
-            &build::queue_workers::scaled_object_resource(),
+            &builders::queue_workers::scaled_object_resource(),
         )
         .await?;
         t.cluster.operator_namespace = ctx.settings.operator_namespace.clone();
     }
-    let local_workflows = build::workflows::LocalWorkflows::of(&t);
+    let local_workflows = builders::workflows::LocalWorkflows::of(&t);
     // Tator's WORKFLOW_STORAGE_CLASSES falls back to the cluster's default class.
     if local_workflows.algorithms
         && t.spec.workflows.storage_classes.is_empty()
@@ -471,7 +471,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         t.cluster.argo = apply::crd_installed(
             &ctx.client,
             &t.namespace,
-            &build::workflows::workflow_template_resource(),
+            &builders::workflows::workflow_template_resource(),
         )
         .await?;
     }
@@ -487,11 +487,11 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         objstore::apply_secrets(&ctx.client, &t, &storage_secrets).await?
     };
     let mut applied = if paused {
-        let (held, p) = apply::held_back(&t, build::build_data(&t), caches);
+        let (held, p) = apply::held_back(&t, builders::build_data(&t), caches);
         pending.extend(p);
         held
     } else {
-        apply::apply(&ctx.client, &t, build::build_data(&t), caches).await?
+        apply::apply(&ctx.client, &t, builders::build_data(&t), caches).await?
     };
     let deps = dependencies::observe(&ctx.client, &t, &applied).await;
     // fetch
@@ -507,7 +507,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     };
     let rollout = migrations::decide(plan, job, state, deps.all_ready());
     let mut obs = Observations::default();
-    if let Some(secret) = build::tls::secret_name(&t)
+    if let Some(secret) = builders::tls::secret_name(&t)
         && !apply::secret_exists(&ctx.client, &t.namespace, &secret).await?
     {
         obs.tls_secret_missing = Some(secret);
@@ -519,7 +519,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         Some(job_clusters::sync(&ctx.client, &ctx.job_clusters, &t).await?)
     };
     // build and apply the web tier, then prune what neither tier wants
-    let desired = build::build(&t, &rollout);
+    let desired = builders::build(&t, &rollout);
     if paused {
         let (held, p) = apply::held_back(&t, desired, caches);
         pending.extend(p);
@@ -542,7 +542,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     let scale = if paused || t.spec.stopped {
         Vec::new()
     } else {
-        build::queue_workers::scaler_targets(&t, rollout.app_version.is_some())
+        builders::queue_workers::scaler_targets(&t, rollout.app_version.is_some())
     };
     ctx.scalers.sync(&t.owner.uid, scale);
     // object storage and bucket registration

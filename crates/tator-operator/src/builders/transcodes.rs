@@ -439,7 +439,7 @@ pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{build::queue_workers, test_fixtures::minimal, validate::validate};
+    use crate::{builders::queue_workers, test_fixtures::minimal, validate::validate};
 
     fn tator() -> ValidatedTator {
         validate(&minimal("1.5.0")).unwrap()

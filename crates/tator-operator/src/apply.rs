@@ -24,8 +24,8 @@ use tracing::info;
 
 use crate::{
     builders::{
-        Children, common::instance_selector, data, monitoring, queue_workers, storage, tls,
-        workflows,
+        children::Children, common::instance_selector, data, monitoring, queue_workers, storage,
+        tls, workflows,
     },
     cache::{self, Cached, Caches, Seen},
     error::Error,

@@ -69,7 +69,7 @@ fn validated(td: &TatorDeployment) -> Result<validate::ValidatedTator, Error> {
     validate::validate(&td)
 }
 
-fn values(c: &builders::Children) -> Result<Vec<serde_json::Value>, Error> {
+fn values(c: &builders::children::Children) -> Result<Vec<serde_json::Value>, Error> {
     c.to_values().map_err(|source| Error::Serialize {
         what: "a child".into(),
         source,
@@ -77,7 +77,7 @@ fn values(c: &builders::Children) -> Result<Vec<serde_json::Value>, Error> {
 }
 
 /// The web tier of a migrated installation.
-fn web_tier(t: &validate::ValidatedTator) -> builders::Children {
+fn web_tier(t: &validate::ValidatedTator) -> builders::children::Children {
     let rollout = migrations::decide(
         VersionPlan::Steady(t.target_version.clone()),
         None,

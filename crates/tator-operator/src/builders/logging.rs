@@ -25,7 +25,7 @@ use k8s_openapi::{
 use serde_json::json;
 
 use super::{
-    Children,
+    children::Children,
     common::*,
     data::{self, Endpoints},
     nginx::{Guard, ProxyRoute},

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tator_api::labels;
 
 use super::{
-    Children,
+    children::Children,
     common::*,
     data::GeneratedSecret,
     nginx::{Guard, ProxyRoute},

@@ -453,7 +453,7 @@ fn owned_secret(t: &ValidatedTator, name: String, values: BTreeMap<String, Strin
 }
 
 /// The Secrets whose values the operator composes: the buckets Secret and, with the in-cluster
-/// store, its identities file. Applied outside [`super::Children`] so that `render` never
+/// store, its identities file. Applied outside [`super::children::Children`] so that `render` never
 /// prints a credential.
 pub fn composed_secrets(
     t: &ValidatedTator,

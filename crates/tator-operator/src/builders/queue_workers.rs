@@ -4,6 +4,8 @@
 //! each, from which both scalers are built: KEDA's ScaledObject when KEDA scales them, else the
 //! operator's own scaler target. Pure.
 
+use std::time::Duration;
+
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use tator_api::{QueueAutoscaling, Scaler};
 
@@ -12,10 +14,31 @@ use super::{
     data, transcodes,
     web::{DB_WORKER, IMAGE_WORKER},
 };
-use crate::{
-    scaler::{QueueRedis, Target},
-    validate::ValidatedTator,
-};
+use crate::validate::ValidatedTator;
+
+/// Where a queue is: a Redis, and the Secret key of its password if it has one (in the
+/// Deployment's namespace; read by the scaler task, never part of the target itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueRedis {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// Secret name and key.
+    pub password: Option<(String, String)>,
+}
+
+/// One worker Deployment to scale, and its queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: String,
+    pub deployment: String,
+    pub redis: QueueRedis,
+    pub queue: String,
+    pub min: i32,
+    pub max: i32,
+    pub jobs_per_worker: i32,
+    pub cooldown: Duration,
+}
 
 /// One autoscaled worker Deployment and the queue it serves.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,7 +5,10 @@ use kube::{Client, ResourceExt};
 
 use crate::{
     apply::Applied,
-    builders::data::{DATABASE, ELASTICSEARCH, EXTENSIONS, PGBOUNCER, POSTGRES, REDIS},
+    builders::{
+        data::EXTENSIONS,
+        names::{DATABASE, ELASTICSEARCH, PGBOUNCER, POSTGRES, REDIS},
+    },
     checks::{self, CheckError, Password},
     validate::ValidatedTator,
 };
@@ -258,7 +261,7 @@ pub fn secrets_hash(t: &ValidatedTator, facts: &crate::consent::SecretFacts) -> 
 /// old server keeps its data and keeps serving the pods that still use it until the new one
 /// answers; a switch with a missing Secret or an unreachable host deletes nothing.
 pub fn spared_components(t: &ValidatedTator, deps: &Dependencies) -> Vec<&'static str> {
-    use crate::builders::data::{ELASTICSEARCH, PGBOUNCER, POSTGRES, REDIS};
+    use crate::builders::names::{ELASTICSEARCH, PGBOUNCER, POSTGRES, REDIS};
     let s = &t.spec;
     let mut out = Vec::new();
     if s.postgres.external.is_some() && !deps.database.ok {

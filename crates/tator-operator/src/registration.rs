@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tator_api::{RegisteredBucket, TatorBucket};
 
 use crate::{
-    builders::{common::short_hash, objects, web::API_PORT},
+    builders::{common::short_hash, names::API_PORT, objects},
     checks::CHECK_TIMEOUT,
     validate::ValidatedTator,
 };
@@ -50,7 +50,7 @@ pub fn api_url(t: &ValidatedTator) -> String {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => format!(
             "http://{}.{}.svc:{API_PORT}",
-            t.child_name(crate::builders::web::API),
+            t.child_name(crate::builders::names::API),
             t.namespace
         ),
     }

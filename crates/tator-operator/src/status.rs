@@ -20,12 +20,12 @@ use tator_api::{ComponentStatus, TatorDeploymentStatus, labels};
 use crate::{
     apply::Applied,
     builders::{
+        features,
         logging::{self, FILEBEAT, KIBANA, KIBANA_SETUP},
         migrations::{self, JobState, Rollout},
         monitoring::{self, GRAFANA, PROMETHEUS, STATSD_EXPORTER},
-        nginx::NGINX,
+        names::{API, DB_WORKER, IMAGE_WORKER, NGINX, TLS, UI},
         tls,
-        web::{API, DB_WORKER, IMAGE_WORKER, UI},
     },
     dependencies::Dependencies,
     validate::{ValidatedTator, VersionPlan},
@@ -143,13 +143,13 @@ fn daemon_set_state(ds: &DaemonSet) -> (bool, String) {
 fn logging_cond(t: &ValidatedTator, applied: &Applied) -> Cond {
     let by_component = |c: &str| deployments_of(applied, c);
     const TYPE: &str = "LoggingReady";
-    if logging::filebeat_wanted(t)
+    if features::filebeat_wanted(t)
         && let Err(why) = logging::filebeat_allowed(t)
     {
         return Cond::new(TYPE, false, "FilebeatForbidden", why);
     }
     let mut msgs = Vec::new();
-    if logging::filebeat_wanted(t) {
+    if features::filebeat_wanted(t) {
         match applied
             .daemon_sets
             .iter()
@@ -165,7 +165,7 @@ fn logging_cond(t: &ValidatedTator, applied: &Applied) -> Cond {
             None => return Cond::new(TYPE, false, "NotApplied", "Filebeat not created yet"),
         }
     }
-    if logging::kibana_wanted(t) {
+    if features::kibana_wanted(t) {
         let kibana = deployment_cond(TYPE, &by_component(KIBANA), false);
         if !kibana.ok {
             return kibana;
@@ -289,8 +289,8 @@ pub fn compute(
         workers,
         deployment_cond("Ui", &by_component(UI), waiting),
     ];
-    if crate::builders::transcodes::enabled(t) {
-        use crate::builders::transcodes::{TRANSCODE, TRANSCODE_QUEUE, TRANSCODE_WORKER};
+    if features::transcodes_enabled(t) {
+        use crate::builders::names::{TRANSCODE, TRANSCODE_QUEUE, TRANSCODE_WORKER};
         conds.push(deployment_cond(
             "Transcodes",
             &[
@@ -323,7 +323,7 @@ pub fn compute(
             "Nginx",
             false,
             "CertificateNotReady",
-            format!("Certificate {}: {why}", t.child_name(tls::TLS)),
+            format!("Certificate {}: {why}", t.child_name(TLS)),
         );
     } else if let Some(secret) = &obs.tls_secret_missing {
         nginx = Cond::new(
@@ -368,10 +368,10 @@ pub fn compute(
         },
     };
     conds.push(storage);
-    if logging::enabled(t) {
+    if features::logging_enabled(t) {
         conds.push(logging_cond(t, applied));
     }
-    if monitoring::enabled(t) {
+    if features::monitoring_enabled(t) {
         conds.push(monitoring_cond(t, applied));
     }
     for (type_, d) in [

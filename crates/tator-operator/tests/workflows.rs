@@ -40,7 +40,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 use tator_api::TatorDeployment;
-use tator_operator::builders::workflows::OWNER_UID_LABEL;
+use tator_operator::builders::names::OWNER_UID_LABEL;
 use tator_testbed::support::{
     JsonRequest, TestCluster, install_crd_objects, install_crds, namespace, read_crds, serve_json,
     shared_dir, wait_for,

@@ -326,8 +326,8 @@ pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
 /// transcodes, the API Service's name, which the workers call back at (`GUNICORN_HOST`).
 pub fn alias_hosts(t: &ValidatedTator) -> String {
     let mut hosts = t.spec.aliases.clone();
-    if super::transcodes::enabled(t) {
-        hosts.push(t.child_name(super::web::API));
+    if super::features::transcodes_enabled(t) {
+        hosts.push(t.child_name(super::names::API));
     }
     hosts.join(",")
 }

@@ -21,18 +21,14 @@ use k8s_openapi::{
 use kube::api::ObjectMeta;
 use tator_api::{DeletionPolicy, SslMode, VolumeSettings};
 
-use super::common::*;
+use super::{
+    common::*,
+    names::{DATABASE, ELASTICSEARCH, PGBOUNCER, POSTGRES, REDIS, REDIS_IMAGE},
+};
 use crate::validate::ValidatedTator;
 
-pub const POSTGRES: &str = "postgres";
-pub const PGBOUNCER: &str = "pgbouncer";
-pub const REDIS: &str = "redis";
-pub const ELASTICSEARCH: &str = "elasticsearch";
-/// Tator's database name (hard-coded in its settings).
-pub const DATABASE: &str = "tator_online";
 /// Extensions Tator needs.
 pub const EXTENSIONS: &[&str] = &["ltree", "postgis", "vector", "pg_trgm"];
-pub const REDIS_IMAGE: &str = "redis:7.4-alpine";
 pub const ES_IMAGE: &str = "docker.elastic.co/elasticsearch/elasticsearch:8.15.5";
 pub const PGBOUNCER_IMAGE: &str = "bitnami/pgbouncer:1.23.1";
 const POSTGRES_UID: i64 = 999;
@@ -644,7 +640,9 @@ pub fn redis(t: &ValidatedTator) -> (Vec<Deployment>, Vec<Service>) {
 /// Whether anything uses Elasticsearch: the release (none since Tator 1.5.0) or the logging
 /// stack. Otherwise it is neither deployed nor checked.
 pub fn elasticsearch_used(t: &ValidatedTator) -> bool {
-    t.needs.elasticsearch || super::logging::filebeat_wanted(t) || super::logging::kibana_wanted(t)
+    t.needs.elasticsearch
+        || super::features::filebeat_wanted(t)
+        || super::features::kibana_wanted(t)
 }
 
 /// In-cluster Elasticsearch: a StatefulSet (single-node by default) that needs no privileged

@@ -28,6 +28,7 @@ use super::{
     children::Children,
     common::*,
     data::{self, Endpoints},
+    features::{filebeat_wanted, kibana_wanted},
     nginx::{Guard, ProxyRoute},
 };
 use crate::validate::ValidatedTator;
@@ -58,21 +59,6 @@ pub const HOST_LOG_PATHS: &[&str] = &["/var/log/containers", "/var/log/pods"];
 pub const HOST_DATA_ROOT: &str = "/var/lib/tator-filebeat";
 /// PodSecurity levels that forbid hostPath volumes.
 const FORBIDDING_LEVELS: &[&str] = &["baseline", "restricted"];
-
-/// Whether logging runs at all.
-pub fn enabled(t: &ValidatedTator) -> bool {
-    t.spec.logging.enabled
-}
-
-/// Whether Filebeat is wanted (logging and its own switch on).
-pub fn filebeat_wanted(t: &ValidatedTator) -> bool {
-    enabled(t) && t.spec.logging.filebeat.enabled
-}
-
-/// Whether Kibana is wanted.
-pub fn kibana_wanted(t: &ValidatedTator) -> bool {
-    enabled(t) && t.spec.logging.kibana.enabled
-}
 
 /// `Err(why)` when the namespace's PodSecurity level forbids Filebeat's host paths. An unknown
 /// level (no label, or a namespace the operator may not read) is let through: the DaemonSet then

@@ -13,7 +13,8 @@ use k8s_openapi::{
 
 use super::{
     common::*,
-    data::{self, DATABASE, POSTGRES},
+    data,
+    names::{DATABASE, POSTGRES},
 };
 use crate::validate::ValidatedTator;
 

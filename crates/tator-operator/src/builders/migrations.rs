@@ -6,7 +6,7 @@ use k8s_openapi::api::{
 };
 use std::collections::BTreeMap;
 
-use super::{common::*, data};
+use super::{common::*, data, names};
 use crate::validate::{ValidatedTator, VersionPlan};
 
 pub const MIGRATIONS: &str = "migrations";
@@ -137,7 +137,7 @@ fn extensions_container(t: &ValidatedTator, version: &str) -> Container {
         },
         EnvVar {
             name: "PGDATABASE".into(),
-            value: Some(data::DATABASE.into()),
+            value: Some(names::DATABASE.into()),
             ..Default::default()
         },
         EnvVar {

@@ -3,10 +3,12 @@
 pub mod children;
 pub mod common;
 pub mod data;
+pub mod features;
 pub mod logging;
 pub mod maintenance;
 pub mod migrations;
 pub mod monitoring;
+pub mod names;
 pub mod nginx;
 pub mod objects;
 pub mod queue_workers;
@@ -76,9 +78,9 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     d.certificates.extend(tls::certificate(t));
 
     d.services
-        .push(web::cluster_service(t, web::API, web::API_PORT));
+        .push(web::cluster_service(t, names::API, names::API_PORT));
     d.services
-        .push(web::cluster_service(t, web::UI, web::UI_PORT));
+        .push(web::cluster_service(t, names::UI, names::UI_PORT));
     d.services.push(nginx::service(t));
 
     d.jobs.extend(rollout.migration_job.clone());
@@ -99,7 +101,7 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     // Tator's own processes run only once a release is migrated.
     if let Some(v) = rollout.app_version.as_deref() {
         d.deployments.push(web::api_deployment(t, v));
-        for w in [web::DB_WORKER, web::IMAGE_WORKER] {
+        for w in [names::DB_WORKER, names::IMAGE_WORKER] {
             d.deployments.push(web::worker_deployment(t, v, w));
         }
         d.deployments.push(web::ui_deployment(t, v));
@@ -118,8 +120,8 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     }
 
     d.autoscalers.extend(web::api_hpa(t));
-    d.disruption_budgets.push(web::pdb(t, web::API));
-    d.disruption_budgets.push(web::pdb(t, nginx::NGINX));
+    d.disruption_budgets.push(web::pdb(t, names::API));
+    d.disruption_budgets.push(web::pdb(t, names::NGINX));
     // The administration stacks, each behind its switch.
     d.extend(logging::build(t));
     d.extend(monitoring::build(t));

@@ -30,6 +30,8 @@ use super::{
     children::Children,
     common::*,
     data::GeneratedSecret,
+    features::monitoring_enabled,
+    names::{NGINX, STUB_STATUS_PORT},
     nginx::{Guard, ProxyRoute},
 };
 use crate::validate::ValidatedTator;
@@ -63,19 +65,14 @@ pub const SCRAPE_INTERVAL: &str = "15s";
 const NOBODY: i64 = 65534;
 const GRAFANA_UID: i64 = 472;
 
-/// Whether monitoring runs at all.
-pub fn enabled(t: &ValidatedTator) -> bool {
-    t.spec.monitoring.enabled
-}
-
 /// Whether the operator runs its own Prometheus (monitoring on, no prometheus-operator).
 pub fn own_prometheus(t: &ValidatedTator) -> bool {
-    enabled(t) && !t.cluster.prometheus_operator
+    monitoring_enabled(t) && !t.cluster.prometheus_operator
 }
 
 /// Whether Grafana runs.
 pub fn grafana_wanted(t: &ValidatedTator) -> bool {
-    enabled(t) && t.spec.monitoring.grafana.enabled
+    monitoring_enabled(t) && t.spec.monitoring.grafana.enabled
 }
 
 /// prometheus-operator's ServiceMonitor (`monitoring.coreos.com/v1`).
@@ -96,7 +93,7 @@ pub fn pod_monitor_resource() -> ApiResource {
 
 /// `host:port` of the statsd exporter, gunicorn's `--statsd-host`.
 pub fn statsd_host(t: &ValidatedTator) -> Option<String> {
-    enabled(t).then(|| format!("{}:{STATSD_PORT}", t.child_name(STATSD_EXPORTER)))
+    monitoring_enabled(t).then(|| format!("{}:{STATSD_PORT}", t.child_name(STATSD_EXPORTER)))
 }
 
 /// The Grafana Secret generated once (its admin password).
@@ -112,7 +109,7 @@ pub fn generated_secret(t: &ValidatedTator) -> Option<GeneratedSecret> {
 /// Everything of the monitoring stack (the NGINX sidecar is added by the NGINX builder).
 pub fn build(t: &ValidatedTator) -> Children {
     let mut d = Children::default();
-    if !enabled(t) {
+    if !monitoring_enabled(t) {
         return d;
     }
     d.services.push(statsd_service(t));
@@ -310,7 +307,7 @@ pub fn statsd_deployment(t: &ValidatedTator) -> Deployment {
 /// The exporter sidecar of the NGINX pods: reads `stub_status` on loopback, serves metrics on
 /// the port named `metrics`.
 pub fn nginx_exporter(t: &ValidatedTator) -> Option<Container> {
-    if !enabled(t) {
+    if !monitoring_enabled(t) {
         return None;
     }
     let mut c = container(
@@ -322,7 +319,7 @@ pub fn nginx_exporter(t: &ValidatedTator) -> Option<Container> {
     c.args = Some(vec![
         format!(
             "--nginx.scrape-uri=http://127.0.0.1:{}/stub_status",
-            super::nginx::STUB_STATUS_PORT
+            STUB_STATUS_PORT
         ),
         format!("--web.listen-address=:{NGINX_EXPORTER_PORT}"),
     ]);
@@ -363,16 +360,16 @@ pub fn service_monitor(t: &ValidatedTator) -> DynamicObject {
 
 /// The PodMonitor for the NGINX exporter sidecars.
 pub fn pod_monitor(t: &ValidatedTator) -> DynamicObject {
-    let name = t.child_name(super::nginx::NGINX);
+    let name = t.child_name(NGINX);
     let mut obj = DynamicObject::new(&name, &pod_monitor_resource()).data(json!({
         "spec": {
-            "selector": {"matchLabels": selector_labels(t, super::nginx::NGINX)},
+            "selector": {"matchLabels": selector_labels(t, NGINX)},
             "namespaceSelector": {"matchNames": [t.namespace]},
             "podTargetLabels": [labels::INSTANCE],
             "podMetricsEndpoints": [{"port": "metrics", "interval": SCRAPE_INTERVAL, "path": "/metrics"}]
         }
     }));
-    obj.metadata = monitor_meta(t, name, super::nginx::NGINX);
+    obj.metadata = monitor_meta(t, name, NGINX);
     obj
 }
 
@@ -389,7 +386,7 @@ pub fn prometheus_yml(t: &ValidatedTator) -> String {
         labels::INSTANCE,
         t.name,
         labels::COMPONENT,
-        super::nginx::NGINX
+        NGINX
     );
     let conf = json!({
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
@@ -406,7 +403,7 @@ pub fn prometheus_yml(t: &ValidatedTator) -> String {
                 }]
             },
             {
-                "job_name": t.child_name(super::nginx::NGINX),
+                "job_name": t.child_name(NGINX),
                 "kubernetes_sd_configs": [{
                     "role": "pod",
                     "namespaces": {"names": [t.namespace]},

@@ -7,12 +7,14 @@
 use std::time::Duration;
 
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use tator_api::{QueueAutoscaling, Scaler};
+use tator_api::QueueAutoscaling;
 
 use super::{
     common::child_meta,
-    data, transcodes,
-    web::{DB_WORKER, IMAGE_WORKER},
+    data,
+    features::{transcodes_enabled, uses_keda},
+    names::{DB_WORKER, IMAGE_WORKER, QUEUE_NAME, QUEUE_PORT, TRANSCODE_WORKER},
+    transcodes,
 };
 use crate::validate::ValidatedTator;
 
@@ -55,16 +57,16 @@ pub struct QueueWorkers<'a> {
 /// Every autoscaled worker Deployment of the installation.
 pub fn all(t: &ValidatedTator) -> Vec<QueueWorkers<'_>> {
     let mut out = Vec::new();
-    if transcodes::enabled(t)
+    if transcodes_enabled(t)
         && let Some(a) = &t.spec.transcodes.workers.autoscaling
     {
         out.push(QueueWorkers {
-            component: transcodes::TRANSCODE_WORKER,
-            queue: transcodes::QUEUE_NAME,
+            component: TRANSCODE_WORKER,
+            queue: QUEUE_NAME,
             autoscaling: a,
             redis: QueueRedis {
                 host: in_cluster_host(t, &transcodes::queue_host(t)),
-                port: u16::try_from(transcodes::QUEUE_PORT).unwrap_or(6379),
+                port: u16::try_from(QUEUE_PORT).unwrap_or(6379),
                 tls: false,
                 password: None,
             },
@@ -90,15 +92,6 @@ pub fn all(t: &ValidatedTator) -> Vec<QueueWorkers<'_>> {
 /// Whether a worker Deployment (by component) scales on its queue.
 pub fn autoscaled(t: &ValidatedTator, component: &str) -> bool {
     all(t).iter().any(|w| w.component == component)
-}
-
-/// Whether KEDA scales these workers: asked for, or `Auto` with KEDA's CRDs installed.
-pub fn uses_keda(t: &ValidatedTator, a: &QueueAutoscaling) -> bool {
-    match a.scaler {
-        Scaler::Keda => true,
-        Scaler::Auto => t.cluster.keda,
-        Scaler::Operator => false,
-    }
 }
 
 /// KEDA's ScaledObject.

@@ -12,8 +12,9 @@ use kube::api::{DynamicObject, ObjectMeta};
 use tator_api::{JobCluster, JobKind};
 
 use super::{
+    names::OWNER_UID_LABEL,
     objects,
-    workflows::{self, OWNER_UID_LABEL, Target},
+    workflows::{self, Target},
 };
 use crate::validate::ValidatedTator;
 

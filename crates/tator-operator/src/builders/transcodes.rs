@@ -29,30 +29,17 @@ use k8s_openapi::{
     },
 };
 
-use super::common::*;
+use super::{
+    common::*,
+    features::transcodes_enabled,
+    names::{QUEUE_NAME, QUEUE_PORT, SERVICE_PORT, TRANSCODE, TRANSCODE_QUEUE, TRANSCODE_WORKER},
+};
 use crate::validate::ValidatedTator;
 
-/// The transcode service (tator-transcode).
-pub const TRANSCODE: &str = "transcode";
-/// The transcode workers.
-pub const TRANSCODE_WORKER: &str = "transcode-worker";
-/// The queue's Redis.
-pub const TRANSCODE_QUEUE: &str = "transcode-queue";
-/// Port of the transcode service (its image's `uvicorn --port`) and of its Service.
-pub const SERVICE_PORT: i32 = 8080;
-/// Port of the queue's Redis (tator-transcode connects to Redis's default port).
-pub const QUEUE_PORT: i32 = 6379;
-/// The rq queue tator-transcode enqueues on.
-pub const QUEUE_NAME: &str = "transcodes";
 /// User of the transcode service and workers (PodSecurity `restricted`: not root).
 const UID: i64 = 1000;
 /// User of the queue's Redis (the redis image's).
 const REDIS_UID: i64 = 999;
-
-/// Whether the transcode path runs.
-pub fn enabled(t: &ValidatedTator) -> bool {
-    t.spec.transcodes.enabled
-}
 
 /// Whether the workers scale on their queue.
 pub fn autoscaled(t: &ValidatedTator) -> bool {
@@ -66,7 +53,7 @@ pub fn uses_keda(t: &ValidatedTator) -> bool {
         .workers
         .autoscaling
         .as_ref()
-        .is_some_and(|a| enabled(t) && super::queue_workers::uses_keda(t, a))
+        .is_some_and(|a| transcodes_enabled(t) && super::features::uses_keda(t, a))
 }
 
 /// Tator's `TRANSCODE_HOST`: the service's URL.
@@ -84,8 +71,8 @@ pub fn queue_host(t: &ValidatedTator) -> String {
 pub fn callback_url(t: &ValidatedTator) -> String {
     format!(
         "http://{}:{}",
-        t.child_name(super::web::API),
-        super::web::API_PORT
+        t.child_name(super::names::API),
+        super::names::API_PORT
     )
 }
 
@@ -93,7 +80,7 @@ pub fn callback_url(t: &ValidatedTator) -> String {
 /// and the callback host, which Tator takes from `GUNICORN_HOST` only with `COMPOSE_DEPLOY=true`
 /// (otherwise `http://gunicorn-svc:8000`).
 pub fn api_env(t: &ValidatedTator) -> Vec<k8s_openapi::api::core::v1::EnvVar> {
-    if !enabled(t) {
+    if !transcodes_enabled(t) {
         return Vec::new();
     }
     vec![
@@ -276,7 +263,7 @@ pub fn queue_deployment(t: &ValidatedTator) -> Deployment {
         q.pod
             .image
             .clone()
-            .unwrap_or_else(|| super::data::REDIS_IMAGE.into()),
+            .unwrap_or_else(|| super::names::REDIS_IMAGE.into()),
         t.spec.image.pull_policy.as_str(),
         true,
     );
@@ -413,7 +400,7 @@ pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
         network_policies: Vec::new(),
         disruption_budgets: Vec::new(),
     };
-    let Some(v) = version.filter(|_| enabled(t)) else {
+    let Some(v) = version.filter(|_| transcodes_enabled(t)) else {
         return out;
     };
     out.deployments.push(queue_deployment(t));

@@ -17,15 +17,11 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::common::*;
+use super::{
+    common::*,
+    names::{API, API_IDENTITY, API_PORT, DB_WORKER, UI, UI_PORT},
+};
 use crate::validate::ValidatedTator;
-
-pub const API: &str = "api";
-pub const DB_WORKER: &str = "db-worker";
-pub const IMAGE_WORKER: &str = "image-worker";
-pub const UI: &str = "ui";
-pub const API_PORT: i32 = 8000;
-pub const UI_PORT: i32 = 3000;
 
 /// Rolling update that never takes a serving pod away before its replacement is ready.
 pub fn zero_downtime() -> DeploymentStrategy {
@@ -99,7 +95,7 @@ pub fn api_deployment(t: &ValidatedTator, version: &str) -> Deployment {
         security_context: Some(pod_security(TATOR_UID)),
         termination_grace_period_seconds: Some(60),
         topology_spread_constraints: Some(spread(t, API)),
-        service_account_name: Some(t.child_name(super::workflows::API_IDENTITY)),
+        service_account_name: Some(t.child_name(API_IDENTITY)),
         // The token submits workflows here; without local workflows there is nothing to mount.
         automount_service_account_token: Some(super::workflows::LocalWorkflows::of(t).any()),
         ..Default::default()
@@ -151,7 +147,7 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> 
         volumes: Some(volumes),
         security_context: Some(pod_security(TATOR_UID)),
         termination_grace_period_seconds: Some(60),
-        service_account_name: Some(t.child_name(super::workflows::API_IDENTITY)),
+        service_account_name: Some(t.child_name(API_IDENTITY)),
         automount_service_account_token: Some(super::workflows::LocalWorkflows::of(t).any()),
         ..Default::default()
     };
@@ -295,7 +291,7 @@ pub fn pdb(t: &ValidatedTator, component: &str) -> PodDisruptionBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{test_fixtures::minimal, validate::validate};
+    use crate::{builders::names::IMAGE_WORKER, test_fixtures::minimal, validate::validate};
 
     const SHA: &str = "dfa5a45c8fd54e336e9de3d534f2bc684df9ce3a";
 

@@ -433,10 +433,10 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     let paused = t.spec.paused;
     let mut pending: Vec<String> = Vec::new();
     // What the observability builders need to know about the cluster.
-    if builders::logging::filebeat_wanted(&t) {
+    if builders::features::filebeat_wanted(&t) {
         t.cluster.pod_security = apply::pod_security_level(&ctx.client, &t.namespace).await?;
     }
-    if builders::monitoring::enabled(&t) {
+    if builders::features::monitoring_enabled(&t) {
         t.cluster.prometheus_operator = apply::crd_installed(
             &ctx.client,
             &t.namespace,
@@ -507,7 +507,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     };
     let rollout = migrations::decide(plan, job, state, deps.all_ready());
     let mut obs = Observations::default();
-    if let Some(secret) = builders::tls::secret_name(&t)
+    if let Some(secret) = builders::features::tls_secret_name(&t)
         && !apply::secret_exists(&ctx.client, &t.namespace, &secret).await?
     {
         obs.tls_secret_missing = Some(secret);

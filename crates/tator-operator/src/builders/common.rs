@@ -4,16 +4,30 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{
-        Capabilities, Container, EnvVar, EnvVarSource, LocalObjectReference, ObjectFieldSelector,
-        PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector,
-        SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    api::{
+        apps::v1::{
+            DeploymentStrategy, RollingUpdateDeployment,
+            StatefulSetPersistentVolumeClaimRetentionPolicy,
+        },
+        core::v1::{
+            Capabilities, Container, EnvVar, EnvVarSource, ExecAction, LocalObjectReference,
+            ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+            SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+            TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tator_api::{PodSettings, labels};
+use tator_api::{DeletionPolicy, PodSettings, VolumeSettings, labels};
 
 use crate::validate::ValidatedTator;
 
@@ -469,6 +483,185 @@ pub fn container(name: &str, image: String, pull_policy: &str, read_only_root: b
         security_context: Some(container_security(read_only_root)),
         ..Default::default()
     }
+}
+
+/// Rolling update that never takes a serving pod away before its replacement is ready.
+pub fn zero_downtime() -> DeploymentStrategy {
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(0)),
+        }),
+    }
+}
+
+pub(crate) fn exec_probe(cmd: &str, initial: i32, period: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec!["sh".into(), "-c".into(), cmd.into()]),
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(6),
+        ..Default::default()
+    }
+}
+
+/// A ClusterIP Service for one component on one port.
+pub fn cluster_service(t: &ValidatedTator, component: &str, port_name: &str, port: i32) -> Service {
+    Service {
+        metadata: child_meta(t, t.child_name(component), component, None),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(t, component)),
+            ports: Some(vec![ServicePort {
+                name: Some(port_name.into()),
+                port,
+                target_port: Some(IntOrString::String(port_name.into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// A PodDisruptionBudget allowing one voluntary disruption at a time.
+pub fn pdb(t: &ValidatedTator, component: &str) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: child_meta(t, t.child_name(component), component, None),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(label_selector(t, component)),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Metadata of data that the deletion policy governs: owned (deleted with the TatorDeployment)
+/// only with `deletionPolicy: Delete`.
+pub fn data_meta(t: &ValidatedTator, name: String, component: &str) -> ObjectMeta {
+    match t.spec.deletion_policy {
+        DeletionPolicy::Delete => child_meta(t, name, component, None),
+        DeletionPolicy::Retain => retained_meta(t, name, component),
+    }
+}
+
+pub(crate) fn claim_template(name: &str, v: &VolumeSettings) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: v.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(v.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+pub(crate) fn retention(t: &ValidatedTator) -> StatefulSetPersistentVolumeClaimRetentionPolicy {
+    let policy = match t.spec.deletion_policy {
+        DeletionPolicy::Delete => "Delete",
+        DeletionPolicy::Retain => "Retain",
+    };
+    StatefulSetPersistentVolumeClaimRetentionPolicy {
+        when_deleted: Some(policy.into()),
+        when_scaled: Some("Retain".into()),
+    }
+}
+
+/// A Secret the operator generates once: `(key, value length)` pairs of random values, plus
+/// fixed values. Never rewritten once it exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratedSecret {
+    pub name: String,
+    pub component: &'static str,
+    pub fixed: BTreeMap<String, String>,
+    pub random: Vec<(String, usize)>,
+}
+
+/// A ServiceAccount with a Role that reads the pods of this namespace (Filebeat's metadata,
+/// Prometheus' pod discovery), and its binding. All three are owned by the TatorDeployment.
+pub fn pod_reader(t: &ValidatedTator, component: &str) -> (ServiceAccount, Role, RoleBinding) {
+    let name = t.child_name(component);
+    let sa = ServiceAccount {
+        metadata: child_meta(t, name.clone(), component, None),
+        automount_service_account_token: Some(true),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: child_meta(t, name.clone(), component, None),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["pods".into()]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..Default::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: child_meta(t, name.clone(), component, None),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: Some(t.namespace.clone()),
+            ..Default::default()
+        }]),
+    };
+    (sa, role, binding)
+}
+
+/// The public URL of a path under the domain.
+pub fn public_url(t: &ValidatedTator, path: &str) -> String {
+    let scheme = if t.spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{}{path}", t.spec.domain)
+}
+
+/// Who may use a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// Anyone (the backend does its own authentication).
+    Open,
+    /// Members of the project in the path (`auth_request /auth-project`).
+    Project,
+    /// Django staff only (`auth_request /auth-admin`).
+    Staff,
+}
+
+/// An extra proxied route (admin UIs and object stores add these).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyRoute {
+    pub path: String,
+    pub upstream: String,
+    pub guard: Guard,
+    /// An S3 store: the Host header stays the upstream's (presigned URLs are signed for it) and
+    /// bodies stream through unbuffered.
+    pub object_store: bool,
+    /// Request headers NGINX sets (replacing any the client sent), for example Grafana's
+    /// auth-proxy user after the staff check.
+    pub headers: Vec<(String, String)>,
 }
 
 #[cfg(test)]

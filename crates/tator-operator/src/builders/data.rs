@@ -5,21 +5,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        apps::v1::{
-            Deployment, DeploymentSpec, StatefulSet,
-            StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
-        },
+        apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec},
         core::v1::{
-            ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-            PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, Probe, SecretKeySelector,
-            SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
-            VolumeMount, VolumeResourceRequirements,
+            ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, PodSpec,
+            Probe, SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec,
+            TCPSocketAction, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
-use kube::api::ObjectMeta;
-use tator_api::{DeletionPolicy, SslMode, VolumeSettings};
+use tator_api::SslMode;
 
 use super::{
     common::*,
@@ -37,16 +32,6 @@ const ES_UID: i64 = 1000;
 const PGBOUNCER_UID: i64 = 1001;
 /// Folder the PostgreSQL CA certificate is mounted in.
 pub const PG_CA_DIR: &str = "/etc/tator/postgres-ca";
-
-/// A Secret the operator generates once: `(key, value length)` pairs of random values, plus
-/// fixed values. Never rewritten once it exists.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GeneratedSecret {
-    pub name: String,
-    pub component: &'static str,
-    pub fixed: BTreeMap<String, String>,
-    pub random: Vec<(String, usize)>,
-}
 
 /// Where Tator finds its data services.
 #[derive(Clone, Debug, PartialEq)]
@@ -231,15 +216,6 @@ pub fn pg_ca_volume(e: &Endpoints) -> Option<(Volume, VolumeMount)> {
     ))
 }
 
-/// Metadata of data that the deletion policy governs: owned (deleted with the TatorDeployment)
-/// only with `deletionPolicy: Delete`.
-pub fn data_meta(t: &ValidatedTator, name: String, component: &str) -> ObjectMeta {
-    match t.spec.deletion_policy {
-        DeletionPolicy::Delete => child_meta(t, name, component, None),
-        DeletionPolicy::Retain => retained_meta(t, name, component),
-    }
-}
-
 /// Secrets the operator generates for in-cluster services (and the Django key).
 pub fn generated_secrets(t: &ValidatedTator) -> Vec<GeneratedSecret> {
     let mut out = vec![GeneratedSecret {
@@ -267,52 +243,6 @@ pub fn generated_secrets(t: &ValidatedTator) -> Vec<GeneratedSecret> {
         });
     }
     out
-}
-
-pub(crate) fn claim_template(name: &str, v: &VolumeSettings) -> PersistentVolumeClaim {
-    PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: v.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    Quantity(v.size.clone()),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-pub(crate) fn retention(t: &ValidatedTator) -> StatefulSetPersistentVolumeClaimRetentionPolicy {
-    let policy = match t.spec.deletion_policy {
-        DeletionPolicy::Delete => "Delete",
-        DeletionPolicy::Retain => "Retain",
-    };
-    StatefulSetPersistentVolumeClaimRetentionPolicy {
-        when_deleted: Some(policy.into()),
-        when_scaled: Some("Retain".into()),
-    }
-}
-
-pub(crate) fn exec_probe(cmd: &str, initial: i32, period: i32) -> Probe {
-    Probe {
-        exec: Some(ExecAction {
-            command: Some(vec!["sh".into(), "-c".into(), cmd.into()]),
-        }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(period),
-        timeout_seconds: Some(5),
-        failure_threshold: Some(6),
-        ..Default::default()
-    }
 }
 
 fn service(

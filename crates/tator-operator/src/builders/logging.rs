@@ -16,9 +16,8 @@ use k8s_openapi::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource,
             EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath,
             ObjectFieldSelector, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-            SecretVolumeSource, SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
+            SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
         },
-        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -29,7 +28,6 @@ use super::{
     common::*,
     data::{self, Endpoints},
     features::{filebeat_wanted, kibana_wanted},
-    nginx::{Guard, ProxyRoute},
 };
 use crate::validate::ValidatedTator;
 
@@ -88,12 +86,8 @@ pub fn build(t: &ValidatedTator) -> Children {
         d.config_maps.push(conf);
     }
     if kibana_wanted(t) {
-        d.services.push(super::monitoring::cluster_service(
-            t,
-            KIBANA,
-            "http",
-            KIBANA_PORT,
-        ));
+        d.services
+            .push(cluster_service(t, KIBANA, "http", KIBANA_PORT));
         d.deployments.push(kibana_deployment(t));
         d.jobs.push(kibana_setup_job(t));
     }
@@ -113,41 +107,6 @@ pub fn routes(t: &ValidatedTator) -> Vec<ProxyRoute> {
         object_store: false,
         headers: vec![],
     }]
-}
-
-/// A ServiceAccount with a Role that reads the pods of this namespace (Filebeat's metadata,
-/// Prometheus' pod discovery), and its binding. All three are owned by the TatorDeployment.
-pub fn pod_reader(t: &ValidatedTator, component: &str) -> (ServiceAccount, Role, RoleBinding) {
-    let name = t.child_name(component);
-    let sa = ServiceAccount {
-        metadata: child_meta(t, name.clone(), component, None),
-        automount_service_account_token: Some(true),
-        ..Default::default()
-    };
-    let role = Role {
-        metadata: child_meta(t, name.clone(), component, None),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["pods".into()]),
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
-            ..Default::default()
-        }]),
-    };
-    let binding = RoleBinding {
-        metadata: child_meta(t, name.clone(), component, None),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name,
-            namespace: Some(t.namespace.clone()),
-            ..Default::default()
-        }]),
-    };
-    (sa, role, binding)
 }
 
 /// The lifecycle policy: roll the write index over daily, delete indices `retentionDays` after
@@ -442,16 +401,6 @@ fn es_secrets_annotation(t: &ValidatedTator) -> BTreeMap<String, String> {
         .filter(|_| external_credentials)
         .map(|h| (SECRETS_HASH_ANNOTATION.to_string(), h.clone()))
         .collect()
-}
-
-/// The public URL of a path under the domain.
-pub fn public_url(t: &ValidatedTator, path: &str) -> String {
-    let scheme = if t.spec.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    format!("{scheme}://{}{path}", t.spec.domain)
 }
 
 /// The Kibana Deployment, serving under `/logs`.

@@ -120,8 +120,8 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     }
 
     d.autoscalers.extend(web::api_hpa(t));
-    d.disruption_budgets.push(web::pdb(t, names::API));
-    d.disruption_budgets.push(web::pdb(t, names::NGINX));
+    d.disruption_budgets.push(common::pdb(t, names::API));
+    d.disruption_budgets.push(common::pdb(t, names::NGINX));
     // The administration stacks, each behind its switch.
     d.extend(logging::build(t));
     d.extend(monitoring::build(t));

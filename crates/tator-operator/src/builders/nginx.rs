@@ -17,7 +17,6 @@ use k8s_openapi::{
 use super::{
     common::*,
     names::{API, API_PORT, NGINX, STUB_STATUS_PORT, UI, UI_PORT},
-    web::zero_downtime,
 };
 use crate::validate::ValidatedTator;
 
@@ -27,31 +26,6 @@ pub const HTTPS_PORT: i32 = 8443;
 /// PodSecurity `restricted` and a read-only root filesystem allow.
 pub const DEFAULT_IMAGE: &str = "nginxinc/nginx-unprivileged:1.27-alpine";
 const NGINX_UID: i64 = 101;
-
-/// Who may use a route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Guard {
-    /// Anyone (the backend does its own authentication).
-    Open,
-    /// Members of the project in the path (`auth_request /auth-project`).
-    Project,
-    /// Django staff only (`auth_request /auth-admin`).
-    Staff,
-}
-
-/// An extra proxied route (admin UIs and object stores add these).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProxyRoute {
-    pub path: String,
-    pub upstream: String,
-    pub guard: Guard,
-    /// An S3 store: the Host header stays the upstream's (presigned URLs are signed for it) and
-    /// bodies stream through unbuffered.
-    pub object_store: bool,
-    /// Request headers NGINX sets (replacing any the client sent), for example Grafana's
-    /// auth-proxy user after the staff check.
-    pub headers: Vec<(String, String)>,
-}
 
 /// Everything the NGINX configuration depends on.
 #[derive(Clone, Debug)]

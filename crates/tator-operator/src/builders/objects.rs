@@ -21,7 +21,7 @@ use k8s_openapi::{
 use serde_json::{Value, json};
 use tator_api::{ExternalBucket, StoreType, SystemBucket};
 
-use super::{common::*, data};
+use super::common::*;
 use crate::validate::ValidatedTator;
 
 /// Component label of the in-cluster store.
@@ -179,8 +179,8 @@ pub fn store_config_secret_name(t: &ValidatedTator) -> String {
 
 /// The generated Secret of the in-cluster store: an admin key pair (bucket management only)
 /// and Tator's key pair, limited to Tator's buckets.
-pub fn generated_secret(t: &ValidatedTator) -> Option<data::GeneratedSecret> {
-    store_runs(t).then(|| data::GeneratedSecret {
+pub fn generated_secret(t: &ValidatedTator) -> Option<GeneratedSecret> {
+    store_runs(t).then(|| GeneratedSecret {
         name: store_keys_secret_name(t),
         component: SEAWEEDFS,
         fixed: BTreeMap::new(),
@@ -627,14 +627,14 @@ pub fn store(t: &ValidatedTator) -> (Vec<StatefulSet>, Vec<Service>) {
         short_hash(in_cluster_buckets(t).join(",").as_bytes(), 16),
     )]);
     let sts = StatefulSet {
-        metadata: data::data_meta(t, name.clone(), SEAWEEDFS),
+        metadata: data_meta(t, name.clone(), SEAWEEDFS),
         spec: Some(StatefulSetSpec {
             replicas: Some(1),
             service_name: Some(headless.clone()),
             selector: label_selector(t, SEAWEEDFS),
             template: pod_template(t, SEAWEEDFS, None, spec, annotations, &server.pod),
-            volume_claim_templates: Some(vec![data::claim_template("data", &server.storage)]),
-            persistent_volume_claim_retention_policy: Some(data::retention(t)),
+            volume_claim_templates: Some(vec![claim_template("data", &server.storage)]),
+            persistent_volume_claim_retention_policy: Some(retention(t)),
             ..Default::default()
         }),
         status: None,
@@ -745,11 +745,11 @@ pub fn bucket_job(t: &ValidatedTator) -> Option<Job> {
 
 /// The NGINX route for presigned URLs of in-cluster buckets (no `auth_request`: the URL
 /// signature is the authentication).
-pub fn objects_route(t: &ValidatedTator) -> Option<super::nginx::ProxyRoute> {
-    store_runs(t).then(|| super::nginx::ProxyRoute {
+pub fn objects_route(t: &ValidatedTator) -> Option<ProxyRoute> {
+    store_runs(t).then(|| ProxyRoute {
         path: OBJECTS_PATH.into(),
         upstream: format!("{}/", store_upstream(t)),
-        guard: super::nginx::Guard::Open,
+        guard: Guard::Open,
         object_store: true,
         headers: vec![],
     })

@@ -180,7 +180,7 @@ pub fn service_deployment(t: &ValidatedTator, version: &str) -> Deployment {
         spec: Some(DeploymentSpec {
             replicas: Some(s.replicas),
             selector: label_selector(t, TRANSCODE),
-            strategy: Some(super::web::zero_downtime()),
+            strategy: Some(zero_downtime()),
             progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             template: pod_template(t, TRANSCODE, Some(version), spec, BTreeMap::new(), &s.pod),
             ..Default::default()
@@ -295,7 +295,7 @@ pub fn queue_deployment(t: &ValidatedTator) -> Deployment {
         ..Default::default()
     }]);
     let probe = |initial, period| {
-        super::data::exec_probe(
+        exec_probe(
             "redis-cli -h 127.0.0.1 ping | grep -q PONG",
             initial,
             period,
@@ -404,20 +404,12 @@ pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
         return out;
     };
     out.deployments.push(queue_deployment(t));
-    out.services.push(super::monitoring::cluster_service(
-        t,
-        TRANSCODE_QUEUE,
-        "redis",
-        QUEUE_PORT,
-    ));
+    out.services
+        .push(cluster_service(t, TRANSCODE_QUEUE, "redis", QUEUE_PORT));
     out.network_policies.push(queue_policy(t));
-    out.services.push(super::monitoring::cluster_service(
-        t,
-        TRANSCODE,
-        "http",
-        SERVICE_PORT,
-    ));
-    out.disruption_budgets.push(super::web::pdb(t, TRANSCODE));
+    out.services
+        .push(cluster_service(t, TRANSCODE, "http", SERVICE_PORT));
+    out.disruption_budgets.push(pdb(t, TRANSCODE));
     out.deployments.push(service_deployment(t, v));
     out.deployments.push(worker_deployment(t, v));
     out

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        apps::v1::{Deployment, DeploymentSpec},
         autoscaling::v2::{
             CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
             MetricSpec, MetricTarget, ResourceMetricSource,
@@ -12,7 +12,6 @@ use k8s_openapi::{
         core::v1::{
             ContainerPort, PodSpec, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction,
         },
-        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -22,17 +21,6 @@ use super::{
     names::{API, API_IDENTITY, API_PORT, DB_WORKER, UI, UI_PORT},
 };
 use crate::validate::ValidatedTator;
-
-/// Rolling update that never takes a serving pod away before its replacement is ready.
-pub fn zero_downtime() -> DeploymentStrategy {
-    DeploymentStrategy {
-        type_: Some("RollingUpdate".into()),
-        rolling_update: Some(RollingUpdateDeployment {
-            max_surge: Some(IntOrString::Int(1)),
-            max_unavailable: Some(IntOrString::Int(0)),
-        }),
-    }
-}
 
 fn tcp_probe(port: i32, initial: i32, period: i32, failures: i32) -> Probe {
     Probe {
@@ -273,19 +261,6 @@ pub fn api_hpa(t: &ValidatedTator) -> Option<HorizontalPodAutoscaler> {
         }),
         status: None,
     })
-}
-
-/// A PodDisruptionBudget allowing one voluntary disruption at a time.
-pub fn pdb(t: &ValidatedTator, component: &str) -> PodDisruptionBudget {
-    PodDisruptionBudget {
-        metadata: child_meta(t, t.child_name(component), component, None),
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(label_selector(t, component)),
-            ..Default::default()
-        }),
-        status: None,
-    }
 }
 
 #[cfg(test)]

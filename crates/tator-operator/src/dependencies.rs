@@ -227,8 +227,8 @@ pub fn referenced_secrets(t: &ValidatedTator) -> Vec<String> {
         names.extend(es.credentials_secret.as_ref().map(|c| c.name.clone()));
     }
     // Credentials of external system buckets end up in the buckets Secret the pods read.
-    for (_, p) in crate::builders::objects::system_buckets(t) {
-        if let crate::builders::objects::Placement::External(e) = p {
+    for (_, p) in crate::builders::buckets::system_buckets(t) {
+        if let crate::builders::buckets::Placement::External(e) = p {
             names.push(e.credentials_secret);
         }
     }

@@ -1,5 +1,7 @@
-//! Pieces every builder shares: names, labels, owner references, pod security and the
-//! `podOverrides` merge.
+//! Generic pieces every builder shares, importing no other builder: labels, metadata and owner
+//! references, pod security and pod templates, the `podOverrides` merge, environment variables,
+//! probes, Services, PodDisruptionBudgets, pod-reader RBAC, generated Secrets and the route types
+//! NGINX proxies.
 
 use std::collections::BTreeMap;
 
@@ -11,10 +13,10 @@ use k8s_openapi::{
         },
         core::v1::{
             Capabilities, Container, EnvVar, EnvVarSource, ExecAction, LocalObjectReference,
-            ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-            SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
-            TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+            PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
+            ServiceAccount, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume,
+            VolumeMount, VolumeResourceRequirements,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
@@ -37,47 +39,6 @@ pub const CONFIG_HASH_ANNOTATION: &str = "tator.io/config-hash";
 /// Annotation on pod templates carrying a hash of the Secrets they read.
 pub const SECRETS_HASH_ANNOTATION: &str = "tator.io/secrets-hash";
 
-/// Annotation on pod templates carrying a hash of the system-bucket settings they read from the
-/// operator's buckets Secret.
-pub const BUCKETS_HASH_ANNOTATION: &str = "tator.io/buckets-hash";
-
-/// The secrets-hash annotation (when the fetch stage computed one) and the buckets hash.
-pub fn secrets_annotation(t: &ValidatedTator) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = t
-        .secrets_hash
-        .iter()
-        .map(|h| (SECRETS_HASH_ANNOTATION.to_string(), h.clone()))
-        .collect();
-    out.insert(
-        BUCKETS_HASH_ANNOTATION.to_string(),
-        super::objects::settings_hash(t),
-    );
-    out
-}
-
-/// Tator's WORKFLOW_STORAGE_CLASSES: `workflows.storageClasses`, else the transcode scratch
-/// class, else the cluster's default StorageClass (when the fetch stage could read it).
-pub fn workflow_storage_classes(t: &ValidatedTator) -> String {
-    let w = &t.spec.workflows;
-    if !w.storage_classes.is_empty() {
-        return w.storage_classes.join(",");
-    }
-    w.transcode
-        .scratch_storage_class
-        .clone()
-        .or_else(|| t.cluster.default_storage_class.clone())
-        .unwrap_or_default()
-}
-
-/// The workflow settings Tator reads. (Tator 1.5.0 reads no REMOTE_TRANSCODE_* setting: its
-/// uploads go to the transcode service, so a transcode job cluster only hosts the templates.)
-fn workflow_env(t: &ValidatedTator) -> Vec<EnvVar> {
-    // Tator splits WORKFLOW_STORAGE_CLASSES whenever an algorithm claims a volume: always set.
-    vec![env("WORKFLOW_STORAGE_CLASSES", workflow_storage_classes(t))]
-}
-
-/// Key of the Django secret key in its Secret.
-pub const DJANGO_SECRET_KEY: &str = "secretKey";
 /// User and group Tator containers run as (PodSecurity `restricted` needs a non-root user).
 pub const TATOR_UID: i64 = 1000;
 
@@ -261,14 +222,6 @@ pub fn shared_mounts(subpaths: &[(&str, &str)], read_only: bool) -> Vec<VolumeMo
         .collect()
 }
 
-/// The shared folders every Tator (Django) container mounts.
-pub const TATOR_SHARED: &[(&str, &str)] = &[
-    ("static", "/static"),
-    ("media", "/media"),
-    ("backup", "/backup"),
-    ("migrations", "/tator_online/main/migrations"),
-];
-
 /// A plain environment variable.
 pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -288,74 +241,6 @@ pub fn env_secret(name: &str, sel: &SecretKeySelector) -> EnvVar {
         }),
         ..Default::default()
     }
-}
-
-/// The environment Tator's Django processes (API, workers, migrations) expect. Secret values
-/// are always `secretKeyRef`s.
-pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
-    let spec = &t.spec;
-    let mut env_vars = vec![
-        EnvVar {
-            name: "DJANGO_SECRET_KEY".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: t.child_name("django"),
-                    key: DJANGO_SECRET_KEY.into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        env("MAIN_HOST", spec.domain.clone()),
-        env("ALIAS_HOSTS", alias_hosts(t)),
-        env(
-            "REQUIRE_HTTPS",
-            if spec.tls.is_some() { "TRUE" } else { "FALSE" },
-        ),
-        env("GIT_VERSION", version),
-        EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    ];
-    env_vars.extend(super::data::data_env(
-        &super::data::endpoints(t),
-        t.needs.elasticsearch,
-    ));
-    env_vars.extend(super::objects::bucket_env(t));
-    env_vars.extend(workflow_env(t));
-    env_vars.extend(super::transcodes::api_env(t));
-    env_vars
-}
-
-/// Tator's ALIAS_HOSTS (more names Django accepts as its host): the spec's aliases and, with
-/// transcodes, the API Service's name, which the workers call back at (`GUNICORN_HOST`).
-pub fn alias_hosts(t: &ValidatedTator) -> String {
-    let mut hosts = t.spec.aliases.clone();
-    if super::features::transcodes_enabled(t) {
-        hosts.push(t.child_name(super::names::API));
-    }
-    hosts.join(",")
-}
-
-/// Volumes and mounts every Tator (Django) pod needs: the shared folders and, with a managed
-/// PostgreSQL that has a CA, its certificate.
-pub fn tator_volumes(t: &ValidatedTator) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let mut volumes = vec![shared_volume(t)];
-    let mut mounts = shared_mounts(TATOR_SHARED, false);
-    if let Some((v, m)) = super::data::pg_ca_volume(&super::data::endpoints(t)) {
-        volumes.push(v);
-        mounts.push(m);
-    }
-    (volumes, mounts)
 }
 
 /// Pod-level placement settings from the component's spec.
@@ -662,6 +547,15 @@ pub struct ProxyRoute {
     /// Request headers NGINX sets (replacing any the client sent), for example Grafana's
     /// auth-proxy user after the staff check.
     pub headers: Vec<(String, String)>,
+}
+
+/// A required key of a Secret.
+pub fn key_ref(name: &str, key: &str) -> SecretKeySelector {
+    SecretKeySelector {
+        name: name.into(),
+        key: key.into(),
+        optional: Some(false),
+    }
 }
 
 #[cfg(test)]

@@ -26,8 +26,8 @@ use serde_json::json;
 use super::{
     children::Children,
     common::*,
-    data::{self, Endpoints},
     features::{filebeat_wanted, kibana_wanted},
+    tator_env::{self, Endpoints},
 };
 use crate::validate::ValidatedTator;
 
@@ -220,7 +220,7 @@ fn es_env(e: &Endpoints) -> Vec<EnvVar> {
 
 /// The ConfigMap with filebeat.yml and the lifecycle policy.
 pub fn filebeat_config_map(t: &ValidatedTator) -> ConfigMap {
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     ConfigMap {
         metadata: child_meta(t, t.child_name("filebeat-config"), FILEBEAT, None),
         data: Some(BTreeMap::from([
@@ -250,7 +250,7 @@ fn host_path(name: &str, path: &str, type_: &str) -> Volume {
 /// are the log folders (read-only) and its own registry folder.
 pub fn filebeat_daemon_set(t: &ValidatedTator, conf: &ConfigMap) -> DaemonSet {
     let s = &t.spec.logging.filebeat;
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     let mut c = container(
         FILEBEAT,
         s.pod.image.clone().unwrap_or_else(|| FILEBEAT_IMAGE.into()),
@@ -406,7 +406,7 @@ fn es_secrets_annotation(t: &ValidatedTator) -> BTreeMap<String, String> {
 /// The Kibana Deployment, serving under `/logs`.
 pub fn kibana_deployment(t: &ValidatedTator) -> Deployment {
     let s = &t.spec.logging.kibana;
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     let mut c = container(
         KIBANA,
         s.pod.image.clone().unwrap_or_else(|| KIBANA_IMAGE.into()),
@@ -510,7 +510,7 @@ pub fn data_view() -> serde_json::Value {
 
 /// The Job creating Kibana's `filebeat-*` data view. Its name carries a hash of its spec.
 pub fn kibana_setup_job(t: &ValidatedTator) -> Job {
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     let mut c = container(
         KIBANA_SETUP,
         CURL_IMAGE.into(),

@@ -1,5 +1,6 @@
 //! Build: every desired child from pure functions of the validated spec and the rollout.
 
+pub mod buckets;
 pub mod children;
 pub mod common;
 pub mod data;
@@ -14,6 +15,7 @@ pub mod objects;
 pub mod queue_workers;
 pub mod remote;
 pub mod storage;
+pub mod tator_env;
 pub mod tls;
 pub mod transcodes;
 pub mod web;

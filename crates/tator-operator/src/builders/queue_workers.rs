@@ -11,10 +11,9 @@ use tator_api::QueueAutoscaling;
 
 use super::{
     common::child_meta,
-    data,
     features::{transcodes_enabled, uses_keda},
-    names::{DB_WORKER, IMAGE_WORKER, QUEUE_NAME, QUEUE_PORT, TRANSCODE_WORKER},
-    transcodes,
+    names::{DB_WORKER, IMAGE_WORKER, QUEUE_NAME, QUEUE_PORT, TRANSCODE_QUEUE, TRANSCODE_WORKER},
+    tator_env,
 };
 use crate::validate::ValidatedTator;
 
@@ -65,7 +64,7 @@ pub fn all(t: &ValidatedTator) -> Vec<QueueWorkers<'_>> {
             queue: QUEUE_NAME,
             autoscaling: a,
             redis: QueueRedis {
-                host: in_cluster_host(t, &transcodes::queue_host(t)),
+                host: in_cluster_host(t, &queue_host(t)),
                 port: u16::try_from(QUEUE_PORT).unwrap_or(6379),
                 tls: false,
                 password: None,
@@ -105,7 +104,7 @@ pub fn scaled_object_resource() -> ApiResource {
 
 /// Tator's Redis, where the db and image queues are.
 fn main_redis(t: &ValidatedTator) -> QueueRedis {
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     let host = if t.spec.redis.external.is_some() {
         e.redis_host.clone()
     } else {
@@ -191,6 +190,11 @@ pub fn scaled_objects(t: &ValidatedTator) -> Vec<DynamicObject> {
             obj
         })
         .collect()
+}
+
+/// Host of the queue's Redis, as the service and workers reach it.
+pub fn queue_host(t: &ValidatedTator) -> String {
+    t.child_name(TRANSCODE_QUEUE)
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use super::{
     common::*,
     features::transcodes_enabled,
     names::{QUEUE_NAME, QUEUE_PORT, SERVICE_PORT, TRANSCODE, TRANSCODE_QUEUE, TRANSCODE_WORKER},
+    queue_workers::queue_host,
 };
 use crate::validate::ValidatedTator;
 
@@ -54,40 +55,6 @@ pub fn uses_keda(t: &ValidatedTator) -> bool {
         .autoscaling
         .as_ref()
         .is_some_and(|a| transcodes_enabled(t) && super::features::uses_keda(t, a))
-}
-
-/// Tator's `TRANSCODE_HOST`: the service's URL.
-pub fn service_url(t: &ValidatedTator) -> String {
-    format!("http://{}:{SERVICE_PORT}", t.child_name(TRANSCODE))
-}
-
-/// Host of the queue's Redis, as the service and workers reach it.
-pub fn queue_host(t: &ValidatedTator) -> String {
-    t.child_name(TRANSCODE_QUEUE)
-}
-
-/// Tator's `GUNICORN_HOST`: where workers call back into the REST API (its Service; the name
-/// is in `ALIAS_HOSTS`, so Django accepts it as a host).
-pub fn callback_url(t: &ValidatedTator) -> String {
-    format!(
-        "http://{}:{}",
-        t.child_name(super::names::API),
-        super::names::API_PORT
-    )
-}
-
-/// The REST API's environment for transcodes (`api/main/rest/transcode.py`): where to post jobs,
-/// and the callback host, which Tator takes from `GUNICORN_HOST` only with `COMPOSE_DEPLOY=true`
-/// (otherwise `http://gunicorn-svc:8000`).
-pub fn api_env(t: &ValidatedTator) -> Vec<k8s_openapi::api::core::v1::EnvVar> {
-    if !transcodes_enabled(t) {
-        return Vec::new();
-    }
-    vec![
-        env("TRANSCODE_HOST", service_url(t)),
-        env("GUNICORN_HOST", callback_url(t)),
-        env("COMPOSE_DEPLOY", "true"),
-    ]
 }
 
 fn labels_in(t: &ValidatedTator, components: &[&str]) -> LabelSelector {
@@ -418,7 +385,10 @@ pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{builders::queue_workers, test_fixtures::minimal, validate::validate};
+    use crate::{
+        builders::queue_workers, builders::tator_env::api_env, test_fixtures::minimal,
+        validate::validate,
+    };
 
     fn tator() -> ValidatedTator {
         validate(&minimal("1.5.0")).unwrap()

@@ -19,6 +19,7 @@ use k8s_openapi::{
 use super::{
     common::*,
     names::{API, API_IDENTITY, API_PORT, DB_WORKER, UI, UI_PORT},
+    tator_env::{secrets_annotation, tator_env, tator_volumes},
 };
 use crate::validate::ValidatedTator;
 
@@ -410,12 +411,12 @@ mod tests {
         );
         t.spec.workflows.transcode.scratch_storage_class = None;
         assert_eq!(
-            super::super::common::workflow_storage_classes(&t),
+            super::super::tator_env::workflow_storage_classes(&t),
             "standard"
         );
         t.spec.workflows.storage_classes = vec!["fast".into(), "slow".into()];
         assert_eq!(
-            super::super::common::workflow_storage_classes(&t),
+            super::super::tator_env::workflow_storage_classes(&t),
             "fast,slow"
         );
     }

@@ -1,4 +1,11 @@
-//! Build: every desired child from pure functions of the validated spec and the rollout.
+//! Builders: every desired child from pure functions of the validated spec and the rollout.
+//!
+//! Imports form a DAG. Leaves import no component: `names`, `buckets`, `common` (nothing),
+//! `features` (names), `children` (common), `tator_env` (names, buckets, common, features).
+//! Components import leaves and only these components: nginx→logging, monitoring, objects;
+//! web→monitoring, queue_workers, workflows; data→monitoring, objects; maintenance,
+//! migrations→data; transcodes→queue_workers; objects→storage; remote→workflows. This file
+//! assembles them all.
 
 pub mod buckets;
 pub mod children;

@@ -121,7 +121,7 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors, podmonitors]
   verbs: [get, list, create, patch, delete]
-# build/transcodes.rs: with transcodes.workers.autoscaling, KEDA ScaledObjects are read back
+# builders/transcodes.rs: with transcodes.workers.autoscaling, KEDA ScaledObjects are read back
 # (get), applied (create, patch) and pruned (list, delete); controller.rs lists them to see
 # whether KEDA's CRDs exist.
 - apiGroups: [keda.sh]
@@ -159,7 +159,7 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, watch, create, patch, delete]
-# build/transcodes.rs: the NetworkPolicy that admits only the transcode service and workers to
+# builders/transcodes.rs: the NetworkPolicy that admits only the transcode service and workers to
 # their queue's Redis is applied, owned and pruned.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
@@ -179,13 +179,13 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [argoproj.io]
   resources: [workflowtemplates]
   verbs: [get, list, create, patch, delete]
-# build/workflows.rs: the Roles of workflow pods (workflowtaskresults: create, patch) and of
+# builders/workflows.rs: the Roles of workflow pods (workflowtaskresults: create, patch) and of
 # Tator's REST API (workflows: create, get, list, delete) grant these; RBAC lets the operator
 # grant only what it holds. The operator itself never creates or reads workflows.
 - apiGroups: [argoproj.io]
   resources: [workflows]
   verbs: [create, get, list, delete]
-# build/workflows.rs: the workflow pods' Role grants this (Argo's executor records step results).
+# builders/workflows.rs: the workflow pods' Role grants this (Argo's executor records step results).
 - apiGroups: [argoproj.io]
   resources: [workflowtaskresults]
   verbs: [create, patch]

@@ -1097,10 +1097,10 @@ async fn queue_scaling(cluster: &Cluster) -> anyhow::Result<(String, f64, Durati
     let scalers = tator_operator::scaler::Scalers::new(client.clone());
     scalers.sync(
         "bench",
-        vec![tator_operator::scaler::Target {
+        vec![tator_operator::builders::queue_workers::Target {
             namespace: ns.into(),
             deployment: "workers".into(),
-            redis: tator_operator::scaler::QueueRedis {
+            redis: tator_operator::builders::queue_workers::QueueRedis {
                 host: "127.0.0.1".into(),
                 port: redis.port,
                 tls: false,

@@ -23,9 +23,10 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::info;
 
 use crate::{
-    build::{
-        Children, common::instance_selector, data, monitoring, queue_workers, storage, tls,
-        workflows,
+    builders::{
+        children::Children,
+        common::{data_meta, instance_selector},
+        data, monitoring, queue_workers, storage, tls, workflows,
     },
     cache::{self, Cached, Caches, Seen},
     error::Error,
@@ -645,7 +646,7 @@ pub async fn ensure_generated_secrets(client: &Client, t: &ValidatedTator) -> Re
     use rand::{Rng, distr::Alphanumeric};
     let api: Api<Secret> = Api::namespaced(client.clone(), &t.namespace);
     for g in data::generated_secrets(t) {
-        let meta = data::data_meta(t, g.name.clone(), g.component);
+        let meta = data_meta(t, g.name.clone(), g.component);
         let existing = api
             .get_metadata_opt(&g.name)
             .await

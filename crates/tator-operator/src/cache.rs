@@ -39,10 +39,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tator_api::labels::INSTANCE;
 
-use crate::build::common::short_hash;
-
-/// Annotation on every applied child: a hash of what the operator sent.
-pub const APPLIED_HASH_ANNOTATION: &str = "tator.io/applied-hash";
+use crate::builders::children::APPLIED_HASH_ANNOTATION;
 
 /// Readers of the child caches.
 #[derive(Clone)]
@@ -381,13 +378,6 @@ fn metadata_unchanged(desired: &ObjectMeta, live: &ObjectMeta) -> bool {
         (Ok(d), Ok(l)) => contained(&d, &l),
         _ => false,
     }
-}
-
-/// Hash of an object as the operator sends it.
-pub fn applied_hash<K: Serialize>(obj: &K) -> String {
-    serde_json::to_vec(obj)
-        .map(|b| short_hash(&b, 16))
-        .unwrap_or_default()
 }
 
 /// Whether every field of `desired` has the same value in `live` (fields the API server or other

@@ -9,7 +9,7 @@
 //! Adding a release is one line in [`RELEASES`]. A release the catalog does not know runs only
 //! with `spec.image.tag`, and then with the needs of [`ASSUMED`].
 
-/// Maintenance jobs (keys of `build::maintenance::JOBS`) of releases whose `compose/gunicorn.cron`
+/// Maintenance jobs (keys of `builders::maintenance::JOBS`) of releases whose `compose/gunicorn.cron`
 /// and `compose/postgis.cron` are those of 1.5.0. `move-backups` runs only with a backup bucket.
 /// For 1.5.0 that is every job the API accepts; a later release with other crontabs lists its own.
 pub const CRONS_1_5: &[&str] = tator_api::MAINTENANCE_JOB_NAMES;

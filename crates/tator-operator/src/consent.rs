@@ -134,7 +134,7 @@ pub fn allows(meta: &ObjectMeta, t: &ValidatedTator) -> bool {
             .annotations
             .as_ref()
             .and_then(|a| a.get(CERT_MANAGER_CERTIFICATE))
-            .is_some_and(|c| *c == t.child_name(crate::build::tls::TLS));
+            .is_some_and(|c| *c == t.child_name(crate::builders::names::TLS));
     consents(meta, &t.name, &t.owner.uid) || certificate
 }
 

@@ -5,7 +5,10 @@ use kube::{Client, ResourceExt};
 
 use crate::{
     apply::Applied,
-    build::data::{DATABASE, ELASTICSEARCH, EXTENSIONS, PGBOUNCER, POSTGRES, REDIS},
+    builders::{
+        data::EXTENSIONS,
+        names::{DATABASE, ELASTICSEARCH, PGBOUNCER, POSTGRES, REDIS},
+    },
     checks::{self, CheckError, Password},
     validate::ValidatedTator,
 };
@@ -190,7 +193,7 @@ pub async fn observe(client: &Client, t: &ValidatedTator, applied: &Applied) -> 
     };
     // Elasticsearch is checked only while something uses it.
     let search = async {
-        if !crate::build::data::elasticsearch_used(t) {
+        if !crate::builders::data::elasticsearch_used(t) {
             return None;
         }
         Some(match &spec.elasticsearch.external {
@@ -219,13 +222,13 @@ pub fn referenced_secrets(t: &ValidatedTator) -> Vec<String> {
         names.extend(r.password_secret.as_ref().map(|s| s.name.clone()));
     }
     if let Some(es) = &spec.elasticsearch.external
-        && crate::build::data::elasticsearch_used(t)
+        && crate::builders::data::elasticsearch_used(t)
     {
         names.extend(es.credentials_secret.as_ref().map(|c| c.name.clone()));
     }
     // Credentials of external system buckets end up in the buckets Secret the pods read.
-    for (_, p) in crate::build::objects::system_buckets(t) {
-        if let crate::build::objects::Placement::External(e) = p {
+    for (_, p) in crate::builders::buckets::system_buckets(t) {
+        if let crate::builders::buckets::Placement::External(e) = p {
             names.push(e.credentials_secret);
         }
     }
@@ -245,7 +248,7 @@ pub fn secrets_hash(t: &ValidatedTator, facts: &crate::consent::SecretFacts) -> 
         .iter()
         .map(|name| format!("{name}={}", facts.resource_version(name)))
         .collect();
-    Some(crate::build::common::short_hash(
+    Some(crate::builders::common::short_hash(
         versions.join(",").as_bytes(),
         16,
     ))
@@ -258,7 +261,7 @@ pub fn secrets_hash(t: &ValidatedTator, facts: &crate::consent::SecretFacts) -> 
 /// old server keeps its data and keeps serving the pods that still use it until the new one
 /// answers; a switch with a missing Secret or an unreachable host deletes nothing.
 pub fn spared_components(t: &ValidatedTator, deps: &Dependencies) -> Vec<&'static str> {
-    use crate::build::data::{ELASTICSEARCH, PGBOUNCER, POSTGRES, REDIS};
+    use crate::builders::names::{ELASTICSEARCH, PGBOUNCER, POSTGRES, REDIS};
     let s = &t.spec;
     let mut out = Vec::new();
     if s.postgres.external.is_some() && !deps.database.ok {
@@ -277,6 +280,6 @@ pub fn has_managed_services(t: &ValidatedTator) -> bool {
     let s = &t.spec;
     s.postgres.external.is_some()
         || s.redis.external.is_some()
-        || (s.elasticsearch.external.is_some() && crate::build::data::elasticsearch_used(t))
+        || (s.elasticsearch.external.is_some() && crate::builders::data::elasticsearch_used(t))
         || crate::objstore::has_external_buckets(t)
 }

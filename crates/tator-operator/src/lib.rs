@@ -1,14 +1,14 @@
 //! The Tator operator: runs a whole Tator deployment from one `TatorDeployment` resource.
 //!
 //! The reconcile pipeline has one module per stage: [`validate`] (spec checks and defaults),
-//! [`build`] (pure builders of every child), [`apply`] (server-side apply and pruning) and
+//! [`builders`] (pure builders of every child), [`apply`] (server-side apply and pruning) and
 //! [`status`] (conditions computed from what was applied); [`controller`] wires them to watches
 //! and runs them in order, and [`controller::decide`] holds its pure decisions (requeue, Events,
 //! deletion).
 
 pub mod apply;
 pub mod bounded;
-pub mod build;
+pub mod builders;
 pub mod cache;
 pub mod catalog;
 pub mod checks;

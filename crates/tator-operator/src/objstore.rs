@@ -14,7 +14,10 @@ use tator_api::StoreType;
 
 use crate::{
     apply::{Applied, FIELD_MANAGER},
-    build::objects::{self, ConfigProblem, Placement, StorageSecrets},
+    builders::{
+        buckets::{self, Placement},
+        objects::{self, ConfigProblem, StorageSecrets},
+    },
     checks::{self, CheckError, Password},
     error::Error,
     finding::Finding,
@@ -33,7 +36,7 @@ fn secret_data(secret: Secret) -> BTreeMap<String, String> {
 /// Names of the credentials Secrets object storage reads: external system buckets and
 /// spec.buckets.
 pub fn credentials_secrets(t: &ValidatedTator) -> Vec<String> {
-    let mut names: Vec<String> = objects::system_buckets(t)
+    let mut names: Vec<String> = buckets::system_buckets(t)
         .into_iter()
         .filter_map(|(_, p)| match p {
             Placement::External(e) => Some(e.credentials_secret),
@@ -59,7 +62,7 @@ pub async fn read_secrets(client: &Client, t: &ValidatedTator) -> Result<Storage
         }
     };
     let mut out = StorageSecrets::default();
-    if objects::store_runs(t) {
+    if buckets::store_runs(t) {
         out.store = get(objects::store_keys_secret_name(t))
             .await?
             .map(secret_data)
@@ -195,7 +198,7 @@ pub async fn observe(
         return Finding::not_ready(p.reason, p.message.clone());
     }
     let mut ok_msgs = Vec::new();
-    if objects::store_runs(t) {
+    if buckets::store_runs(t) {
         let name = t.child_name(objects::SEAWEEDFS);
         let ready = applied
             .stateful_sets
@@ -234,11 +237,11 @@ pub async fn observe(
         }
         ok_msgs.push(format!(
             "in-cluster buckets {}",
-            objects::in_cluster_buckets(t).join(", ")
+            buckets::in_cluster_buckets(t).join(", ")
         ));
     }
     let mut wanted = Vec::new();
-    for (role, placement) in objects::system_buckets(t) {
+    for (role, placement) in buckets::system_buckets(t) {
         if let Placement::External(e) = placement {
             wanted.push(Check {
                 label: format!("{} bucket {}", role.as_str(), e.bucket_name),
@@ -273,7 +276,7 @@ pub async fn observe(
 /// Whether object storage has buckets the operator checks over the network.
 pub fn has_external_buckets(t: &ValidatedTator) -> bool {
     !t.spec.buckets.is_empty()
-        || objects::system_buckets(t)
+        || buckets::system_buckets(t)
             .iter()
             .any(|(_, p)| matches!(p, Placement::External(_)))
 }

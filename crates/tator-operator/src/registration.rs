@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tator_api::{RegisteredBucket, TatorBucket};
 
 use crate::{
-    build::{common::short_hash, objects},
+    builders::{common::short_hash, objects},
     tator_rest::{CallError, Kind, TatorRest, find_by_name},
     validate::ValidatedTator,
 };

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tator_api::TatorDeployment;
 
 use crate::{
-    build::{self, migrations},
+    builders::{self, migrations},
     error::Error,
     validate::{self, VersionPlan},
 };
@@ -69,7 +69,7 @@ fn validated(td: &TatorDeployment) -> Result<validate::ValidatedTator, Error> {
     validate::validate(&td)
 }
 
-fn values(c: &build::Children) -> Result<Vec<serde_json::Value>, Error> {
+fn values(c: &builders::children::Children) -> Result<Vec<serde_json::Value>, Error> {
     c.to_values().map_err(|source| Error::Serialize {
         what: "a child".into(),
         source,
@@ -77,19 +77,19 @@ fn values(c: &build::Children) -> Result<Vec<serde_json::Value>, Error> {
 }
 
 /// The web tier of a migrated installation.
-fn web_tier(t: &validate::ValidatedTator) -> build::Children {
+fn web_tier(t: &validate::ValidatedTator) -> builders::children::Children {
     let rollout = migrations::decide(
         VersionPlan::Steady(t.target_version.clone()),
         None,
         migrations::JobState::Missing,
         true,
     );
-    build::build(t, &rollout)
+    builders::build(t, &rollout)
 }
 
 pub fn render_values(td: &TatorDeployment) -> Result<Vec<serde_json::Value>, Error> {
     let t = validated(td)?;
-    let mut desired = build::build_data(&t);
+    let mut desired = builders::build_data(&t);
     desired.extend(web_tier(&t));
     values(&desired)
 }
@@ -110,8 +110,8 @@ pub fn render_tiers(td: &TatorDeployment) -> Result<[Vec<serde_json::Value>; 3],
         true,
     );
     Ok([
-        values(&build::build_data(&t))?,
-        values(&build::build(&t, &migrating))?,
+        values(&builders::build_data(&t))?,
+        values(&builders::build(&t, &migrating))?,
         values(&web_tier(&t))?,
     ])
 }

@@ -22,7 +22,10 @@ use kube::{
 };
 use tokio::sync::watch;
 
-use crate::checks::{CheckError, Password, RedisConnection, RedisTarget, secret_value};
+use crate::{
+    builders::queue_workers::{QueueRedis, Target},
+    checks::{CheckError, Password, RedisConnection, RedisTarget, secret_value},
+};
 use tracing::{info, warn};
 
 /// Field manager of the scaler's writes of `replicas`.
@@ -31,30 +34,6 @@ pub const FIELD_MANAGER: &str = "tator-operator-scaler";
 pub const INTERVAL: Duration = Duration::from_secs(2);
 /// Time limit of each read of the queue.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Where a queue is: a Redis, and the Secret key of its password if it has one (in the
-/// Deployment's namespace; read by the scaler task, never part of the target itself).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueRedis {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-    /// Secret name and key.
-    pub password: Option<(String, String)>,
-}
-
-/// One worker Deployment to scale, and its queue.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub namespace: String,
-    pub deployment: String,
-    pub redis: QueueRedis,
-    pub queue: String,
-    pub min: i32,
-    pub max: i32,
-    pub jobs_per_worker: i32,
-    pub cooldown: Duration,
-}
 
 /// Workers wanted for `jobs` jobs (waiting and running).
 pub fn wanted(t: &Target, jobs: u64) -> i32 {

@@ -19,13 +19,13 @@ use tator_api::{ComponentStatus, TatorDeploymentStatus, labels};
 
 use crate::{
     apply::Applied,
-    build::{
+    builders::{
+        features,
         logging::{self, FILEBEAT, KIBANA, KIBANA_SETUP},
         migrations::{self, JobState, Rollout},
         monitoring::{self, GRAFANA, PROMETHEUS, STATSD_EXPORTER},
-        nginx::NGINX,
+        names::{API, DB_WORKER, IMAGE_WORKER, NGINX, TLS, UI},
         tls,
-        web::{API, DB_WORKER, IMAGE_WORKER, UI},
     },
     dependencies::Dependencies,
     validate::{ValidatedTator, VersionPlan},
@@ -143,13 +143,13 @@ fn daemon_set_state(ds: &DaemonSet) -> (bool, String) {
 fn logging_cond(t: &ValidatedTator, applied: &Applied) -> Cond {
     let by_component = |c: &str| deployments_of(applied, c);
     const TYPE: &str = "LoggingReady";
-    if logging::filebeat_wanted(t)
+    if features::filebeat_wanted(t)
         && let Err(why) = logging::filebeat_allowed(t)
     {
         return Cond::new(TYPE, false, "FilebeatForbidden", why);
     }
     let mut msgs = Vec::new();
-    if logging::filebeat_wanted(t) {
+    if features::filebeat_wanted(t) {
         match applied
             .daemon_sets
             .iter()
@@ -165,7 +165,7 @@ fn logging_cond(t: &ValidatedTator, applied: &Applied) -> Cond {
             None => return Cond::new(TYPE, false, "NotApplied", "Filebeat not created yet"),
         }
     }
-    if logging::kibana_wanted(t) {
+    if features::kibana_wanted(t) {
         let kibana = deployment_cond(TYPE, &by_component(KIBANA), false);
         if !kibana.ok {
             return kibana;
@@ -267,7 +267,7 @@ pub fn compute(
     // Autoscaled workers come and go with their queue: their count is the scaler's, not a
     // rollout, so it does not make the installation less ready.
     let fixed = |c: &str| -> Vec<&Deployment> {
-        if crate::build::queue_workers::autoscaled(t, c) {
+        if crate::builders::queue_workers::autoscaled(t, c) {
             Vec::new()
         } else {
             by_component(c)
@@ -289,8 +289,8 @@ pub fn compute(
         workers,
         deployment_cond("Ui", &by_component(UI), waiting),
     ];
-    if crate::build::transcodes::enabled(t) {
-        use crate::build::transcodes::{TRANSCODE, TRANSCODE_QUEUE, TRANSCODE_WORKER};
+    if features::transcodes_enabled(t) {
+        use crate::builders::names::{TRANSCODE, TRANSCODE_QUEUE, TRANSCODE_WORKER};
         conds.push(deployment_cond(
             "Transcodes",
             &[
@@ -323,7 +323,7 @@ pub fn compute(
             "Nginx",
             false,
             "CertificateNotReady",
-            format!("Certificate {}: {why}", t.child_name(tls::TLS)),
+            format!("Certificate {}: {why}", t.child_name(TLS)),
         );
     } else if let Some(secret) = &obs.tls_secret_missing {
         nginx = Cond::new(
@@ -368,10 +368,10 @@ pub fn compute(
         },
     };
     conds.push(storage);
-    if logging::enabled(t) {
+    if features::logging_enabled(t) {
         conds.push(logging_cond(t, applied));
     }
-    if monitoring::enabled(t) {
+    if features::monitoring_enabled(t) {
         conds.push(monitoring_cond(t, applied));
     }
     for (type_, d) in [
@@ -544,7 +544,7 @@ pub fn compute(
 
 /// `WorkflowsReady`: whether workflows can run in this cluster (it does not gate `Ready`).
 pub fn workflows_ready(t: &ValidatedTator, rollout: &Rollout, applied: &Applied) -> Cond {
-    use crate::build::workflows::{self, LocalWorkflows};
+    use crate::builders::workflows::{self, LocalWorkflows};
     const T: &str = "WorkflowsReady";
     let local = LocalWorkflows::of(t);
     if !local.any() {
@@ -853,7 +853,7 @@ pub fn differs(a: Option<&TatorDeploymentStatus>, b: &TatorDeploymentStatus) -> 
 mod tests {
     use super::*;
     use crate::{
-        build::{build, migrations::decide},
+        builders::{build, migrations::decide},
         test_fixtures::minimal,
         validate::validate,
     };
@@ -947,7 +947,7 @@ mod tests {
     #[test]
     fn elasticsearch_neither_gates_migrations_nor_shows_for_1_5() {
         let t = validate(&minimal("1.5.0")).unwrap();
-        assert!(!crate::build::data::elasticsearch_used(&t));
+        assert!(!crate::builders::data::elasticsearch_used(&t));
         let r = decide(
             crate::validate::VersionPlan::Steady(t.target_version.clone()),
             None,

@@ -41,9 +41,9 @@ pub fn api_url(t: &ValidatedTator) -> String {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => format!(
             "http://{}.{}.svc:{}",
-            t.child_name(crate::build::web::API),
+            t.child_name(crate::builders::names::API),
             t.namespace,
-            crate::build::web::API_PORT
+            crate::builders::names::API_PORT
         ),
     }
 }

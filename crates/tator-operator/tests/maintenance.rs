@@ -16,7 +16,7 @@ use kube::{
 };
 use serde_json::json;
 use tator_api::TatorDeployment;
-use tator_operator::build::maintenance::{JOB_LABEL, JOBS};
+use tator_operator::builders::maintenance::{JOB_LABEL, JOBS};
 use tator_testbed::support::{namespace, wait_for};
 
 /// `(schedule, suspend)` of every maintenance CronJob, by job name.

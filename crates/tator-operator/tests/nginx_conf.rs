@@ -10,7 +10,10 @@
 use std::process::Command;
 
 use tator_operator::{
-    build::nginx::{Guard, NginxConfig, ProxyRoute, render_conf},
+    builders::{
+        common::{Guard, ProxyRoute},
+        nginx::{NginxConfig, render_conf},
+    },
     validate::validate,
 };
 

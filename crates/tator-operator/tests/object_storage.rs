@@ -33,7 +33,7 @@ use kube::{
 use serde_json::{Value, json};
 use tator_api::TatorDeployment;
 use tator_operator::{
-    build::objects::BUCKET_SCRIPT,
+    builders::objects::BUCKET_SCRIPT,
     checks::{Password, S3Target, check_s3},
 };
 use tator_testbed::{

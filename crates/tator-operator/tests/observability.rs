@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tator_api::TatorDeployment;
 use tator_operator::{
-    build::{common::instance_selector, logging, monitoring},
+    builders::{common::instance_selector, logging, monitoring},
     controller::{self, Context, Settings},
     validate::{ValidatedTator, validate},
 };

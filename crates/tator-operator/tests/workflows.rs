@@ -40,7 +40,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 use tator_api::TatorDeployment;
-use tator_operator::build::workflows::OWNER_UID_LABEL;
+use tator_operator::builders::names::OWNER_UID_LABEL;
 use tator_testbed::support::{
     JsonRequest, TestCluster, install_crd_objects, install_crds, namespace, read_crds, serve_json,
     shared_dir, wait_for,
@@ -379,10 +379,10 @@ async fn workflow_templates_and_a_job_cluster_journey() {
     let wts: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &wt_resource());
     let rendered = {
         let t = tator_operator::validate::validate(&tds.get("tator").await.unwrap()).unwrap();
-        tator_operator::build::workflows::templates(
+        tator_operator::builders::workflows::templates(
             &t,
             "1.5.0",
-            &tator_operator::build::workflows::Target::local(&t),
+            &tator_operator::builders::workflows::Target::local(&t),
         )
         .unwrap()
     };
@@ -577,10 +577,10 @@ async fn workflow_templates_and_a_job_cluster_journey() {
     let remote_wts: Api<DynamicObject> =
         Api::namespaced_with(job_client.clone(), "tator-jobs", &wt_resource());
     let t = tator_operator::validate::validate(&tds.get("tator").await.unwrap()).unwrap();
-    for want in tator_operator::build::workflows::templates(
+    for want in tator_operator::builders::workflows::templates(
         &t,
         "1.5.0",
-        &tator_operator::build::workflows::Target::remote(&t, "tator-jobs"),
+        &tator_operator::builders::workflows::Target::remote(&t, "tator-jobs"),
     )
     .unwrap()
     {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::PodSettings;
 
 // Maintainer note: the job names below must match the table in the operator's
-// `build/maintenance.rs` (a unit test there checks both directions). They are also the keys
+// `builders/maintenance.rs` (a unit test there checks both directions). They are also the keys
 // users write under `maintenance.jobs`, so never rename one within a version; a job Tator drops
 // moves to RETIRED_MAINTENANCE_JOB_NAMES, still accepted so stored objects stay valid.
 

@@ -19,7 +19,7 @@ use tator_api::{JobKind, TatorDeployment};
 
 use super::Context;
 use crate::{
-    apply, build, checks,
+    apply, builders, checks,
     consent::{self, Named, SecretFacts},
     error::Error,
     validate::{ClusterFacts, ValidatedTator, VersionPlan},
@@ -135,32 +135,32 @@ async fn cluster_facts(ctx: &Context, t: &ValidatedTator) -> Result<ClusterFacts
     let crd =
         |resource: ApiResource| async move { ctx.crds_seen.installed(ctx, ns, &resource).await };
     let pod_security = async {
-        if build::logging::filebeat_wanted(t) {
+        if builders::features::filebeat_wanted(t) {
             apply::pod_security_level(&ctx.client, ns).await
         } else {
             Ok(None)
         }
     };
     let prometheus_operator = async {
-        if build::monitoring::enabled(t) {
+        if builders::features::monitoring_enabled(t) {
             let (services, pods) = futures::try_join!(
-                crd(build::monitoring::service_monitor_resource()),
-                crd(build::monitoring::pod_monitor_resource()),
+                crd(builders::monitoring::service_monitor_resource()),
+                crd(builders::monitoring::pod_monitor_resource()),
             )?;
             Ok(services && pods)
         } else {
             Ok(false)
         }
     };
-    let autoscaled = !build::queue_workers::all(t).is_empty();
+    let autoscaled = !builders::queue_workers::all(t).is_empty();
     let keda = async {
         if autoscaled {
-            crd(build::queue_workers::scaled_object_resource()).await
+            crd(builders::queue_workers::scaled_object_resource()).await
         } else {
             Ok(false)
         }
     };
-    let local_workflows = build::workflows::LocalWorkflows::of(t);
+    let local_workflows = builders::workflows::LocalWorkflows::of(t);
     // Tator's WORKFLOW_STORAGE_CLASSES falls back to the cluster's default class.
     let default_storage_class = async {
         if local_workflows.algorithms
@@ -174,7 +174,7 @@ async fn cluster_facts(ctx: &Context, t: &ValidatedTator) -> Result<ClusterFacts
     };
     let argo = async {
         if local_workflows.any() {
-            crd(build::workflows::workflow_template_resource()).await
+            crd(builders::workflows::workflow_template_resource()).await
         } else {
             Ok(false)
         }
@@ -204,7 +204,7 @@ async fn migration_job(ctx: &Context, t: &ValidatedTator) -> Result<Option<Job>,
     let VersionPlan::Migrate { to, .. } = t.plan() else {
         return Ok(None);
     };
-    let name = build::migrations::job(t, &to.to_string()).name_any();
+    let name = builders::migrations::job(t, &to.to_string()).name_any();
     let watched = ObjectRef::<Job>::new(&name).within(&t.namespace);
     if let Some(job) = ctx.caches.jobs.get(&watched) {
         return Ok(Some((*job).clone()));
@@ -213,7 +213,7 @@ async fn migration_job(ctx: &Context, t: &ValidatedTator) -> Result<Option<Job>,
 }
 
 async fn tls_secret_missing(ctx: &Context, t: &ValidatedTator) -> Result<Option<String>, Error> {
-    match build::tls::secret_name(t) {
+    match builders::features::tls_secret_name(t) {
         Some(secret) if !apply::secret_exists(&ctx.client, &t.namespace, &secret).await? => {
             Ok(Some(secret))
         }

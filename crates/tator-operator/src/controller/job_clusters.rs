@@ -8,7 +8,7 @@ use tator_api::JobCluster;
 use tracing::{info, warn};
 
 use crate::{
-    build::remote,
+    builders::remote,
     finding::Finding,
     remote::{Desired, JobClusters, Placement, REMOVAL_GIVE_UP, Report, conditions, read_copies},
 };

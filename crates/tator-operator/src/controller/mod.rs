@@ -46,7 +46,7 @@ use crate::metrics::Metrics;
 use crate::watched::{Unreadable, Watched};
 use crate::{
     apply::{self, FIELD_MANAGER},
-    build::{
+    builders::{
         self,
         migrations::{self, JobState},
     },
@@ -426,7 +426,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     // spec.paused: build and compare, but write nothing but status.
     let paused = t.spec.paused;
     let mut pending: Vec<String> = Vec::new();
-    let local_workflows = build::workflows::LocalWorkflows::of(&t);
+    let local_workflows = builders::workflows::LocalWorkflows::of(&t);
     let caches = Some(&ctx.caches);
     // data tier first: the web tier waits for it
     if !paused {
@@ -439,11 +439,11 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         objstore::apply_secrets(&ctx.client, &t, &storage_secrets).await?
     };
     let mut applied = if paused {
-        let (held, p) = apply::held_back(&t, build::build_data(&t), caches);
+        let (held, p) = apply::held_back(&t, builders::build_data(&t), caches);
         pending.extend(p);
         held
     } else {
-        apply::apply(&ctx.client, &t, build::build_data(&t), caches).await?
+        apply::apply(&ctx.client, &t, builders::build_data(&t), caches).await?
     };
     let deps = dependencies::observe(&ctx.client, &t, &applied).await;
     // the rollout: which release the web tier runs, and whether the migrations Job is due
@@ -467,7 +467,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
         Some(job_clusters::sync(&ctx.client, &ctx.job_clusters, &t).await?)
     };
     // build and apply the web tier, then prune what neither tier wants
-    let desired = build::build(&t, &rollout);
+    let desired = builders::build(&t, &rollout);
     if paused {
         let (held, p) = apply::held_back(&t, desired, caches);
         pending.extend(p);
@@ -490,7 +490,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     let scale = if paused || t.spec.stopped {
         Vec::new()
     } else {
-        build::queue_workers::scaler_targets(&t, rollout.app_version.is_some())
+        builders::queue_workers::scaler_targets(&t, rollout.app_version.is_some())
     };
     ctx.scalers.sync(&t.owner.uid, scale);
     // object storage and bucket registration

@@ -1,7 +1,7 @@
 //! The job-cluster session: one background worker per cluster keeps its objects applied with a
 //! client of its own, checks that the cluster answers, and reports what it saw; removals of
 //! clusters taken out of the spec run here too. The reconcile's job-cluster stages are in
-//! `controller::job_clusters`; the objects themselves are built by `build::remote`.
+//! `controller::job_clusters`; the objects themselves are built by `builders::remote`.
 //!
 //! Reconciles never wait on another cluster: they hand the worker what is desired and read the
 //! worker's last report. A worker checks every [`CHECK_INTERVAL`] while the cluster is healthy
@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::finding::Finding;
 use crate::{
     apply::FIELD_MANAGER,
-    build::{
+    builders::{
         common::short_hash,
         remote::{self, CA_KEY, RemoteObjects, TOKEN_KEY},
         workflows::workflow_template_resource,

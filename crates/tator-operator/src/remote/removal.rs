@@ -78,7 +78,7 @@ pub async fn cleanup(main: &Client, p: &Placement) -> Result<(), String> {
             .await
             .map_err(|e| format!("Namespace {ns}: {}", reach_error(&e).message))?
         {
-            let ours = m.labels().get(crate::build::workflows::OWNER_UID_LABEL) == Some(&p.uid);
+            let ours = m.labels().get(crate::builders::names::OWNER_UID_LABEL) == Some(&p.uid);
             if ours && m.metadata.deletion_timestamp.is_none() {
                 namespaces
                     .delete(ns, &DeleteParams::background())

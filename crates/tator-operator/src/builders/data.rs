@@ -1,249 +1,35 @@
-//! PostgreSQL, Redis and Elasticsearch: the in-cluster workloads, and the endpoints Tator is
-//! wired to (in-cluster or managed). Secret values are only ever `secretKeyRef`s.
+//! PostgreSQL, Redis and Elasticsearch: the in-cluster workloads, and the Secrets the operator
+//! generates once. Where Tator finds these services (in-cluster or managed) is
+//! [`super::tator_env::endpoints`]. Secret values are only ever `secretKeyRef`s.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        apps::v1::{
-            Deployment, DeploymentSpec, StatefulSet,
-            StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
-        },
+        apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec},
         core::v1::{
-            ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-            PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, Probe, SecretKeySelector,
-            SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
-            VolumeMount, VolumeResourceRequirements,
+            ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, PodSpec,
+            Probe, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
-use kube::api::ObjectMeta;
-use tator_api::{DeletionPolicy, SslMode, VolumeSettings};
 
-use super::common::*;
+use super::{
+    common::*,
+    names::{DATABASE, ELASTICSEARCH, PGBOUNCER, POSTGRES, REDIS, REDIS_IMAGE},
+    tator_env::DJANGO_SECRET_KEY,
+};
 use crate::validate::ValidatedTator;
 
-pub const POSTGRES: &str = "postgres";
-pub const PGBOUNCER: &str = "pgbouncer";
-pub const REDIS: &str = "redis";
-pub const ELASTICSEARCH: &str = "elasticsearch";
-/// Tator's database name (hard-coded in its settings).
-pub const DATABASE: &str = "tator_online";
 /// Extensions Tator needs.
 pub const EXTENSIONS: &[&str] = &["ltree", "postgis", "vector", "pg_trgm"];
-pub const REDIS_IMAGE: &str = "redis:7.4-alpine";
 pub const ES_IMAGE: &str = "docker.elastic.co/elasticsearch/elasticsearch:8.15.5";
 pub const PGBOUNCER_IMAGE: &str = "bitnami/pgbouncer:1.23.1";
 const POSTGRES_UID: i64 = 999;
 const REDIS_UID: i64 = 999;
 const ES_UID: i64 = 1000;
 const PGBOUNCER_UID: i64 = 1001;
-/// Folder the PostgreSQL CA certificate is mounted in.
-pub const PG_CA_DIR: &str = "/etc/tator/postgres-ca";
-
-/// A Secret the operator generates once: `(key, value length)` pairs of random values, plus
-/// fixed values. Never rewritten once it exists.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GeneratedSecret {
-    pub name: String,
-    pub component: &'static str,
-    pub fixed: BTreeMap<String, String>,
-    pub random: Vec<(String, usize)>,
-}
-
-/// Where Tator finds its data services.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Endpoints {
-    pub pg_host: String,
-    pub pg_port: i32,
-    pub pg_user: SecretKeySelector,
-    pub pg_password: SecretKeySelector,
-    pub pg_ssl_mode: Option<SslMode>,
-    pub pg_ca: Option<tator_api::SecretKeyRef>,
-    pub redis_host: String,
-    pub redis_port: i32,
-    pub redis_password: Option<SecretKeySelector>,
-    pub redis_tls: bool,
-    pub es_url: String,
-    pub es_credentials: Option<(SecretKeySelector, SecretKeySelector)>,
-}
-
-fn key_ref(name: &str, key: &str) -> SecretKeySelector {
-    SecretKeySelector {
-        name: name.into(),
-        key: key.into(),
-        optional: Some(false),
-    }
-}
-
-pub fn endpoints(t: &ValidatedTator) -> Endpoints {
-    let spec = &t.spec;
-    let (pg_host, pg_port, pg_user, pg_password, pg_ssl_mode, pg_ca) = match &spec.postgres.external
-    {
-        Some(ext) => (
-            ext.host.clone(),
-            ext.port,
-            key_ref(
-                &ext.credentials_secret.name,
-                &ext.credentials_secret.username_key,
-            ),
-            key_ref(
-                &ext.credentials_secret.name,
-                &ext.credentials_secret.password_key,
-            ),
-            Some(ext.ssl_mode),
-            ext.ca_secret.clone(),
-        ),
-        None => {
-            let pooled = spec
-                .postgres
-                .in_cluster
-                .as_ref()
-                .is_some_and(|p| p.pgbouncer.enabled);
-            let host = t.child_name(if pooled { PGBOUNCER } else { POSTGRES });
-            let secret = t.child_name(POSTGRES);
-            (
-                host,
-                5432,
-                key_ref(&secret, "username"),
-                key_ref(&secret, "password"),
-                None,
-                None,
-            )
-        }
-    };
-    let (redis_host, redis_port, redis_password, redis_tls) = match &spec.redis.external {
-        Some(ext) => (
-            ext.host.clone(),
-            ext.port,
-            ext.password_secret
-                .as_ref()
-                .map(|s| key_ref(&s.name, &s.key)),
-            ext.tls,
-        ),
-        None => {
-            let auth = spec.redis.in_cluster.as_ref().is_none_or(|r| r.auth);
-            (
-                t.child_name(REDIS),
-                6379,
-                auth.then(|| key_ref(&t.child_name(REDIS), "password")),
-                false,
-            )
-        }
-    };
-    let (es_url, es_credentials) = match &spec.elasticsearch.external {
-        Some(ext) => (
-            ext.url.trim_end_matches('/').to_string(),
-            ext.credentials_secret.as_ref().map(|c| {
-                (
-                    key_ref(&c.name, &c.username_key),
-                    key_ref(&c.name, &c.password_key),
-                )
-            }),
-        ),
-        None => (format!("http://{}:9200", t.child_name(ELASTICSEARCH)), None),
-    };
-    Endpoints {
-        pg_host,
-        pg_port,
-        pg_user,
-        pg_password,
-        pg_ssl_mode,
-        pg_ca,
-        redis_host,
-        redis_port,
-        redis_password,
-        redis_tls,
-        es_url,
-        es_credentials,
-    }
-}
-
-/// The environment wiring Tator's processes to the data services (Elasticsearch only for a
-/// release that uses it).
-pub fn data_env(e: &Endpoints, elasticsearch: bool) -> Vec<EnvVar> {
-    let mut v = vec![
-        env("POSTGRES_HOST", e.pg_host.clone()),
-        env("POSTGRES_PORT", e.pg_port.to_string()),
-        // Tator's search connections (main/search.py) pass no port: libpq reads PGPORT.
-        env("PGPORT", e.pg_port.to_string()),
-        env_secret("POSTGRES_USER", &e.pg_user),
-        env_secret("POSTGRES_PASSWORD", &e.pg_password),
-    ];
-    if let Some(mode) = e.pg_ssl_mode {
-        // libpq (psycopg2) reads these for every connection.
-        v.push(env("PGSSLMODE", mode.as_str()));
-    }
-    if e.pg_ca.is_some() {
-        v.push(env("PGSSLROOTCERT", format!("{PG_CA_DIR}/ca.crt")));
-    }
-    v.push(env("REDIS_HOST", e.redis_host.clone()));
-    v.push(env("REDIS_PORT", e.redis_port.to_string()));
-    if let Some(p) = &e.redis_password {
-        v.push(env_secret("REDIS_PASSWORD", p));
-    }
-    v.push(env(
-        "REDIS_USE_SSL",
-        if e.redis_tls { "true" } else { "false" },
-    ));
-    if !elasticsearch {
-        return v;
-    }
-    match &e.es_credentials {
-        Some((user, password)) => {
-            v.push(env_secret("ELASTICSEARCH_USERNAME", user));
-            v.push(env_secret("ELASTICSEARCH_PASSWORD", password));
-            // Kubernetes expands $(VAR) from the variables above: no secret in the pod spec.
-            let (scheme, rest) = e
-                .es_url
-                .split_once("://")
-                .unwrap_or(("http", e.es_url.as_str()));
-            v.push(env(
-                "ELASTICSEARCH_HOST",
-                format!("{scheme}://$(ELASTICSEARCH_USERNAME):$(ELASTICSEARCH_PASSWORD)@{rest}"),
-            ));
-        }
-        None => v.push(env("ELASTICSEARCH_HOST", e.es_url.clone())),
-    }
-    v
-}
-
-/// The volume and mount of the PostgreSQL CA, when one is configured.
-pub fn pg_ca_volume(e: &Endpoints) -> Option<(Volume, VolumeMount)> {
-    let ca = e.pg_ca.as_ref()?;
-    Some((
-        Volume {
-            name: "postgres-ca".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(ca.name.clone()),
-                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                    key: ca.key.clone(),
-                    path: "ca.crt".into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        VolumeMount {
-            name: "postgres-ca".into(),
-            mount_path: PG_CA_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        },
-    ))
-}
-
-/// Metadata of data that the deletion policy governs: owned (deleted with the TatorDeployment)
-/// only with `deletionPolicy: Delete`.
-pub fn data_meta(t: &ValidatedTator, name: String, component: &str) -> ObjectMeta {
-    match t.spec.deletion_policy {
-        DeletionPolicy::Delete => child_meta(t, name, component, None),
-        DeletionPolicy::Retain => retained_meta(t, name, component),
-    }
-}
-
 /// Secrets the operator generates for in-cluster services (and the Django key).
 pub fn generated_secrets(t: &ValidatedTator) -> Vec<GeneratedSecret> {
     let mut out = vec![GeneratedSecret {
@@ -271,52 +57,6 @@ pub fn generated_secrets(t: &ValidatedTator) -> Vec<GeneratedSecret> {
         });
     }
     out
-}
-
-pub(crate) fn claim_template(name: &str, v: &VolumeSettings) -> PersistentVolumeClaim {
-    PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: v.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    Quantity(v.size.clone()),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-pub(crate) fn retention(t: &ValidatedTator) -> StatefulSetPersistentVolumeClaimRetentionPolicy {
-    let policy = match t.spec.deletion_policy {
-        DeletionPolicy::Delete => "Delete",
-        DeletionPolicy::Retain => "Retain",
-    };
-    StatefulSetPersistentVolumeClaimRetentionPolicy {
-        when_deleted: Some(policy.into()),
-        when_scaled: Some("Retain".into()),
-    }
-}
-
-pub(crate) fn exec_probe(cmd: &str, initial: i32, period: i32) -> Probe {
-    Probe {
-        exec: Some(ExecAction {
-            command: Some(vec!["sh".into(), "-c".into(), cmd.into()]),
-        }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(period),
-        timeout_seconds: Some(5),
-        failure_threshold: Some(6),
-        ..Default::default()
-    }
 }
 
 fn service(
@@ -644,7 +384,9 @@ pub fn redis(t: &ValidatedTator) -> (Vec<Deployment>, Vec<Service>) {
 /// Whether anything uses Elasticsearch: the release (none since Tator 1.5.0) or the logging
 /// stack. Otherwise it is neither deployed nor checked.
 pub fn elasticsearch_used(t: &ValidatedTator) -> bool {
-    t.needs.elasticsearch || super::logging::filebeat_wanted(t) || super::logging::kibana_wanted(t)
+    t.needs.elasticsearch
+        || super::features::filebeat_wanted(t)
+        || super::features::kibana_wanted(t)
 }
 
 /// In-cluster Elasticsearch: a StatefulSet (single-node by default) that needs no privileged

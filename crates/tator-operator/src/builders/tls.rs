@@ -6,10 +6,8 @@ use kube::{
 };
 use serde_json::json;
 
-use super::common::child_meta;
+use super::{common::child_meta, features::tls_secret_name, names::TLS};
 use crate::validate::ValidatedTator;
-
-pub const TLS: &str = "tls";
 
 /// cert-manager's Certificate resource (`cert-manager.io/v1`).
 pub fn certificate_resource() -> ApiResource {
@@ -17,12 +15,6 @@ pub fn certificate_resource() -> ApiResource {
         &GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"),
         "certificates",
     )
-}
-
-/// The Secret NGINX serves HTTPS from: the spec's, or `<name>-tls` written by cert-manager.
-pub fn secret_name(t: &ValidatedTator) -> Option<String> {
-    let tls = t.spec.tls.as_ref()?;
-    Some(tls.secret_name.clone().unwrap_or_else(|| t.child_name(TLS)))
 }
 
 /// A Certificate for the domain and its aliases, when `tls.issuerRef` is set.
@@ -34,7 +26,7 @@ pub fn certificate(t: &ValidatedTator) -> Option<DynamicObject> {
     let meta: ObjectMeta = child_meta(t, t.child_name(TLS), TLS, None);
     let mut obj = DynamicObject::new(&t.child_name(TLS), &certificate_resource()).data(json!({
         "spec": {
-            "secretName": secret_name(t),
+            "secretName": tls_secret_name(t),
             "dnsNames": dns_names,
             "issuerRef": {"name": issuer.name, "kind": issuer.kind.as_str(), "group": issuer.group},
             "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},

@@ -12,8 +12,9 @@ use kube::api::{DynamicObject, ObjectMeta};
 use tator_api::{JobCluster, JobKind};
 
 use super::{
-    objects,
-    workflows::{self, OWNER_UID_LABEL, Target},
+    buckets,
+    names::OWNER_UID_LABEL,
+    workflows::{self, Target},
 };
 use crate::validate::ValidatedTator;
 
@@ -83,7 +84,7 @@ pub fn objects(t: &ValidatedTator, cluster: &JobCluster, version: &str) -> Remot
         ..Default::default()
     };
     let mut copied_secrets = t.spec.image.pull_secrets.clone();
-    copied_secrets.push(objects::buckets_secret_name(t));
+    copied_secrets.push(buckets::buckets_secret_name(t));
     let templates = if cluster.runs.contains(&JobKind::Transcode) {
         workflows::templates(t, version, &target)
     } else {

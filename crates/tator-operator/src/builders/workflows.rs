@@ -20,7 +20,10 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta};
 use serde_json::{Value, json};
 use tator_api::{JobKind, labels};
 
-use super::common::{child_labels, short_hash};
+use super::{
+    common::{child_labels, short_hash},
+    names::{API_IDENTITY, OWNER_UID_LABEL},
+};
 use crate::validate::ValidatedTator;
 
 /// Component label of the workflow pods' identity.
@@ -29,11 +32,6 @@ pub const WORKFLOW: &str = "workflow";
 pub const WORKFLOW_SUBMIT: &str = "workflow-submit";
 /// Component label of the WorkflowTemplates.
 pub const WORKFLOW_TEMPLATE: &str = "workflow-template";
-/// The ServiceAccount Tator's REST API and workers run as.
-pub const API_IDENTITY: &str = "api";
-/// Label on objects in job clusters: the uid of the TatorDeployment that made them.
-pub const OWNER_UID_LABEL: &str = "tator.io/owner-uid";
-
 /// The template names, as Tator's workflows know them.
 pub const TRANSCODE: &str = "transcode";
 pub const ARCHIVE_IMPORT: &str = "archive-import";

@@ -4,18 +4,42 @@
 //! each, from which both scalers are built: KEDA's ScaledObject when KEDA scales them, else the
 //! operator's own scaler target. Pure.
 
+use std::time::Duration;
+
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use tator_api::{QueueAutoscaling, Scaler};
+use tator_api::QueueAutoscaling;
 
 use super::{
     common::child_meta,
-    data, transcodes,
-    web::{DB_WORKER, IMAGE_WORKER},
+    features::{transcodes_enabled, uses_keda},
+    names::{DB_WORKER, IMAGE_WORKER, QUEUE_NAME, QUEUE_PORT, TRANSCODE_QUEUE, TRANSCODE_WORKER},
+    tator_env,
 };
-use crate::{
-    scaler::{QueueRedis, Target},
-    validate::ValidatedTator,
-};
+use crate::validate::ValidatedTator;
+
+/// Where a queue is: a Redis, and the Secret key of its password if it has one (in the
+/// Deployment's namespace; read by the scaler task, never part of the target itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueRedis {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// Secret name and key.
+    pub password: Option<(String, String)>,
+}
+
+/// One worker Deployment to scale, and its queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: String,
+    pub deployment: String,
+    pub redis: QueueRedis,
+    pub queue: String,
+    pub min: i32,
+    pub max: i32,
+    pub jobs_per_worker: i32,
+    pub cooldown: Duration,
+}
 
 /// One autoscaled worker Deployment and the queue it serves.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,16 +56,16 @@ pub struct QueueWorkers<'a> {
 /// Every autoscaled worker Deployment of the installation.
 pub fn all(t: &ValidatedTator) -> Vec<QueueWorkers<'_>> {
     let mut out = Vec::new();
-    if transcodes::enabled(t)
+    if transcodes_enabled(t)
         && let Some(a) = &t.spec.transcodes.workers.autoscaling
     {
         out.push(QueueWorkers {
-            component: transcodes::TRANSCODE_WORKER,
-            queue: transcodes::QUEUE_NAME,
+            component: TRANSCODE_WORKER,
+            queue: QUEUE_NAME,
             autoscaling: a,
             redis: QueueRedis {
-                host: in_cluster_host(t, &transcodes::queue_host(t)),
-                port: u16::try_from(transcodes::QUEUE_PORT).unwrap_or(6379),
+                host: in_cluster_host(t, &queue_host(t)),
+                port: u16::try_from(QUEUE_PORT).unwrap_or(6379),
                 tls: false,
                 password: None,
             },
@@ -69,15 +93,6 @@ pub fn autoscaled(t: &ValidatedTator, component: &str) -> bool {
     all(t).iter().any(|w| w.component == component)
 }
 
-/// Whether KEDA scales these workers: asked for, or `Auto` with KEDA's CRDs installed.
-pub fn uses_keda(t: &ValidatedTator, a: &QueueAutoscaling) -> bool {
-    match a.scaler {
-        Scaler::Keda => true,
-        Scaler::Auto => t.cluster.keda,
-        Scaler::Operator => false,
-    }
-}
-
 /// KEDA's ScaledObject.
 pub fn scaled_object_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
@@ -89,7 +104,7 @@ pub fn scaled_object_resource() -> ApiResource {
 
 /// Tator's Redis, where the db and image queues are.
 fn main_redis(t: &ValidatedTator) -> QueueRedis {
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     let host = if t.spec.redis.external.is_some() {
         e.redis_host.clone()
     } else {
@@ -175,6 +190,11 @@ pub fn scaled_objects(t: &ValidatedTator) -> Vec<DynamicObject> {
             obj
         })
         .collect()
+}
+
+/// Host of the queue's Redis, as the service and workers reach it.
+pub fn queue_host(t: &ValidatedTator) -> String {
+    t.child_name(TRANSCODE_QUEUE)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 
-use super::data::data_meta;
+use super::common::data_meta;
 use crate::validate::ValidatedTator;
 
 pub const STORAGE: &str = "storage";

@@ -29,30 +29,18 @@ use k8s_openapi::{
     },
 };
 
-use super::common::*;
+use super::{
+    common::*,
+    features::transcodes_enabled,
+    names::{QUEUE_NAME, QUEUE_PORT, SERVICE_PORT, TRANSCODE, TRANSCODE_QUEUE, TRANSCODE_WORKER},
+    queue_workers::queue_host,
+};
 use crate::validate::ValidatedTator;
 
-/// The transcode service (tator-transcode).
-pub const TRANSCODE: &str = "transcode";
-/// The transcode workers.
-pub const TRANSCODE_WORKER: &str = "transcode-worker";
-/// The queue's Redis.
-pub const TRANSCODE_QUEUE: &str = "transcode-queue";
-/// Port of the transcode service (its image's `uvicorn --port`) and of its Service.
-pub const SERVICE_PORT: i32 = 8080;
-/// Port of the queue's Redis (tator-transcode connects to Redis's default port).
-pub const QUEUE_PORT: i32 = 6379;
-/// The rq queue tator-transcode enqueues on.
-pub const QUEUE_NAME: &str = "transcodes";
 /// User of the transcode service and workers (PodSecurity `restricted`: not root).
 const UID: i64 = 1000;
 /// User of the queue's Redis (the redis image's).
 const REDIS_UID: i64 = 999;
-
-/// Whether the transcode path runs.
-pub fn enabled(t: &ValidatedTator) -> bool {
-    t.spec.transcodes.enabled
-}
 
 /// Whether the workers scale on their queue.
 pub fn autoscaled(t: &ValidatedTator) -> bool {
@@ -66,41 +54,7 @@ pub fn uses_keda(t: &ValidatedTator) -> bool {
         .workers
         .autoscaling
         .as_ref()
-        .is_some_and(|a| enabled(t) && super::queue_workers::uses_keda(t, a))
-}
-
-/// Tator's `TRANSCODE_HOST`: the service's URL.
-pub fn service_url(t: &ValidatedTator) -> String {
-    format!("http://{}:{SERVICE_PORT}", t.child_name(TRANSCODE))
-}
-
-/// Host of the queue's Redis, as the service and workers reach it.
-pub fn queue_host(t: &ValidatedTator) -> String {
-    t.child_name(TRANSCODE_QUEUE)
-}
-
-/// Tator's `GUNICORN_HOST`: where workers call back into the REST API (its Service; the name
-/// is in `ALIAS_HOSTS`, so Django accepts it as a host).
-pub fn callback_url(t: &ValidatedTator) -> String {
-    format!(
-        "http://{}:{}",
-        t.child_name(super::web::API),
-        super::web::API_PORT
-    )
-}
-
-/// The REST API's environment for transcodes (`api/main/rest/transcode.py`): where to post jobs,
-/// and the callback host, which Tator takes from `GUNICORN_HOST` only with `COMPOSE_DEPLOY=true`
-/// (otherwise `http://gunicorn-svc:8000`).
-pub fn api_env(t: &ValidatedTator) -> Vec<k8s_openapi::api::core::v1::EnvVar> {
-    if !enabled(t) {
-        return Vec::new();
-    }
-    vec![
-        env("TRANSCODE_HOST", service_url(t)),
-        env("GUNICORN_HOST", callback_url(t)),
-        env("COMPOSE_DEPLOY", "true"),
-    ]
+        .is_some_and(|a| transcodes_enabled(t) && super::features::uses_keda(t, a))
 }
 
 fn labels_in(t: &ValidatedTator, components: &[&str]) -> LabelSelector {
@@ -193,7 +147,7 @@ pub fn service_deployment(t: &ValidatedTator, version: &str) -> Deployment {
         spec: Some(DeploymentSpec {
             replicas: Some(s.replicas),
             selector: label_selector(t, TRANSCODE),
-            strategy: Some(super::web::zero_downtime()),
+            strategy: Some(zero_downtime()),
             progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             template: pod_template(t, TRANSCODE, Some(version), spec, BTreeMap::new(), &s.pod),
             ..Default::default()
@@ -276,7 +230,7 @@ pub fn queue_deployment(t: &ValidatedTator) -> Deployment {
         q.pod
             .image
             .clone()
-            .unwrap_or_else(|| super::data::REDIS_IMAGE.into()),
+            .unwrap_or_else(|| super::names::REDIS_IMAGE.into()),
         t.spec.image.pull_policy.as_str(),
         true,
     );
@@ -308,7 +262,7 @@ pub fn queue_deployment(t: &ValidatedTator) -> Deployment {
         ..Default::default()
     }]);
     let probe = |initial, period| {
-        super::data::exec_probe(
+        exec_probe(
             "redis-cli -h 127.0.0.1 ping | grep -q PONG",
             initial,
             period,
@@ -413,24 +367,16 @@ pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
         network_policies: Vec::new(),
         disruption_budgets: Vec::new(),
     };
-    let Some(v) = version.filter(|_| enabled(t)) else {
+    let Some(v) = version.filter(|_| transcodes_enabled(t)) else {
         return out;
     };
     out.deployments.push(queue_deployment(t));
-    out.services.push(super::monitoring::cluster_service(
-        t,
-        TRANSCODE_QUEUE,
-        "redis",
-        QUEUE_PORT,
-    ));
+    out.services
+        .push(cluster_service(t, TRANSCODE_QUEUE, "redis", QUEUE_PORT));
     out.network_policies.push(queue_policy(t));
-    out.services.push(super::monitoring::cluster_service(
-        t,
-        TRANSCODE,
-        "http",
-        SERVICE_PORT,
-    ));
-    out.disruption_budgets.push(super::web::pdb(t, TRANSCODE));
+    out.services
+        .push(cluster_service(t, TRANSCODE, "http", SERVICE_PORT));
+    out.disruption_budgets.push(pdb(t, TRANSCODE));
     out.deployments.push(service_deployment(t, v));
     out.deployments.push(worker_deployment(t, v));
     out
@@ -439,7 +385,10 @@ pub fn build(t: &ValidatedTator, version: Option<&str>) -> TranscodeChildren {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{build::queue_workers, test_fixtures::minimal, validate::validate};
+    use crate::{
+        builders::queue_workers, builders::tator_env::api_env, test_fixtures::minimal,
+        validate::validate,
+    };
 
     fn tator() -> ValidatedTator {
         validate(&minimal("1.5.0")).unwrap()

@@ -16,44 +16,16 @@ use k8s_openapi::{
 
 use super::{
     common::*,
-    web::{API_PORT, UI_PORT, zero_downtime},
+    names::{API, API_PORT, NGINX, STUB_STATUS_PORT, UI, UI_PORT},
 };
 use crate::validate::ValidatedTator;
 
-pub const NGINX: &str = "nginx";
 pub const HTTP_PORT: i32 = 8080;
 pub const HTTPS_PORT: i32 = 8443;
-/// Loopback-only port of NGINX's `stub_status`, read by the exporter sidecar.
-pub const STUB_STATUS_PORT: i32 = 8081;
 /// Default NGINX image: the unprivileged build runs as uid 101 on unprivileged ports, which
 /// PodSecurity `restricted` and a read-only root filesystem allow.
 pub const DEFAULT_IMAGE: &str = "nginxinc/nginx-unprivileged:1.27-alpine";
 const NGINX_UID: i64 = 101;
-
-/// Who may use a route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Guard {
-    /// Anyone (the backend does its own authentication).
-    Open,
-    /// Members of the project in the path (`auth_request /auth-project`).
-    Project,
-    /// Django staff only (`auth_request /auth-admin`).
-    Staff,
-}
-
-/// An extra proxied route (admin UIs and object stores add these).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProxyRoute {
-    pub path: String,
-    pub upstream: String,
-    pub guard: Guard,
-    /// An S3 store: the Host header stays the upstream's (presigned URLs are signed for it) and
-    /// bodies stream through unbuffered.
-    pub object_store: bool,
-    /// Request headers NGINX sets (replacing any the client sent), for example Grafana's
-    /// auth-proxy user after the staff check.
-    pub headers: Vec<(String, String)>,
-}
 
 /// Everything the NGINX configuration depends on.
 #[derive(Clone, Debug)]
@@ -77,8 +49,8 @@ impl NginxConfig {
         server_names.extend(t.spec.aliases.iter().cloned());
         Self {
             server_names,
-            api_upstream: format!("{}:{API_PORT}", t.child_name(super::web::API)),
-            ui_upstream: format!("{}:{UI_PORT}", t.child_name(super::web::UI)),
+            api_upstream: format!("{}:{API_PORT}", t.child_name(API)),
+            ui_upstream: format!("{}:{UI_PORT}", t.child_name(UI)),
             tls: t.spec.tls.is_some(),
             redirect_http: t.spec.tls.as_ref().is_some_and(|t| t.redirect_http),
             maintenance: t.spec.nginx.maintenance,
@@ -88,7 +60,7 @@ impl NginxConfig {
                 .chain(super::logging::routes(t))
                 .chain(super::monitoring::routes(t))
                 .collect(),
-            stub_status: super::monitoring::enabled(t),
+            stub_status: super::features::monitoring_enabled(t),
         }
     }
 }
@@ -410,7 +382,7 @@ pub fn deployment(t: &ValidatedTator, conf: &str) -> Deployment {
         },
         shared_volume(t),
     ];
-    if let Some(secret) = super::tls::secret_name(t) {
+    if let Some(secret) = super::features::tls_secret_name(t) {
         ports.push(ContainerPort {
             name: Some("https".into()),
             container_port: HTTPS_PORT,

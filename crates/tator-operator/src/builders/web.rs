@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        apps::v1::{Deployment, DeploymentSpec},
         autoscaling::v2::{
             CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
             MetricSpec, MetricTarget, ResourceMetricSource,
@@ -12,31 +12,16 @@ use k8s_openapi::{
         core::v1::{
             ContainerPort, PodSpec, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction,
         },
-        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::common::*;
+use super::{
+    common::*,
+    names::{API, API_IDENTITY, API_PORT, DB_WORKER, UI, UI_PORT},
+    tator_env::{secrets_annotation, tator_env, tator_volumes},
+};
 use crate::validate::ValidatedTator;
-
-pub const API: &str = "api";
-pub const DB_WORKER: &str = "db-worker";
-pub const IMAGE_WORKER: &str = "image-worker";
-pub const UI: &str = "ui";
-pub const API_PORT: i32 = 8000;
-pub const UI_PORT: i32 = 3000;
-
-/// Rolling update that never takes a serving pod away before its replacement is ready.
-pub fn zero_downtime() -> DeploymentStrategy {
-    DeploymentStrategy {
-        type_: Some("RollingUpdate".into()),
-        rolling_update: Some(RollingUpdateDeployment {
-            max_surge: Some(IntOrString::Int(1)),
-            max_unavailable: Some(IntOrString::Int(0)),
-        }),
-    }
-}
 
 fn tcp_probe(port: i32, initial: i32, period: i32, failures: i32) -> Probe {
     Probe {
@@ -99,7 +84,7 @@ pub fn api_deployment(t: &ValidatedTator, version: &str) -> Deployment {
         security_context: Some(pod_security(TATOR_UID)),
         termination_grace_period_seconds: Some(60),
         topology_spread_constraints: Some(spread(t, API)),
-        service_account_name: Some(t.child_name(super::workflows::API_IDENTITY)),
+        service_account_name: Some(t.child_name(API_IDENTITY)),
         // The token submits workflows here; without local workflows there is nothing to mount.
         automount_service_account_token: Some(super::workflows::LocalWorkflows::of(t).any()),
         ..Default::default()
@@ -151,7 +136,7 @@ pub fn worker_deployment(t: &ValidatedTator, version: &str, component: &str) -> 
         volumes: Some(volumes),
         security_context: Some(pod_security(TATOR_UID)),
         termination_grace_period_seconds: Some(60),
-        service_account_name: Some(t.child_name(super::workflows::API_IDENTITY)),
+        service_account_name: Some(t.child_name(API_IDENTITY)),
         automount_service_account_token: Some(super::workflows::LocalWorkflows::of(t).any()),
         ..Default::default()
     };
@@ -279,23 +264,10 @@ pub fn api_hpa(t: &ValidatedTator) -> Option<HorizontalPodAutoscaler> {
     })
 }
 
-/// A PodDisruptionBudget allowing one voluntary disruption at a time.
-pub fn pdb(t: &ValidatedTator, component: &str) -> PodDisruptionBudget {
-    PodDisruptionBudget {
-        metadata: child_meta(t, t.child_name(component), component, None),
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(label_selector(t, component)),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{test_fixtures::minimal, validate::validate};
+    use crate::{builders::names::IMAGE_WORKER, test_fixtures::minimal, validate::validate};
 
     const SHA: &str = "dfa5a45c8fd54e336e9de3d534f2bc684df9ce3a";
 
@@ -439,12 +411,12 @@ mod tests {
         );
         t.spec.workflows.transcode.scratch_storage_class = None;
         assert_eq!(
-            super::super::common::workflow_storage_classes(&t),
+            super::super::tator_env::workflow_storage_classes(&t),
             "standard"
         );
         t.spec.workflows.storage_classes = vec!["fast".into(), "slow".into()];
         assert_eq!(
-            super::super::common::workflow_storage_classes(&t),
+            super::super::tator_env::workflow_storage_classes(&t),
             "fast,slow"
         );
     }

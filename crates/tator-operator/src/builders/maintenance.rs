@@ -13,7 +13,9 @@ use k8s_openapi::{
 
 use super::{
     common::*,
-    data::{self, DATABASE, POSTGRES},
+    data,
+    names::{DATABASE, POSTGRES},
+    tator_env::{self, secrets_annotation, tator_env, tator_volumes},
 };
 use crate::validate::ValidatedTator;
 
@@ -267,7 +269,7 @@ pub fn pg_dump_script() -> String {
 
 fn pg_dump_pod(t: &ValidatedTator, version: &str) -> PodSpec {
     let m = &t.spec.maintenance;
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     // Dump from the database itself, never through the pooler.
     let (host, port) = if t.spec.postgres.in_cluster.is_some() {
         (t.child_name(POSTGRES), 5432)
@@ -299,12 +301,15 @@ fn pg_dump_pod(t: &ValidatedTator, version: &str) -> PodSpec {
         env_vars.push(env("PGSSLMODE", mode.as_str()));
     }
     if e.pg_ca.is_some() {
-        env_vars.push(env("PGSSLROOTCERT", format!("{}/ca.crt", data::PG_CA_DIR)));
+        env_vars.push(env(
+            "PGSSLROOTCERT",
+            format!("{}/ca.crt", tator_env::PG_CA_DIR),
+        ));
     }
     c.env = Some(env_vars);
     let mut volumes = vec![shared_volume(t)];
     let mut mounts = shared_mounts(&[("backup", "/backup")], false);
-    if let Some((v, mount)) = data::pg_ca_volume(&e) {
+    if let Some((v, mount)) = tator_env::pg_ca_volume(&e) {
         volumes.push(v);
         mounts.push(mount);
     }

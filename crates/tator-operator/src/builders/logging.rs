@@ -16,19 +16,18 @@ use k8s_openapi::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource,
             EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath,
             ObjectFieldSelector, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-            SecretVolumeSource, SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
+            SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
         },
-        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use serde_json::json;
 
 use super::{
-    Children,
+    children::Children,
     common::*,
-    data::{self, Endpoints},
-    nginx::{Guard, ProxyRoute},
+    features::{filebeat_wanted, kibana_wanted},
+    tator_env::{self, Endpoints},
 };
 use crate::validate::ValidatedTator;
 
@@ -59,21 +58,6 @@ pub const HOST_DATA_ROOT: &str = "/var/lib/tator-filebeat";
 /// PodSecurity levels that forbid hostPath volumes.
 const FORBIDDING_LEVELS: &[&str] = &["baseline", "restricted"];
 
-/// Whether logging runs at all.
-pub fn enabled(t: &ValidatedTator) -> bool {
-    t.spec.logging.enabled
-}
-
-/// Whether Filebeat is wanted (logging and its own switch on).
-pub fn filebeat_wanted(t: &ValidatedTator) -> bool {
-    enabled(t) && t.spec.logging.filebeat.enabled
-}
-
-/// Whether Kibana is wanted.
-pub fn kibana_wanted(t: &ValidatedTator) -> bool {
-    enabled(t) && t.spec.logging.kibana.enabled
-}
-
 /// `Err(why)` when the namespace's PodSecurity level forbids Filebeat's host paths. An unknown
 /// level (no label, or a namespace the operator may not read) is let through: the DaemonSet then
 /// shows whether its pods are admitted.
@@ -102,12 +86,8 @@ pub fn build(t: &ValidatedTator) -> Children {
         d.config_maps.push(conf);
     }
     if kibana_wanted(t) {
-        d.services.push(super::monitoring::cluster_service(
-            t,
-            KIBANA,
-            "http",
-            KIBANA_PORT,
-        ));
+        d.services
+            .push(cluster_service(t, KIBANA, "http", KIBANA_PORT));
         d.deployments.push(kibana_deployment(t));
         d.jobs.push(kibana_setup_job(t));
     }
@@ -127,41 +107,6 @@ pub fn routes(t: &ValidatedTator) -> Vec<ProxyRoute> {
         object_store: false,
         headers: vec![],
     }]
-}
-
-/// A ServiceAccount with a Role that reads the pods of this namespace (Filebeat's metadata,
-/// Prometheus' pod discovery), and its binding. All three are owned by the TatorDeployment.
-pub fn pod_reader(t: &ValidatedTator, component: &str) -> (ServiceAccount, Role, RoleBinding) {
-    let name = t.child_name(component);
-    let sa = ServiceAccount {
-        metadata: child_meta(t, name.clone(), component, None),
-        automount_service_account_token: Some(true),
-        ..Default::default()
-    };
-    let role = Role {
-        metadata: child_meta(t, name.clone(), component, None),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["pods".into()]),
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
-            ..Default::default()
-        }]),
-    };
-    let binding = RoleBinding {
-        metadata: child_meta(t, name.clone(), component, None),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name,
-            namespace: Some(t.namespace.clone()),
-            ..Default::default()
-        }]),
-    };
-    (sa, role, binding)
 }
 
 /// The lifecycle policy: roll the write index over daily, delete indices `retentionDays` after
@@ -275,7 +220,7 @@ fn es_env(e: &Endpoints) -> Vec<EnvVar> {
 
 /// The ConfigMap with filebeat.yml and the lifecycle policy.
 pub fn filebeat_config_map(t: &ValidatedTator) -> ConfigMap {
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     ConfigMap {
         metadata: child_meta(t, t.child_name("filebeat-config"), FILEBEAT, None),
         data: Some(BTreeMap::from([
@@ -305,7 +250,7 @@ fn host_path(name: &str, path: &str, type_: &str) -> Volume {
 /// are the log folders (read-only) and its own registry folder.
 pub fn filebeat_daemon_set(t: &ValidatedTator, conf: &ConfigMap) -> DaemonSet {
     let s = &t.spec.logging.filebeat;
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     let mut c = container(
         FILEBEAT,
         s.pod.image.clone().unwrap_or_else(|| FILEBEAT_IMAGE.into()),
@@ -458,20 +403,10 @@ fn es_secrets_annotation(t: &ValidatedTator) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The public URL of a path under the domain.
-pub fn public_url(t: &ValidatedTator, path: &str) -> String {
-    let scheme = if t.spec.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    format!("{scheme}://{}{path}", t.spec.domain)
-}
-
 /// The Kibana Deployment, serving under `/logs`.
 pub fn kibana_deployment(t: &ValidatedTator) -> Deployment {
     let s = &t.spec.logging.kibana;
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     let mut c = container(
         KIBANA,
         s.pod.image.clone().unwrap_or_else(|| KIBANA_IMAGE.into()),
@@ -575,7 +510,7 @@ pub fn data_view() -> serde_json::Value {
 
 /// The Job creating Kibana's `filebeat-*` data view. Its name carries a hash of its spec.
 pub fn kibana_setup_job(t: &ValidatedTator) -> Job {
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     let mut c = container(
         KIBANA_SETUP,
         CURL_IMAGE.into(),

@@ -1,19 +1,35 @@
-//! Pieces every builder shares: names, labels, owner references, pod security and the
-//! `podOverrides` merge.
+//! Generic pieces every builder shares, importing no other builder: labels, metadata and owner
+//! references, pod security and pod templates, the `podOverrides` merge, environment variables,
+//! probes, Services, PodDisruptionBudgets, pod-reader RBAC, generated Secrets and the route types
+//! NGINX proxies.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{
-        Capabilities, Container, EnvVar, EnvVarSource, LocalObjectReference, ObjectFieldSelector,
-        PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector,
-        SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    api::{
+        apps::v1::{
+            DeploymentStrategy, RollingUpdateDeployment,
+            StatefulSetPersistentVolumeClaimRetentionPolicy,
+        },
+        core::v1::{
+            Capabilities, Container, EnvVar, EnvVarSource, ExecAction, LocalObjectReference,
+            PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
+            ServiceAccount, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume,
+            VolumeMount, VolumeResourceRequirements,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tator_api::{PodSettings, labels};
+use tator_api::{DeletionPolicy, PodSettings, VolumeSettings, labels};
 
 use crate::validate::ValidatedTator;
 
@@ -23,47 +39,6 @@ pub const CONFIG_HASH_ANNOTATION: &str = "tator.io/config-hash";
 /// Annotation on pod templates carrying a hash of the Secrets they read.
 pub const SECRETS_HASH_ANNOTATION: &str = "tator.io/secrets-hash";
 
-/// Annotation on pod templates carrying a hash of the system-bucket settings they read from the
-/// operator's buckets Secret.
-pub const BUCKETS_HASH_ANNOTATION: &str = "tator.io/buckets-hash";
-
-/// The secrets-hash annotation (when the fetch stage computed one) and the buckets hash.
-pub fn secrets_annotation(t: &ValidatedTator) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = t
-        .secrets_hash
-        .iter()
-        .map(|h| (SECRETS_HASH_ANNOTATION.to_string(), h.clone()))
-        .collect();
-    out.insert(
-        BUCKETS_HASH_ANNOTATION.to_string(),
-        super::objects::settings_hash(t),
-    );
-    out
-}
-
-/// Tator's WORKFLOW_STORAGE_CLASSES: `workflows.storageClasses`, else the transcode scratch
-/// class, else the cluster's default StorageClass (when the fetch stage could read it).
-pub fn workflow_storage_classes(t: &ValidatedTator) -> String {
-    let w = &t.spec.workflows;
-    if !w.storage_classes.is_empty() {
-        return w.storage_classes.join(",");
-    }
-    w.transcode
-        .scratch_storage_class
-        .clone()
-        .or_else(|| t.cluster.default_storage_class.clone())
-        .unwrap_or_default()
-}
-
-/// The workflow settings Tator reads. (Tator 1.5.0 reads no REMOTE_TRANSCODE_* setting: its
-/// uploads go to the transcode service, so a transcode job cluster only hosts the templates.)
-fn workflow_env(t: &ValidatedTator) -> Vec<EnvVar> {
-    // Tator splits WORKFLOW_STORAGE_CLASSES whenever an algorithm claims a volume: always set.
-    vec![env("WORKFLOW_STORAGE_CLASSES", workflow_storage_classes(t))]
-}
-
-/// Key of the Django secret key in its Secret.
-pub const DJANGO_SECRET_KEY: &str = "secretKey";
 /// User and group Tator containers run as (PodSecurity `restricted` needs a non-root user).
 pub const TATOR_UID: i64 = 1000;
 
@@ -247,14 +222,6 @@ pub fn shared_mounts(subpaths: &[(&str, &str)], read_only: bool) -> Vec<VolumeMo
         .collect()
 }
 
-/// The shared folders every Tator (Django) container mounts.
-pub const TATOR_SHARED: &[(&str, &str)] = &[
-    ("static", "/static"),
-    ("media", "/media"),
-    ("backup", "/backup"),
-    ("migrations", "/tator_online/main/migrations"),
-];
-
 /// A plain environment variable.
 pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -274,74 +241,6 @@ pub fn env_secret(name: &str, sel: &SecretKeySelector) -> EnvVar {
         }),
         ..Default::default()
     }
-}
-
-/// The environment Tator's Django processes (API, workers, migrations) expect. Secret values
-/// are always `secretKeyRef`s.
-pub fn tator_env(t: &ValidatedTator, version: &str) -> Vec<EnvVar> {
-    let spec = &t.spec;
-    let mut env_vars = vec![
-        EnvVar {
-            name: "DJANGO_SECRET_KEY".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: t.child_name("django"),
-                    key: DJANGO_SECRET_KEY.into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        env("MAIN_HOST", spec.domain.clone()),
-        env("ALIAS_HOSTS", alias_hosts(t)),
-        env(
-            "REQUIRE_HTTPS",
-            if spec.tls.is_some() { "TRUE" } else { "FALSE" },
-        ),
-        env("GIT_VERSION", version),
-        EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    ];
-    env_vars.extend(super::data::data_env(
-        &super::data::endpoints(t),
-        t.needs.elasticsearch,
-    ));
-    env_vars.extend(super::objects::bucket_env(t));
-    env_vars.extend(workflow_env(t));
-    env_vars.extend(super::transcodes::api_env(t));
-    env_vars
-}
-
-/// Tator's ALIAS_HOSTS (more names Django accepts as its host): the spec's aliases and, with
-/// transcodes, the API Service's name, which the workers call back at (`GUNICORN_HOST`).
-pub fn alias_hosts(t: &ValidatedTator) -> String {
-    let mut hosts = t.spec.aliases.clone();
-    if super::transcodes::enabled(t) {
-        hosts.push(t.child_name(super::web::API));
-    }
-    hosts.join(",")
-}
-
-/// Volumes and mounts every Tator (Django) pod needs: the shared folders and, with a managed
-/// PostgreSQL that has a CA, its certificate.
-pub fn tator_volumes(t: &ValidatedTator) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let mut volumes = vec![shared_volume(t)];
-    let mut mounts = shared_mounts(TATOR_SHARED, false);
-    if let Some((v, m)) = super::data::pg_ca_volume(&super::data::endpoints(t)) {
-        volumes.push(v);
-        mounts.push(m);
-    }
-    (volumes, mounts)
 }
 
 /// Pod-level placement settings from the component's spec.
@@ -468,6 +367,194 @@ pub fn container(name: &str, image: String, pull_policy: &str, read_only_root: b
         image_pull_policy: Some(pull_policy.into()),
         security_context: Some(container_security(read_only_root)),
         ..Default::default()
+    }
+}
+
+/// Rolling update that never takes a serving pod away before its replacement is ready.
+pub fn zero_downtime() -> DeploymentStrategy {
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(0)),
+        }),
+    }
+}
+
+pub(crate) fn exec_probe(cmd: &str, initial: i32, period: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec!["sh".into(), "-c".into(), cmd.into()]),
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(6),
+        ..Default::default()
+    }
+}
+
+/// A ClusterIP Service for one component on one port.
+pub fn cluster_service(t: &ValidatedTator, component: &str, port_name: &str, port: i32) -> Service {
+    Service {
+        metadata: child_meta(t, t.child_name(component), component, None),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(t, component)),
+            ports: Some(vec![ServicePort {
+                name: Some(port_name.into()),
+                port,
+                target_port: Some(IntOrString::String(port_name.into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// A PodDisruptionBudget allowing one voluntary disruption at a time.
+pub fn pdb(t: &ValidatedTator, component: &str) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: child_meta(t, t.child_name(component), component, None),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(label_selector(t, component)),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Metadata of data that the deletion policy governs: owned (deleted with the TatorDeployment)
+/// only with `deletionPolicy: Delete`.
+pub fn data_meta(t: &ValidatedTator, name: String, component: &str) -> ObjectMeta {
+    match t.spec.deletion_policy {
+        DeletionPolicy::Delete => child_meta(t, name, component, None),
+        DeletionPolicy::Retain => retained_meta(t, name, component),
+    }
+}
+
+pub(crate) fn claim_template(name: &str, v: &VolumeSettings) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: v.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(v.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+pub(crate) fn retention(t: &ValidatedTator) -> StatefulSetPersistentVolumeClaimRetentionPolicy {
+    let policy = match t.spec.deletion_policy {
+        DeletionPolicy::Delete => "Delete",
+        DeletionPolicy::Retain => "Retain",
+    };
+    StatefulSetPersistentVolumeClaimRetentionPolicy {
+        when_deleted: Some(policy.into()),
+        when_scaled: Some("Retain".into()),
+    }
+}
+
+/// A Secret the operator generates once: `(key, value length)` pairs of random values, plus
+/// fixed values. Never rewritten once it exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratedSecret {
+    pub name: String,
+    pub component: &'static str,
+    pub fixed: BTreeMap<String, String>,
+    pub random: Vec<(String, usize)>,
+}
+
+/// A ServiceAccount with a Role that reads the pods of this namespace (Filebeat's metadata,
+/// Prometheus' pod discovery), and its binding. All three are owned by the TatorDeployment.
+pub fn pod_reader(t: &ValidatedTator, component: &str) -> (ServiceAccount, Role, RoleBinding) {
+    let name = t.child_name(component);
+    let sa = ServiceAccount {
+        metadata: child_meta(t, name.clone(), component, None),
+        automount_service_account_token: Some(true),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: child_meta(t, name.clone(), component, None),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["pods".into()]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..Default::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: child_meta(t, name.clone(), component, None),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: Some(t.namespace.clone()),
+            ..Default::default()
+        }]),
+    };
+    (sa, role, binding)
+}
+
+/// The public URL of a path under the domain.
+pub fn public_url(t: &ValidatedTator, path: &str) -> String {
+    let scheme = if t.spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{}{path}", t.spec.domain)
+}
+
+/// Who may use a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// Anyone (the backend does its own authentication).
+    Open,
+    /// Members of the project in the path (`auth_request /auth-project`).
+    Project,
+    /// Django staff only (`auth_request /auth-admin`).
+    Staff,
+}
+
+/// An extra proxied route (admin UIs and object stores add these).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyRoute {
+    pub path: String,
+    pub upstream: String,
+    pub guard: Guard,
+    /// An S3 store: the Host header stays the upstream's (presigned URLs are signed for it) and
+    /// bodies stream through unbuffered.
+    pub object_store: bool,
+    /// Request headers NGINX sets (replacing any the client sent), for example Grafana's
+    /// auth-proxy user after the staff check.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A required key of a Secret.
+pub fn key_ref(name: &str, key: &str) -> SecretKeySelector {
+    SecretKeySelector {
+        name: name.into(),
+        key: key.into(),
+        optional: Some(false),
     }
 }
 

@@ -12,16 +12,19 @@ use k8s_openapi::{
         batch::v1::{Job, JobSpec},
         core::v1::{
             ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-            Probe, Secret, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
-            ServiceSpec, Volume, VolumeMount,
+            Probe, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
+            VolumeMount,
         },
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use serde_json::{Value, json};
-use tator_api::{ExternalBucket, StoreType, SystemBucket};
+use tator_api::StoreType;
 
-use super::{common::*, data};
+use super::{
+    buckets::{Placement, buckets_secret_name, in_cluster_buckets, store_runs, system_buckets},
+    common::*,
+};
 use crate::validate::ValidatedTator;
 
 /// Component label of the in-cluster store.
@@ -51,90 +54,6 @@ pub mod keys {
     pub const TATOR_SECRET_KEY: &str = "tatorSecretKey";
 }
 
-/// Tator's three system buckets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    Live,
-    Upload,
-    Backup,
-}
-
-impl Role {
-    /// The word in Tator's `DEFAULT_<ROLE>_*` variables.
-    pub fn env_word(self) -> &'static str {
-        match self {
-            Self::Live => "LIVE",
-            Self::Upload => "UPLOAD",
-            Self::Backup => "BACKUP",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Live => "live",
-            Self::Upload => "upload",
-            Self::Backup => "backup",
-        }
-    }
-
-    fn default_in_cluster_name(self) -> &'static str {
-        match self {
-            Self::Live => "tator",
-            Self::Upload => "tator-upload",
-            Self::Backup => "tator-backup",
-        }
-    }
-}
-
-/// Where a system bucket lives, with defaults applied.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Placement {
-    /// On the in-cluster store, with this bucket name.
-    InCluster(String),
-    External(ExternalBucket),
-}
-
-/// The system buckets the spec asks for, in the order live, upload, backup.
-pub fn system_buckets(t: &ValidatedTator) -> Vec<(Role, Placement)> {
-    let os = &t.spec.object_storage;
-    let place = |role: Role, b: &SystemBucket| match (&b.in_cluster, &b.external) {
-        (_, Some(ext)) => Placement::External(ext.clone()),
-        (Some(ic), None) => Placement::InCluster(
-            ic.bucket_name
-                .clone()
-                .unwrap_or_else(|| role.default_in_cluster_name().into()),
-        ),
-        (None, None) => Placement::InCluster(role.default_in_cluster_name().into()),
-    };
-    let mut out = vec![(Role::Live, place(Role::Live, &os.live))];
-    if let Some(b) = &os.upload {
-        out.push((Role::Upload, place(Role::Upload, b)));
-    }
-    if let Some(b) = &os.backup {
-        out.push((Role::Backup, place(Role::Backup, b)));
-    }
-    out
-}
-
-/// Names of the buckets on the in-cluster store (empty when it does not run).
-pub fn in_cluster_buckets(t: &ValidatedTator) -> Vec<String> {
-    let mut names: Vec<String> = system_buckets(t)
-        .into_iter()
-        .filter_map(|(_, p)| match p {
-            Placement::InCluster(name) => Some(name),
-            Placement::External(_) => None,
-        })
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
-/// Whether the in-cluster store runs.
-pub fn store_runs(t: &ValidatedTator) -> bool {
-    !in_cluster_buckets(t).is_empty()
-}
-
 /// The S3 endpoint of the in-cluster store as Tator (and NGINX) reach it. Presigned URLs are
 /// signed for this host, and NGINX forwards `/objects/` with it as the Host header, so the two
 /// must be the same string.
@@ -162,11 +81,6 @@ pub fn aws_endpoint(region: &str) -> String {
     format!("https://s3.{region}.amazonaws.com")
 }
 
-/// Name of the Secret holding the `DEFAULT_*` variables.
-pub fn buckets_secret_name(t: &ValidatedTator) -> String {
-    t.child_name("buckets")
-}
-
 /// Name of the generated Secret with the in-cluster store's keys.
 pub fn store_keys_secret_name(t: &ValidatedTator) -> String {
     t.child_name(SEAWEEDFS)
@@ -179,8 +93,8 @@ pub fn store_config_secret_name(t: &ValidatedTator) -> String {
 
 /// The generated Secret of the in-cluster store: an admin key pair (bucket management only)
 /// and Tator's key pair, limited to Tator's buckets.
-pub fn generated_secret(t: &ValidatedTator) -> Option<data::GeneratedSecret> {
-    store_runs(t).then(|| data::GeneratedSecret {
+pub fn generated_secret(t: &ValidatedTator) -> Option<GeneratedSecret> {
+    store_runs(t).then(|| GeneratedSecret {
         name: store_keys_secret_name(t),
         component: SEAWEEDFS,
         fixed: BTreeMap::new(),
@@ -191,42 +105,6 @@ pub fn generated_secret(t: &ValidatedTator) -> Option<data::GeneratedSecret> {
             (keys::TATOR_SECRET_KEY.into(), 40),
         ],
     })
-}
-
-/// Which `DEFAULT_*` variables Tator's pods get: `(variable, present)` for every variable of
-/// every configured system bucket. Pure: the values live in [`buckets_secret_name`].
-pub fn bucket_env_names(t: &ValidatedTator) -> Vec<String> {
-    let mut names = Vec::new();
-    for (role, placement) in system_buckets(t) {
-        let w = role.env_word();
-        for field in ["CONFIG", "BUCKET_NAME", "STORE_TYPE"] {
-            names.push(format!("DEFAULT_{w}_{field}"));
-        }
-        let has_host = match &placement {
-            Placement::InCluster(_) => true,
-            Placement::External(e) => e.external_host.is_some(),
-        };
-        if has_host {
-            names.push(format!("DEFAULT_{w}_EXTERNAL_HOST"));
-        }
-    }
-    names
-}
-
-/// The `DEFAULT_*` variables as `secretKeyRef`s into the operator's buckets Secret.
-pub fn bucket_env(t: &ValidatedTator) -> Vec<EnvVar> {
-    let secret = buckets_secret_name(t);
-    bucket_env_names(t)
-        .into_iter()
-        .map(|name| {
-            let sel = SecretKeySelector {
-                name: secret.clone(),
-                key: name.clone(),
-                optional: Some(false),
-            };
-            env_secret(&name, &sel)
-        })
-        .collect()
 }
 
 /// Secret values the fetch stage read for object storage. Debug output never shows them.
@@ -453,7 +331,7 @@ fn owned_secret(t: &ValidatedTator, name: String, values: BTreeMap<String, Strin
 }
 
 /// The Secrets whose values the operator composes: the buckets Secret and, with the in-cluster
-/// store, its identities file. Applied outside [`super::Children`] so that `render` never
+/// store, its identities file. Applied outside [`super::children::Children`] so that `render` never
 /// prints a credential.
 pub fn composed_secrets(
     t: &ValidatedTator,
@@ -627,14 +505,14 @@ pub fn store(t: &ValidatedTator) -> (Vec<StatefulSet>, Vec<Service>) {
         short_hash(in_cluster_buckets(t).join(",").as_bytes(), 16),
     )]);
     let sts = StatefulSet {
-        metadata: data::data_meta(t, name.clone(), SEAWEEDFS),
+        metadata: data_meta(t, name.clone(), SEAWEEDFS),
         spec: Some(StatefulSetSpec {
             replicas: Some(1),
             service_name: Some(headless.clone()),
             selector: label_selector(t, SEAWEEDFS),
             template: pod_template(t, SEAWEEDFS, None, spec, annotations, &server.pod),
-            volume_claim_templates: Some(vec![data::claim_template("data", &server.storage)]),
-            persistent_volume_claim_retention_policy: Some(data::retention(t)),
+            volume_claim_templates: Some(vec![claim_template("data", &server.storage)]),
+            persistent_volume_claim_retention_policy: Some(retention(t)),
             ..Default::default()
         }),
         status: None,
@@ -745,30 +623,21 @@ pub fn bucket_job(t: &ValidatedTator) -> Option<Job> {
 
 /// The NGINX route for presigned URLs of in-cluster buckets (no `auth_request`: the URL
 /// signature is the authentication).
-pub fn objects_route(t: &ValidatedTator) -> Option<super::nginx::ProxyRoute> {
-    store_runs(t).then(|| super::nginx::ProxyRoute {
+pub fn objects_route(t: &ValidatedTator) -> Option<ProxyRoute> {
+    store_runs(t).then(|| ProxyRoute {
         path: OBJECTS_PATH.into(),
         upstream: format!("{}/", store_upstream(t)),
-        guard: super::nginx::Guard::Open,
+        guard: Guard::Open,
         object_store: true,
         headers: vec![],
     })
 }
 
-/// A hash of the non-secret object-storage settings, for the pod templates that read the
-/// buckets Secret: a changed bucket rolls them.
-pub fn settings_hash(t: &ValidatedTator) -> String {
-    let names: Vec<String> = system_buckets(t)
-        .into_iter()
-        .map(|(role, p)| format!("{role:?}={p:?}"))
-        .collect();
-    short_hash(names.join(";").as_bytes(), 16)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{test_fixtures::minimal, validate::validate};
+    use crate::{builders::buckets::bucket_env_names, test_fixtures::minimal, validate::validate};
+    use tator_api::{ExternalBucket, SystemBucket};
 
     fn s3_secret() -> BTreeMap<String, String> {
         BTreeMap::from([

@@ -6,7 +6,11 @@ use k8s_openapi::api::{
 };
 use std::collections::BTreeMap;
 
-use super::{common::*, data};
+use super::{
+    common::*,
+    data, names,
+    tator_env::{self, tator_env, tator_volumes},
+};
 use crate::validate::{ValidatedTator, VersionPlan};
 
 pub const MIGRATIONS: &str = "migrations";
@@ -101,7 +105,7 @@ pub fn job(t: &ValidatedTator, version: &str) -> Job {
 /// An init container creating the extensions Tator needs before `migrate` runs, with `psql` from
 /// the PostGIS image, against whichever PostgreSQL Tator uses.
 fn extensions_container(t: &ValidatedTator, version: &str) -> Container {
-    let e = data::endpoints(t);
+    let e = tator_env::endpoints(t);
     let pg_pod = t
         .spec
         .postgres
@@ -137,7 +141,7 @@ fn extensions_container(t: &ValidatedTator, version: &str) -> Container {
         },
         EnvVar {
             name: "PGDATABASE".into(),
-            value: Some(data::DATABASE.into()),
+            value: Some(names::DATABASE.into()),
             ..Default::default()
         },
         EnvVar {
@@ -165,10 +169,10 @@ fn extensions_container(t: &ValidatedTator, version: &str) -> Container {
         });
     }
     let mut mounts = Vec::new();
-    if let Some((_, m)) = data::pg_ca_volume(&e) {
+    if let Some((_, m)) = tator_env::pg_ca_volume(&e) {
         env.push(EnvVar {
             name: "PGSSLROOTCERT".into(),
-            value: Some(format!("{}/ca.crt", data::PG_CA_DIR)),
+            value: Some(format!("{}/ca.crt", tator_env::PG_CA_DIR)),
             ..Default::default()
         });
         mounts.push(m);

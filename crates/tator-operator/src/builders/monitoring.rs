@@ -27,10 +27,10 @@ use serde_json::{Value, json};
 use tator_api::labels;
 
 use super::{
-    Children,
+    children::Children,
     common::*,
-    data::GeneratedSecret,
-    nginx::{Guard, ProxyRoute},
+    features::monitoring_enabled,
+    names::{NGINX, STUB_STATUS_PORT},
 };
 use crate::validate::ValidatedTator;
 
@@ -63,19 +63,14 @@ pub const SCRAPE_INTERVAL: &str = "15s";
 const NOBODY: i64 = 65534;
 const GRAFANA_UID: i64 = 472;
 
-/// Whether monitoring runs at all.
-pub fn enabled(t: &ValidatedTator) -> bool {
-    t.spec.monitoring.enabled
-}
-
 /// Whether the operator runs its own Prometheus (monitoring on, no prometheus-operator).
 pub fn own_prometheus(t: &ValidatedTator) -> bool {
-    enabled(t) && !t.cluster.prometheus_operator
+    monitoring_enabled(t) && !t.cluster.prometheus_operator
 }
 
 /// Whether Grafana runs.
 pub fn grafana_wanted(t: &ValidatedTator) -> bool {
-    enabled(t) && t.spec.monitoring.grafana.enabled
+    monitoring_enabled(t) && t.spec.monitoring.grafana.enabled
 }
 
 /// prometheus-operator's ServiceMonitor (`monitoring.coreos.com/v1`).
@@ -96,7 +91,7 @@ pub fn pod_monitor_resource() -> ApiResource {
 
 /// `host:port` of the statsd exporter, gunicorn's `--statsd-host`.
 pub fn statsd_host(t: &ValidatedTator) -> Option<String> {
-    enabled(t).then(|| format!("{}:{STATSD_PORT}", t.child_name(STATSD_EXPORTER)))
+    monitoring_enabled(t).then(|| format!("{}:{STATSD_PORT}", t.child_name(STATSD_EXPORTER)))
 }
 
 /// The Grafana Secret generated once (its admin password).
@@ -112,13 +107,13 @@ pub fn generated_secret(t: &ValidatedTator) -> Option<GeneratedSecret> {
 /// Everything of the monitoring stack (the NGINX sidecar is added by the NGINX builder).
 pub fn build(t: &ValidatedTator) -> Children {
     let mut d = Children::default();
-    if !enabled(t) {
+    if !monitoring_enabled(t) {
         return d;
     }
     d.services.push(statsd_service(t));
     d.deployments.push(statsd_deployment(t));
     if own_prometheus(t) {
-        let (sa, role, binding) = super::logging::pod_reader(t, PROMETHEUS);
+        let (sa, role, binding) = pod_reader(t, PROMETHEUS);
         d.service_accounts.push(sa);
         d.roles.push(role);
         d.role_bindings.push(binding);
@@ -167,26 +162,6 @@ pub fn routes(t: &ValidatedTator) -> Vec<ProxyRoute> {
         });
     }
     out
-}
-
-/// A ClusterIP Service for one component on one port.
-pub fn cluster_service(t: &ValidatedTator, component: &str, port_name: &str, port: i32) -> Service {
-    Service {
-        metadata: child_meta(t, t.child_name(component), component, None),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(selector_labels(t, component)),
-            ports: Some(vec![ServicePort {
-                name: Some(port_name.into()),
-                port,
-                target_port: Some(IntOrString::String(port_name.into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    }
 }
 
 fn statsd_service(t: &ValidatedTator) -> Service {
@@ -310,7 +285,7 @@ pub fn statsd_deployment(t: &ValidatedTator) -> Deployment {
 /// The exporter sidecar of the NGINX pods: reads `stub_status` on loopback, serves metrics on
 /// the port named `metrics`.
 pub fn nginx_exporter(t: &ValidatedTator) -> Option<Container> {
-    if !enabled(t) {
+    if !monitoring_enabled(t) {
         return None;
     }
     let mut c = container(
@@ -322,7 +297,7 @@ pub fn nginx_exporter(t: &ValidatedTator) -> Option<Container> {
     c.args = Some(vec![
         format!(
             "--nginx.scrape-uri=http://127.0.0.1:{}/stub_status",
-            super::nginx::STUB_STATUS_PORT
+            STUB_STATUS_PORT
         ),
         format!("--web.listen-address=:{NGINX_EXPORTER_PORT}"),
     ]);
@@ -363,16 +338,16 @@ pub fn service_monitor(t: &ValidatedTator) -> DynamicObject {
 
 /// The PodMonitor for the NGINX exporter sidecars.
 pub fn pod_monitor(t: &ValidatedTator) -> DynamicObject {
-    let name = t.child_name(super::nginx::NGINX);
+    let name = t.child_name(NGINX);
     let mut obj = DynamicObject::new(&name, &pod_monitor_resource()).data(json!({
         "spec": {
-            "selector": {"matchLabels": selector_labels(t, super::nginx::NGINX)},
+            "selector": {"matchLabels": selector_labels(t, NGINX)},
             "namespaceSelector": {"matchNames": [t.namespace]},
             "podTargetLabels": [labels::INSTANCE],
             "podMetricsEndpoints": [{"port": "metrics", "interval": SCRAPE_INTERVAL, "path": "/metrics"}]
         }
     }));
-    obj.metadata = monitor_meta(t, name, super::nginx::NGINX);
+    obj.metadata = monitor_meta(t, name, NGINX);
     obj
 }
 
@@ -389,7 +364,7 @@ pub fn prometheus_yml(t: &ValidatedTator) -> String {
         labels::INSTANCE,
         t.name,
         labels::COMPONENT,
-        super::nginx::NGINX
+        NGINX
     );
     let conf = json!({
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
@@ -406,7 +381,7 @@ pub fn prometheus_yml(t: &ValidatedTator) -> String {
                 }]
             },
             {
-                "job_name": t.child_name(super::nginx::NGINX),
+                "job_name": t.child_name(NGINX),
                 "kubernetes_sd_configs": [{
                     "role": "pod",
                     "namespaces": {"names": [t.namespace]},
@@ -473,10 +448,7 @@ pub fn prometheus_deployment(t: &ValidatedTator, conf: &ConfigMap) -> Deployment
         "--config.file=/etc/prometheus/prometheus.yml".into(),
         "--storage.tsdb.path=/prometheus".into(),
         format!("--storage.tsdb.retention.time={}d", s.retention_days),
-        format!(
-            "--web.external-url={}/",
-            super::logging::public_url(t, PROMETHEUS_PATH)
-        ),
+        format!("--web.external-url={}/", public_url(t, PROMETHEUS_PATH)),
         "--web.route-prefix=/".into(),
     ]);
     c.ports = Some(vec![ContainerPort {
@@ -543,7 +515,7 @@ pub fn datasource_url(t: &ValidatedTator) -> String {
 /// access, no login form, no basic auth, no phoning home.
 pub fn grafana_ini(t: &ValidatedTator) -> String {
     let role = t.spec.monitoring.grafana.staff_role.as_str();
-    let root = super::logging::public_url(t, GRAFANA_PATH);
+    let root = public_url(t, GRAFANA_PATH);
     let secure = t.spec.tls.is_some();
     format!(
         "# Generated by tator-operator. Edits are overwritten.

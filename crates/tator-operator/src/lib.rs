@@ -1,10 +1,12 @@
 //! The Tator operator: runs a whole Tator deployment from one `TatorDeployment` resource.
 //!
-//! The reconcile pipeline has one module per stage: [`validate`] (spec checks and defaults),
-//! [`builders`] (pure builders of every child), [`apply`] (server-side apply and pruning) and
-//! [`status`] (conditions computed from what was applied); [`controller`] wires them to watches
-//! and runs them in order, and [`controller::decide`] holds its pure decisions (requeue, Events,
-//! deletion).
+//! One module per stage of the reconcile: [`validate`] (spec checks and defaults, pure),
+//! [`controller::fetch`] (the reads before building, one `Facts` value), [`builders`] (pure
+//! builders of every child), [`apply`] (server-side apply by tier, then pruning), observation
+//! ([`dependencies`], [`objstore`]), external writes ([`registration`] through [`tator_rest`],
+//! job clusters through [`remote`]) and [`status`] (conditions from what was applied, pure).
+//! [`controller`] wires them to watches and runs them in order; [`controller::decide`] holds
+//! its pure decisions (requeue, Events, deletion).
 
 pub mod apply;
 pub mod bounded;

@@ -162,6 +162,8 @@ pub fn held_back(
     caches: Option<&Caches>,
 ) -> (Applied, Vec<String>) {
     let Children {
+        // Held like the rest; a Secret is never read while paused, so nothing is pending.
+        secrets: _,
         service_accounts,
         roles,
         role_bindings,
@@ -185,6 +187,7 @@ pub fn held_back(
     let ns = t.namespace.as_str();
     let mut pending = Vec::new();
     let live = Children {
+        secrets: Vec::new(),
         service_accounts: held(ns, service_accounts, caches, &mut pending),
         roles: held(ns, roles, caches, &mut pending),
         role_bindings: held(ns, role_bindings, caches, &mut pending),
@@ -225,6 +228,7 @@ pub async fn apply(
     caches: Option<&Caches>,
 ) -> Result<Applied, Error> {
     let Children {
+        secrets,
         service_accounts,
         roles,
         role_bindings,
@@ -246,6 +250,8 @@ pub async fn apply(
         workflow_templates,
     } = desired;
     let ns = t.namespace.as_str();
+    // First: the pods of this tier mount them. Their values are not kept in what was applied.
+    apply_all(client, ns, secrets, caches).await?;
     let service_accounts = apply_all(client, ns, service_accounts, caches).await?;
     let roles = apply_all(client, ns, roles, caches).await?;
     let role_bindings = apply_all(client, ns, role_bindings, caches).await?;
@@ -301,6 +307,7 @@ pub async fn apply(
     )
     .await?;
     let live = Children {
+        secrets: Vec::new(),
         service_accounts,
         roles,
         role_bindings,
@@ -548,6 +555,9 @@ pub async fn prune(
             .is_some_and(|c| spare.contains(&c.as_str()))
     };
     let Children {
+        // Never pruned: the operator may not list Secrets, and the composed ones have fixed
+        // names per installation and go with it (owner references).
+        secrets: _,
         service_accounts,
         roles,
         role_bindings,

@@ -25,7 +25,7 @@ use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::{CronJob, Job},
-    core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount},
+    core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount},
     networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
@@ -295,6 +295,18 @@ cached!(HorizontalPodAutoscaler, autoscalers);
 cached!(PodDisruptionBudget, disruption_budgets);
 cached!(NetworkPolicy, network_policies);
 cached!(PersistentVolumeClaim, claims);
+
+/// Secrets are not watched (watching them would take the right to list every Secret of the
+/// namespace): one read tells whether a composed Secret must be sent.
+impl Cached for Secret {
+    fn seen(_caches: Option<&Caches>, _ns: &str, _desired: &Self) -> Seen<Self> {
+        Seen::Unknown(None)
+    }
+
+    fn metas(_caches: Option<&Caches>, _ns: &str, _instance: &str) -> Option<Vec<ObjectMeta>> {
+        None
+    }
+}
 
 /// Kinds kept without their pod template's spec (see the module documentation).
 pub trait Slim: Resource {

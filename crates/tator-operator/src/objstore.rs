@@ -6,14 +6,11 @@ use std::collections::BTreeMap;
 
 use futures::future::join_all;
 use k8s_openapi::api::{batch::v1::Job, core::v1::Secret};
-use kube::{
-    Api, Client, ResourceExt,
-    api::{Patch, PatchParams},
-};
+use kube::{Api, Client, ResourceExt};
 use tator_api::StoreType;
 
 use crate::{
-    apply::{Applied, FIELD_MANAGER},
+    apply::Applied,
     builders::{
         buckets::{self, Placement},
         objects::{self, ConfigProblem, StorageSecrets},
@@ -73,47 +70,6 @@ pub async fn read_secrets(client: &Client, t: &ValidatedTator) -> Result<Storage
         out.credentials.insert(name, data);
     }
     Ok(out)
-}
-
-/// Applies the composed Secrets (server-side apply, like every child). A bucket whose settings
-/// cannot be composed leaves the existing Secrets as they are and is returned as a problem.
-pub async fn apply_secrets(
-    client: &Client,
-    t: &ValidatedTator,
-    secrets: &StorageSecrets,
-) -> Result<Option<ConfigProblem>, Error> {
-    let composed = match objects::composed_secrets(t, secrets) {
-        Ok(c) => c,
-        Err(problem) => return Ok(Some(problem)),
-    };
-    let api: Api<Secret> = Api::namespaced(client.clone(), &t.namespace);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    for s in composed {
-        let name = s.name_any();
-        // A read instead of a write when the Secret already holds exactly this.
-        let live = api.get_opt(&name).await.map_err(|source| Error::Fetch {
-            what: format!("Secret {name}"),
-            source,
-        })?;
-        if live.is_some_and(|l| {
-            l.data == s.data
-                && l.metadata.owner_references == s.metadata.owner_references
-                && crate::cache::contained(
-                    &serde_json::to_value(&s.metadata.labels).unwrap_or_default(),
-                    &serde_json::to_value(&l.metadata.labels).unwrap_or_default(),
-                )
-        }) {
-            continue;
-        }
-        api.patch(&name, &params, &Patch::Apply(&s))
-            .await
-            .map_err(|source| Error::Apply {
-                kind: "Secret",
-                name,
-                source,
-            })?;
-    }
-    Ok(None)
 }
 
 /// What one bucket check needs.

@@ -5,7 +5,7 @@ use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::{CronJob, Job},
-    core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount},
+    core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount},
     networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
     rbac::v1::{Role, RoleBinding},
@@ -29,6 +29,10 @@ pub fn applied_hash<K: Serialize>(obj: &K) -> String {
 /// destructures it exhaustively and nothing built can be left unapplied.
 #[derive(Clone, Debug, Default)]
 pub struct Children {
+    /// Secrets whose values the operator composes (object storage). Compared by a read before
+    /// writing, never listed or pruned (the operator may not list Secrets; owner references
+    /// remove them with the installation), never printed by `render`.
+    pub secrets: Vec<Secret>,
     pub service_accounts: Vec<ServiceAccount>,
     pub roles: Vec<Role>,
     pub role_bindings: Vec<RoleBinding>,
@@ -57,6 +61,7 @@ impl Children {
     /// Adds another set of children (applied after these).
     pub fn extend(&mut self, other: Children) {
         let Children {
+            secrets,
             service_accounts,
             roles,
             role_bindings,
@@ -77,6 +82,7 @@ impl Children {
             scaled_objects,
             workflow_templates,
         } = other;
+        self.secrets.extend(secrets);
         self.service_accounts.extend(service_accounts);
         self.roles.extend(roles);
         self.role_bindings.extend(role_bindings);
@@ -113,6 +119,7 @@ impl Children {
             }
         }
         let Children {
+            secrets,
             service_accounts,
             roles,
             role_bindings,
@@ -133,6 +140,7 @@ impl Children {
             scaled_objects,
             workflow_templates,
         } = self;
+        stamp(secrets);
         stamp(service_accounts);
         stamp(roles);
         stamp(role_bindings);
@@ -154,7 +162,7 @@ impl Children {
         stamp(workflow_templates);
     }
 
-    /// Every object as JSON, in apply order.
+    /// Every object as JSON, in apply order, Secrets left out (they carry credentials).
     pub fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
         fn push<T: serde::Serialize>(
             out: &mut Vec<serde_json::Value>,
@@ -166,6 +174,8 @@ impl Children {
             Ok(())
         }
         let Children {
+            // Credentials: never printed (render).
+            secrets: _,
             service_accounts,
             roles,
             role_bindings,

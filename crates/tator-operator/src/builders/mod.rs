@@ -55,6 +55,22 @@ pub fn build_data(t: &ValidatedTator) -> Children {
     d
 }
 
+/// The Secrets whose values the operator composes for object storage, from the keys and
+/// credentials the controller read (see [`objects::composed_secrets`]); applied with the data
+/// tier. A bucket whose settings cannot be composed yields the problem instead, and the Secrets
+/// already there stay as they are.
+pub fn build_storage_secrets(
+    t: &ValidatedTator,
+    read: &objects::StorageSecrets,
+) -> Result<Children, objects::ConfigProblem> {
+    let mut d = Children {
+        secrets: objects::composed_secrets(t, read)?,
+        ..Children::default()
+    };
+    d.stamp_applied_hashes();
+    Ok(d)
+}
+
 /// With `spec.stopped`, every workload asks for zero pods and nothing scales it back up.
 fn stop_if_stopped(t: &ValidatedTator, d: &mut Children) {
     if !t.spec.stopped {

@@ -331,8 +331,7 @@ fn owned_secret(t: &ValidatedTator, name: String, values: BTreeMap<String, Strin
 }
 
 /// The Secrets whose values the operator composes: the buckets Secret and, with the in-cluster
-/// store, its identities file. Applied outside [`super::children::Children`] so that `render` never
-/// prints a credential.
+/// store, its identities file. `render` never prints them.
 pub fn composed_secrets(
     t: &ValidatedTator,
     secrets: &StorageSecrets,

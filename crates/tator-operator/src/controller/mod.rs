@@ -432,18 +432,22 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     if !paused {
         apply::ensure_generated_secrets(&ctx.client, &t).await?;
     }
+    // read after the generated Secrets exist: the in-cluster store's keys are among them
     let storage_secrets = objstore::read_secrets(&ctx.client, &t).await?;
-    let storage_problem = if paused {
-        None
-    } else {
-        objstore::apply_secrets(&ctx.client, &t, &storage_secrets).await?
-    };
+    let mut data_tier = builders::build_data(&t);
+    let mut storage_problem = None;
+    if !paused {
+        match builders::build_storage_secrets(&t, &storage_secrets) {
+            Ok(secrets) => data_tier.extend(secrets),
+            Err(problem) => storage_problem = Some(problem),
+        }
+    }
     let mut applied = if paused {
-        let (held, p) = apply::held_back(&t, builders::build_data(&t), caches);
+        let (held, p) = apply::held_back(&t, data_tier, caches);
         pending.extend(p);
         held
     } else {
-        apply::apply(&ctx.client, &t, builders::build_data(&t), caches).await?
+        apply::apply(&ctx.client, &t, data_tier, caches).await?
     };
     let deps = dependencies::observe(&ctx.client, &t, &applied).await;
     // the rollout: which release the web tier runs, and whether the migrations Job is due

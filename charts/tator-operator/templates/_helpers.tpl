@@ -109,6 +109,17 @@ Role) or in every namespace (a ClusterRole). Each rule names the code that needs
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [get]
+# controller/crds.rs watches whether the third-party CRDs the operator uses are installed (one
+# watch per name; without it, namespace-scoped installs ask at each reconcile instead).
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  resourceNames:
+    - certificates.cert-manager.io
+    - servicemonitors.monitoring.coreos.com
+    - podmonitors.monitoring.coreos.com
+    - workflowtemplates.argoproj.io
+    - scaledobjects.keda.sh
+  verbs: [list, watch]
 # controller.rs lists StorageClasses to find the cluster's default one, Tator's
 # WORKFLOW_STORAGE_CLASSES when the spec names none (list; without it, namespace-scoped installs
 # leave it to workflows.storageClasses).

@@ -504,7 +504,12 @@ async fn prune_dynamic(
     resource: &ApiResource,
     kind: &'static str,
     keep: BTreeSet<String>,
+    caches: Option<&Caches>,
 ) -> Result<u32, Error> {
+    // Without its CRD there is nothing of this kind: no list.
+    if caches.and_then(|c| c.crds.known(resource)) == Some(false) {
+        return Ok(0);
+    }
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &t.namespace, resource);
     let list = match api
         .list_metadata(&ListParams::default().labels(&instance_selector(&t.name)))
@@ -644,7 +649,7 @@ pub async fn prune(
             scaled_objects,
         ),
     ] {
-        n += prune_dynamic(client, t, &resource, kind, names(objs)).await?;
+        n += prune_dynamic(client, t, &resource, kind, names(objs), caches).await?;
     }
     Ok(n)
 }

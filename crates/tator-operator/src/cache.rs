@@ -33,6 +33,7 @@ use k8s_openapi::api::{
 use kube::{
     Resource,
     api::{ObjectMeta, PartialObjectMeta},
+    discovery::ApiResource,
     runtime::reflector::{self, ObjectRef, Store, store::Writer},
 };
 use serde::Serialize;
@@ -40,6 +41,37 @@ use serde_json::Value;
 use tator_api::labels::INSTANCE;
 
 use crate::builders::children::APPLIED_HASH_ANNOTATION;
+
+/// The CRD's name: `<plural>.<group>`.
+pub fn crd_name(resource: &ApiResource) -> String {
+    format!("{}.{}", resource.plural, resource.group)
+}
+
+/// Which third-party CRDs are installed and established, by CRD name, as the operator's CRD
+/// watches (`controller::crds`) know it; a name without an answer is not known.
+#[derive(Clone, Default)]
+pub struct CrdPresence(Arc<Mutex<HashMap<String, bool>>>);
+
+impl CrdPresence {
+    /// Whether the CRD of `resource` is installed, when a watch knows.
+    pub fn known(&self, resource: &ApiResource) -> Option<bool> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&crd_name(resource)).copied())
+    }
+
+    /// Records what a watch learnt (None: it no longer knows); whether the answer changed.
+    pub(crate) fn set(&self, name: &str, installed: Option<bool>) -> bool {
+        let Ok(mut m) = self.0.lock() else {
+            return false;
+        };
+        match installed {
+            Some(v) => m.insert(name.to_string(), v) != Some(v),
+            None => m.remove(name).is_some(),
+        }
+    }
+}
 
 /// Readers of the child caches.
 #[derive(Clone)]
@@ -60,6 +92,8 @@ pub struct Caches {
     pub claims: Store<PersistentVolumeClaim>,
     /// The generations of the children not kept whole, as the operator last applied or read them.
     pub generations: Generations,
+    /// Which third-party CRDs are installed.
+    pub crds: CrdPresence,
 }
 
 /// Writers of the child caches, handed to the watches.
@@ -114,6 +148,7 @@ impl Caches {
                 network_policies,
                 claims,
                 generations: Generations::default(),
+                crds: CrdPresence::default(),
             },
             CacheWriters {
                 deployments: wd,

@@ -1,7 +1,8 @@
 //! Fetch: the reads of the main cluster a reconcile needs before it builds, made concurrently in
-//! one place and returned as one plain [`Facts`] value. Children come from the watch caches; a
-//! CRD once seen installed is remembered for a while; Secret values are read only after every
-//! Secret the spec names has consented.
+//! one place and returned as one plain [`Facts`] value. Children come from the watch caches,
+//! CRD presence from the CRD watches ([`super::crds`]; where they may not watch, a CRD once seen
+//! installed is remembered for a while); Secret values are read only after every Secret the
+//! spec names has consented.
 //!
 //! Two reads stay where they are, because they follow a write of the same reconcile: the object
 //! storage keys (after the generated Secrets are created) and the dependency checks (after the
@@ -62,7 +63,11 @@ impl CrdsSeen {
         ns: &str,
         resource: &ApiResource,
     ) -> Result<bool, Error> {
-        let key = format!("{}.{}", resource.plural, resource.group);
+        // The CRD watches know, unless they may not watch or have not listed yet.
+        if let Some(installed) = ctx.caches.crds.known(resource) {
+            return Ok(installed);
+        }
+        let key = crate::cache::crd_name(resource);
         let fresh = |seen: &HashMap<String, Instant>| {
             seen.get(&key).is_some_and(|at| at.elapsed() < CRD_SEEN_FOR)
         };

@@ -37,6 +37,7 @@ use serde_json::json;
 use tator_api::{TatorDeployment, TatorDeploymentStatus, labels};
 use tracing::{Instrument, info, info_span, warn};
 
+pub mod crds;
 pub mod decide;
 pub mod fetch;
 pub mod job_clusters;
@@ -814,6 +815,19 @@ pub async fn run(ctx: Arc<Context>) {
         },
     );
     let trigger = futures::stream::select(trigger, extra);
+    // Whether the third-party CRDs are installed: a change reconciles every installation.
+    let (crds_changed, crd_changes) = futures::channel::mpsc::unbounded();
+    let crd_watches: Vec<_> = crds::watched()
+        .iter()
+        .map(|r| {
+            tokio::spawn(crds::watch(
+                client.clone(),
+                crate::cache::crd_name(r),
+                ctx.caches.crds.clone(),
+                crds_changed.clone(),
+            ))
+        })
+        .collect();
     let writers = ctx.cache_writers.lock().ok().and_then(|mut w| w.take());
     let Some(w) = writers else {
         warn!("this context already ran a controller; create a new one");
@@ -946,9 +960,13 @@ pub async fn run(ctx: Arc<Context>) {
                 Some(reflector::ObjectRef::new(&instance).within(&pvc.namespace()?))
             },
         )
+        .reconcile_all_on(crd_changes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+    for w in crd_watches {
+        w.abort();
+    }
     info!("controller stopped");
 }

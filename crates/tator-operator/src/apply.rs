@@ -657,11 +657,23 @@ pub async fn prune(
 /// Creates each generated Secret (the Django key, in-cluster database and cache credentials) if it
 /// does not exist. An existing one is never rewritten: only its labels and owner references
 /// follow the spec (the deletion policy decides whether it is owned).
-pub async fn ensure_generated_secrets(client: &Client, t: &ValidatedTator) -> Result<(), Error> {
+pub async fn ensure_generated_secrets(
+    client: &Client,
+    t: &ValidatedTator,
+    caches: Option<&Caches>,
+) -> Result<(), Error> {
     use rand::{Rng, distr::Alphanumeric};
     let api: Api<Secret> = Api::namespaced(client.clone(), &t.namespace);
+    let recent = caches.map(|c| &c.recent_secrets);
     for g in data::generated_secrets(t) {
         let meta = data_meta(t, g.name.clone(), g.component);
+        // Checked lately with these owners and labels: not read again (`cache::RecentSecrets`).
+        let mark = serde_json::to_vec(&(&meta.owner_references, &meta.labels))
+            .map(|b| crate::builders::common::short_hash(&b, 16))
+            .unwrap_or_default();
+        if recent.is_some_and(|r| r.fresh(&t.namespace, &g.name, &mark)) {
+            continue;
+        }
         let existing = api
             .get_metadata_opt(&g.name)
             .await
@@ -698,6 +710,9 @@ pub async fn ensure_generated_secrets(client: &Client, t: &ValidatedTator) -> Re
                         source,
                     })?;
             }
+            if let Some(r) = recent {
+                r.record(&t.namespace, &g.name, &mark);
+            }
             continue;
         }
         let mut values = g.fixed.clone();
@@ -715,7 +730,12 @@ pub async fn ensure_generated_secrets(client: &Client, t: &ValidatedTator) -> Re
             ..Default::default()
         };
         match api.create(&params, &secret).await {
-            Ok(_) => info!(secret = %g.name, "generated a Secret"),
+            Ok(_) => {
+                info!(secret = %g.name, "generated a Secret");
+                if let Some(r) = recent {
+                    r.record(&t.namespace, &g.name, &mark);
+                }
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(source) => {
                 return Err(Error::Apply {

@@ -94,6 +94,8 @@ pub struct Caches {
     pub generations: Generations,
     /// Which third-party CRDs are installed.
     pub crds: CrdPresence,
+    /// Secrets the operator applied or checked lately.
+    pub recent_secrets: RecentSecrets,
 }
 
 /// Writers of the child caches, handed to the watches.
@@ -149,6 +151,7 @@ impl Caches {
                 claims,
                 generations: Generations::default(),
                 crds: CrdPresence::default(),
+                recent_secrets: RecentSecrets::default(),
             },
             CacheWriters {
                 deployments: wd,
@@ -331,11 +334,63 @@ cached!(PodDisruptionBudget, disruption_budgets);
 cached!(NetworkPolicy, network_policies);
 cached!(PersistentVolumeClaim, claims);
 
-/// Secrets are not watched (watching them would take the right to list every Secret of the
-/// namespace): one read tells whether a composed Secret must be sent.
+/// How long a Secret the operator wrote or read is taken as it left it. Secrets are not watched
+/// (watching them would take the right to list every Secret of the namespace), so an edit by
+/// hand is only seen at a reconcile some other change starts; within this time of the operator's
+/// own write or read, not even then.
+pub const SECRET_TRUSTED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Secrets the operator applied or checked lately: by namespace and name, the applied-hash (or
+/// the owner it verified) and when. Never their values.
+#[derive(Clone, Default)]
+pub struct RecentSecrets(Arc<Mutex<HashMap<SecretKey, (String, std::time::Instant)>>>);
+
+/// Namespace and name of a Secret.
+type SecretKey = (String, String);
+
+impl RecentSecrets {
+    /// Whether `ns/name` was recorded with `mark` within [`SECRET_TRUSTED_FOR`].
+    pub fn fresh(&self, ns: &str, name: &str, mark: &str) -> bool {
+        self.0.lock().is_ok_and(|m| {
+            m.get(&(ns.to_string(), name.to_string()))
+                .is_some_and(|(h, at)| h == mark && at.elapsed() < SECRET_TRUSTED_FOR)
+        })
+    }
+
+    /// Records that `ns/name` is as the operator wants it, under `mark`.
+    pub fn record(&self, ns: &str, name: &str, mark: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.retain(|_, (_, at)| at.elapsed() < SECRET_TRUSTED_FOR);
+            m.insert(
+                (ns.to_string(), name.to_string()),
+                (mark.to_string(), std::time::Instant::now()),
+            );
+        }
+    }
+}
+
+/// Secrets are not watched: one read tells whether a composed Secret must be sent, unless the
+/// operator applied or read exactly this one lately ([`RecentSecrets`]).
 impl Cached for Secret {
-    fn seen(_caches: Option<&Caches>, _ns: &str, _desired: &Self) -> Seen<Self> {
-        Seen::Unknown(None)
+    fn seen(caches: Option<&Caches>, ns: &str, desired: &Self) -> Seen<Self> {
+        let name = desired.metadata.name.as_deref().unwrap_or_default();
+        match (caches, applied_hash_of(&desired.metadata)) {
+            (Some(c), Some(hash)) if c.recent_secrets.fresh(ns, name, hash) => {
+                Seen::Same(desired.clone())
+            }
+            _ => Seen::Unknown(None),
+        }
+    }
+
+    fn remember(caches: Option<&Caches>, live: &Self) {
+        if let (Some(c), Some(hash), Some(ns), Some(name)) = (
+            caches,
+            applied_hash_of(&live.metadata),
+            live.metadata.namespace.as_deref(),
+            live.metadata.name.as_deref(),
+        ) {
+            c.recent_secrets.record(ns, name, hash);
+        }
     }
 
     fn metas(_caches: Option<&Caches>, _ns: &str, _instance: &str) -> Option<Vec<ObjectMeta>> {

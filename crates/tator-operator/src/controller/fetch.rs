@@ -31,6 +31,30 @@ use crate::{
 /// once; removing one is noticed within this time.
 const CRD_SEEN_FOR: Duration = Duration::from_secs(300);
 
+/// The cluster's default StorageClass as last read, and when: StorageClasses are not watched, and
+/// the default rarely moves; it is read again after [`CRD_SEEN_FOR`].
+#[derive(Default)]
+pub struct DefaultClass(Mutex<Option<(Option<String>, Instant)>>);
+
+impl DefaultClass {
+    async fn get(&self, ctx: &Context) -> Result<Option<String>, Error> {
+        if let Some((class, _)) = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|m| m.clone())
+            .filter(|(_, at)| at.elapsed() < CRD_SEEN_FOR)
+        {
+            return Ok(class);
+        }
+        let class = apply::default_storage_class(&ctx.client).await?;
+        if let Ok(mut m) = self.0.lock() {
+            *m = Some((class.clone(), Instant::now()));
+        }
+        Ok(class)
+    }
+}
+
 /// What the fetch stage read.
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
@@ -172,7 +196,7 @@ async fn cluster_facts(ctx: &Context, t: &ValidatedTator) -> Result<ClusterFacts
             && t.spec.workflows.storage_classes.is_empty()
             && t.spec.workflows.transcode.scratch_storage_class.is_none()
         {
-            apply::default_storage_class(&ctx.client).await
+            ctx.default_class.get(ctx).await
         } else {
             Ok(None)
         }

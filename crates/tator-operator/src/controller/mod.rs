@@ -111,6 +111,8 @@ pub struct Context {
     pub scalers: crate::scaler::Scalers,
     /// CRDs seen installed (the fetch stage asks again only after a while).
     crds_seen: fetch::CrdsSeen,
+    /// The cluster's default StorageClass, as the fetch stage last read it.
+    default_class: fetch::DefaultClass,
     /// Reconcile requests from the job-cluster workers (taken by `run`).
     job_cluster_triggers: Mutex<
         Option<futures::channel::mpsc::UnboundedReceiver<reflector::ObjectRef<TatorDeployment>>>,
@@ -139,6 +141,7 @@ impl Context {
             job_clusters,
             scalers: crate::scaler::Scalers::new(client.clone()),
             crds_seen: fetch::CrdsSeen::default(),
+            default_class: fetch::DefaultClass::default(),
             job_cluster_triggers: Mutex::new(Some(rx)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -431,7 +434,7 @@ async fn pipeline(td: &TatorDeployment, ctx: &Context) -> Result<Action, Error> 
     let caches = Some(&ctx.caches);
     // data tier first: the web tier waits for it
     if !paused {
-        apply::ensure_generated_secrets(&ctx.client, &t).await?;
+        apply::ensure_generated_secrets(&ctx.client, &t, caches).await?;
     }
     // read after the generated Secrets exist: the in-cluster store's keys are among them
     let storage_secrets = objstore::read_secrets(&ctx.client, &t).await?;

@@ -61,14 +61,13 @@ impl CrdPresence {
             .and_then(|m| m.get(&crd_name(resource)).copied())
     }
 
-    /// Records what a watch learnt (None: it no longer knows); whether the answer changed.
-    pub(crate) fn set(&self, name: &str, installed: Option<bool>) -> bool {
-        let Ok(mut m) = self.0.lock() else {
-            return false;
-        };
-        match installed {
-            Some(v) => m.insert(name.to_string(), v) != Some(v),
-            None => m.remove(name).is_some(),
+    /// Records what a watch learnt (None: it no longer knows).
+    pub(crate) fn set(&self, name: &str, installed: Option<bool>) {
+        if let Ok(mut m) = self.0.lock() {
+            match installed {
+                Some(v) => m.insert(name.to_string(), v),
+                None => m.remove(name),
+            };
         }
     }
 }

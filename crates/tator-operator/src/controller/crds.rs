@@ -48,8 +48,9 @@ fn established(crd: &CustomResourceDefinition) -> bool {
         })
 }
 
-/// Watches one CRD by name (`<plural>.<group>`) until the process stops; `changed` is told when the answer moves
-/// between installed and not (not when it becomes unknown).
+/// Watches one CRD by name (`<plural>.<group>`) until the process stops; `changed` is told when
+/// the answer moves between installed and not. The first answer tells nobody: reconciles that
+/// ran before it asked the API server themselves.
 pub async fn watch(
     client: Client,
     name: String,
@@ -71,6 +72,7 @@ pub async fn watch(
     let mut events = watcher(api, config).default_backoff().boxed();
     let mut listed = false;
     let mut failing = false;
+    let mut last: Option<bool> = None;
     while let Some(event) = events.next().await {
         let installed = match event {
             Ok(watcher::Event::Init) => {
@@ -99,9 +101,11 @@ pub async fn watch(
             }
         };
         failing = false;
-        if presence.set(&name, installed) {
+        presence.set(&name, installed);
+        if last.is_some() && installed != last {
             debug!(crd = %name, ?installed, "CRD presence changed");
             let _ = changed.unbounded_send(());
         }
+        last = installed;
     }
 }

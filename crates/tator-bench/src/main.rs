@@ -271,6 +271,22 @@ async fn existing(client: &Client, ns: &str) -> anyhow::Result<BTreeSet<(String,
     Ok(out)
 }
 
+/// Waits until `name` is Ready at its current generation.
+async fn wait_ready(tds: &Api<TatorDeployment>, name: &str) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let td = tds.get(name).await?;
+        let observed = td.status.as_ref().and_then(|s| s.observed_generation);
+        if ready(&td) && observed == td.metadata.generation {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("the request benchmark's TatorDeployment did not become Ready");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn ready(td: &TatorDeployment) -> bool {
     td.status.as_ref().is_some_and(|s| {
         s.conditions
@@ -750,16 +766,7 @@ async fn requests(
     );
     let td: TatorDeployment = serde_json::from_value(manifest("t", ns))?;
     tds.create(&PostParams::default(), &td).await?;
-    let t0 = Instant::now();
-    loop {
-        if ready(&tds.get("t").await?) {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(120) {
-            bail!("the request benchmark's TatorDeployment did not become Ready");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&tds, "t").await?;
     settle(&ctx, Duration::from_secs(3), Duration::from_secs(30)).await;
     let full = diff(&c0, &counts.by_verb());
     let server_after = server_counts(&admin).await?;
@@ -792,6 +799,8 @@ async fn requests(
         &Patch::Merge(json!({"spec": {"ui": {"replicas": 2}}})),
     )
     .await?;
+    // The change rolls the UI Deployment: Ready goes False until its new pod is ready.
+    wait_ready(&tds, "t").await?;
     settle(&ctx, Duration::from_secs(3), Duration::from_secs(30)).await;
     rows.push(RequestRow {
         case: "one-field change (ui.replicas)",

@@ -102,10 +102,18 @@ pub fn build(t: &ValidatedTator, rollout: &Rollout) -> Children {
     d.config_maps.push(nginx::config_map(t, &conf));
     d.certificates.extend(tls::certificate(t));
 
-    d.services
-        .push(web::cluster_service(t, names::API, names::API_PORT));
-    d.services
-        .push(web::cluster_service(t, names::UI, names::UI_PORT));
+    d.services.push(common::cluster_service(
+        t,
+        names::API,
+        "http",
+        names::API_PORT,
+    ));
+    d.services.push(common::cluster_service(
+        t,
+        names::UI,
+        "http",
+        names::UI_PORT,
+    ));
     d.services.push(nginx::service(t));
 
     d.jobs.extend(rollout.migration_job.clone());

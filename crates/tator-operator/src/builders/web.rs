@@ -9,9 +9,7 @@ use k8s_openapi::{
             CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
             MetricSpec, MetricTarget, ResourceMetricSource,
         },
-        core::v1::{
-            ContainerPort, PodSpec, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction,
-        },
+        core::v1::{ContainerPort, PodSpec, Probe, TCPSocketAction},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -207,26 +205,6 @@ pub fn ui_deployment(t: &ValidatedTator, version: &str) -> Deployment {
             strategy: Some(zero_downtime()),
             progress_deadline_seconds: Some(t.spec.progress_deadline_seconds),
             template: pod_template(t, UI, Some(version), spec, BTreeMap::new(), &s.pod),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-/// A ClusterIP Service for a component.
-pub fn cluster_service(t: &ValidatedTator, component: &str, port: i32) -> Service {
-    Service {
-        metadata: child_meta(t, t.child_name(component), component, None),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(selector_labels(t, component)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port,
-                target_port: Some(IntOrString::String("http".into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
             ..Default::default()
         }),
         status: None,

@@ -21,7 +21,7 @@ use tator_api::{JobKind, TatorDeployment};
 use super::Context;
 use crate::{
     apply, builders, checks,
-    consent::{self, Named, SecretFacts},
+    consent::{self, Named},
     error::Error,
     validate::{ClusterFacts, ValidatedTator, VersionPlan},
 };
@@ -58,8 +58,6 @@ impl DefaultClass {
 /// What the fetch stage read.
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
-    /// Metadata of every Secret the spec names (never values), for consent and the secrets hash.
-    pub secrets: SecretFacts,
     /// Named Secrets that exist but do not consent (empty when consent is off). When not
     /// empty, nothing else was read.
     pub refused: Vec<Named>,
@@ -131,7 +129,6 @@ pub async fn fetch(
             Vec::new()
         },
         secrets_hash: crate::dependencies::secrets_hash(t, &secrets),
-        secrets,
         cluster,
         tls_secret_missing,
         ..Facts::default()

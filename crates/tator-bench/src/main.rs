@@ -53,6 +53,9 @@ struct Args {
     /// Where to write the report (Markdown).
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
+    /// Skip both floors (for profiling the operator alone; the report's ratios are then empty).
+    #[arg(long)]
+    no_floors: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -504,6 +507,7 @@ async fn converge(
     n: usize,
     label: &str,
     repair: bool,
+    floors: bool,
 ) -> anyhow::Result<Run> {
     let client = cluster.client().await?;
     let ns = format!("bench-{label}");
@@ -512,23 +516,28 @@ async fn converge(
 
     // The floor: the same children applied by kubectl --server-side, without owner references
     // (their owner does not exist in that namespace).
-    create_namespace(&client, &floor_ns).await?;
-    let mut floor_docs = Vec::new();
-    for name in &names {
-        let td: TatorDeployment = serde_json::from_value(manifest(name, &floor_ns))?;
-        for mut v in render::render_values(&td)? {
-            if let Some(m) = v["metadata"].as_object_mut() {
-                m.remove("ownerReferences");
+    let (floor, staged) = if floors {
+        create_namespace(&client, &floor_ns).await?;
+        let mut floor_docs = Vec::new();
+        for name in &names {
+            let td: TatorDeployment = serde_json::from_value(manifest(name, &floor_ns))?;
+            for mut v in render::render_values(&td)? {
+                if let Some(m) = v["metadata"].as_object_mut() {
+                    m.remove("ownerReferences");
+                }
+                floor_docs.push(v);
             }
-            floor_docs.push(v);
         }
-    }
-    let floor_yaml = to_yaml(&floor_docs)?;
-    let t0 = Instant::now();
-    kubectl_apply(kubectl, &cluster.kubeconfig, &floor_yaml, true)?;
-    let floor = t0.elapsed().as_secs_f64();
-    delete_namespace(&client, &floor_ns).await;
-    let staged = staged_floor(cluster, kubectl, &names, label).await?;
+        let floor_yaml = to_yaml(&floor_docs)?;
+        let t0 = Instant::now();
+        kubectl_apply(kubectl, &cluster.kubeconfig, &floor_yaml, true)?;
+        let floor = t0.elapsed().as_secs_f64();
+        delete_namespace(&client, &floor_ns).await;
+        let staged = staged_floor(cluster, kubectl, &names, label).await?;
+        (floor, staged)
+    } else {
+        (0.0, 0.0)
+    };
 
     // The operator.
     create_namespace(&client, &ns).await?;
@@ -872,6 +881,7 @@ async fn bench(args: &Args, cluster: &Cluster, kubectl: &Path) -> anyhow::Result
                 n,
                 &format!("{n}-{r}"),
                 n == 1 && r == 0,
+                !args.no_floors,
             )
             .await?;
             merged = Some(match merged {

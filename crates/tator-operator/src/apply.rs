@@ -5,15 +5,7 @@ use std::{collections::BTreeSet, fmt::Debug};
 
 use k8s_openapi::{
     NamespaceResourceScope,
-    api::{
-        apps::v1::{DaemonSet, Deployment, StatefulSet},
-        autoscaling::v2::HorizontalPodAutoscaler,
-        batch::v1::{CronJob, Job},
-        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount},
-        networking::v1::NetworkPolicy,
-        policy::v1::PodDisruptionBudget,
-        rbac::v1::{Role, RoleBinding},
-    },
+    api::{batch::v1::Job, core::v1::Secret},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -24,9 +16,9 @@ use tracing::info;
 
 use crate::{
     builders::{
-        children::Children,
+        children::{Children, child_kinds},
         common::{data_meta, instance_selector},
-        data, monitoring, queue_workers, storage, tls, workflows,
+        data, monitoring, storage,
     },
     cache::{self, Cached, Caches, Seen},
     error::Error,
@@ -161,53 +153,21 @@ pub fn held_back(
     desired: Children,
     caches: Option<&Caches>,
 ) -> (Applied, Vec<String>) {
-    let Children {
-        // Held like the rest; a Secret is never read while paused, so nothing is pending.
-        secrets: _,
-        service_accounts,
-        roles,
-        role_bindings,
-        claims,
-        config_maps,
-        certificates: _,
-        services,
-        jobs,
-        cron_jobs,
-        stateful_sets,
-        daemon_sets,
-        deployments,
-        autoscalers,
-        disruption_budgets,
-        network_policies,
-        service_monitors: _,
-        pod_monitors: _,
-        scaled_objects: _,
-        workflow_templates: _,
-    } = desired;
     let ns = t.namespace.as_str();
     let mut pending = Vec::new();
-    let live = Children {
-        secrets: Vec::new(),
-        service_accounts: held(ns, service_accounts, caches, &mut pending),
-        roles: held(ns, roles, caches, &mut pending),
-        role_bindings: held(ns, role_bindings, caches, &mut pending),
-        claims: held(ns, claims, caches, &mut pending),
-        config_maps: held(ns, config_maps, caches, &mut pending),
-        certificates: Vec::new(),
-        services: held(ns, services, caches, &mut pending),
-        jobs: held(ns, jobs, caches, &mut pending),
-        cron_jobs: held(ns, cron_jobs, caches, &mut pending),
-        stateful_sets: held(ns, stateful_sets, caches, &mut pending),
-        daemon_sets: held(ns, daemon_sets, caches, &mut pending),
-        deployments: held(ns, deployments, caches, &mut pending),
-        autoscalers: held(ns, autoscalers, caches, &mut pending),
-        disruption_budgets: held(ns, disruption_budgets, caches, &mut pending),
-        network_policies: held(ns, network_policies, caches, &mut pending),
-        service_monitors: Vec::new(),
-        pod_monitors: Vec::new(),
-        scaled_objects: Vec::new(),
-        workflow_templates: Vec::new(),
-    };
+    // Watched kinds are held by what the watch says; a Secret is never read while paused (so
+    // nothing of it is pending), and third-party kinds are not watched.
+    macro_rules! hold {
+        ([] $( $(#[$doc:meta])* $field:ident : $ty:ty => $how:ident $(($($arg:tt)*))? ; )*) => {
+            Children {
+                $( $field: hold!(@one $how, desired.$field), )*
+            }
+        };
+        (@one composed, $objs:expr) => { Vec::new() };
+        (@one crd, $objs:expr) => { Vec::new() };
+        (@one $how:ident, $objs:expr) => { held(ns, $objs, caches, &mut pending) };
+    }
+    let live = child_kinds!(hold);
     (
         Applied {
             live,
@@ -227,112 +187,37 @@ pub async fn apply(
     desired: Children,
     caches: Option<&Caches>,
 ) -> Result<Applied, Error> {
-    let Children {
-        secrets,
-        service_accounts,
-        roles,
-        role_bindings,
-        claims,
-        config_maps,
-        certificates,
-        services,
-        jobs,
-        cron_jobs,
-        stateful_sets,
-        daemon_sets,
-        deployments,
-        autoscalers,
-        disruption_budgets,
-        network_policies,
-        service_monitors,
-        pod_monitors,
-        scaled_objects,
-        workflow_templates,
-    } = desired;
     let ns = t.namespace.as_str();
-    // First: the pods of this tier mount them. Their values are not kept in what was applied.
-    apply_all(client, ns, secrets, caches).await?;
-    let service_accounts = apply_all(client, ns, service_accounts, caches).await?;
-    let roles = apply_all(client, ns, roles, caches).await?;
-    let role_bindings = apply_all(client, ns, role_bindings, caches).await?;
-    let claims = apply_all(client, ns, claims, caches).await?;
-    let config_maps = apply_all(client, ns, config_maps, caches).await?;
-    let (certificates, cert_manager_missing) = apply_dynamic(
-        client,
-        ns,
-        &tls::certificate_resource(),
-        "Certificate",
-        certificates,
-    )
-    .await?;
-    let services = apply_all(client, ns, services, caches).await?;
-    let jobs = apply_all(client, ns, jobs, caches).await?;
-    let cron_jobs = apply_all(client, ns, cron_jobs, caches).await?;
-    let stateful_sets = apply_all(client, ns, stateful_sets, caches).await?;
-    let daemon_sets = apply_all(client, ns, daemon_sets, caches).await?;
-    let deployments = apply_all(client, ns, deployments, caches).await?;
-    let autoscalers = apply_all(client, ns, autoscalers, caches).await?;
-    let disruption_budgets = apply_all(client, ns, disruption_budgets, caches).await?;
-    let network_policies = apply_all(client, ns, network_policies, caches).await?;
-    let (service_monitors, sm_missing) = apply_dynamic(
-        client,
-        ns,
-        &monitoring::service_monitor_resource(),
-        "ServiceMonitor",
-        service_monitors,
-    )
-    .await?;
-    let (pod_monitors, pm_missing) = apply_dynamic(
-        client,
-        ns,
-        &monitoring::pod_monitor_resource(),
-        "PodMonitor",
-        pod_monitors,
-    )
-    .await?;
-    let (scaled_objects, _) = apply_dynamic(
-        client,
-        ns,
-        &queue_workers::scaled_object_resource(),
-        "ScaledObject",
-        scaled_objects,
-    )
-    .await?;
-    let (workflow_templates, argo_missing) = apply_dynamic(
-        client,
-        ns,
-        &workflows::workflow_template_resource(),
-        "WorkflowTemplate",
-        workflow_templates,
-    )
-    .await?;
-    let live = Children {
-        secrets: Vec::new(),
-        service_accounts,
-        roles,
-        role_bindings,
-        claims,
-        config_maps,
-        certificates,
-        services,
-        jobs,
-        cron_jobs,
-        stateful_sets,
-        daemon_sets,
-        deployments,
-        autoscalers,
-        disruption_budgets,
-        network_policies,
-        service_monitors,
-        pod_monitors,
-        scaled_objects,
-        workflow_templates,
-    };
+    // Kinds of third-party CRDs found missing.
+    let mut missing: Vec<&'static str> = Vec::new();
+    // One kind after the other, in the table's order (struct fields are evaluated in order).
+    macro_rules! send {
+        ([] $( $(#[$doc:meta])* $field:ident : $ty:ty => $how:ident $(($($arg:tt)*))? ; )*) => {
+            Children {
+                $( $field: send!(@one $how $(($($arg)*))?, desired.$field), )*
+            }
+        };
+        // The pods of this tier mount them; their values are not kept in what was applied.
+        (@one composed, $objs:expr) => {{
+            apply_all(client, ns, $objs, caches).await?;
+            Vec::new()
+        }};
+        (@one crd($resource:path, $kind:literal), $objs:expr) => {{
+            let (live, absent) = apply_dynamic(client, ns, &$resource(), $kind, $objs).await?;
+            if absent {
+                missing.push($kind);
+            }
+            live
+        }};
+        (@one $how:ident, $objs:expr) => { apply_all(client, ns, $objs, caches).await? };
+    }
+    let live = child_kinds!(send);
+    let absent = |kind: &str| missing.contains(&kind);
     Ok(Applied {
         live,
-        cert_manager_missing,
-        prometheus_operator_missing: sm_missing || pm_missing,
-        argo_missing,
+        cert_manager_missing: absent("Certificate"),
+        prometheus_operator_missing: absent("ServiceMonitor") || absent("PodMonitor"),
+        argo_missing: absent("WorkflowTemplate"),
     })
 }
 
@@ -501,16 +386,16 @@ async fn prune_kind_where<K: Child + Cached>(
 async fn prune_dynamic(
     client: &Client,
     t: &ValidatedTator,
-    resource: &ApiResource,
+    resource: ApiResource,
     kind: &'static str,
     keep: BTreeSet<String>,
     caches: Option<&Caches>,
 ) -> Result<u32, Error> {
     // Without its CRD there is nothing of this kind: no list.
-    if caches.and_then(|c| c.crds.known(resource)) == Some(false) {
+    if caches.and_then(|c| c.crds.known(&resource)) == Some(false) {
         return Ok(0);
     }
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &t.namespace, resource);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &t.namespace, &resource);
     let list = match api
         .list_metadata(&ListParams::default().labels(&instance_selector(&t.name)))
         .await
@@ -559,97 +444,40 @@ pub async fn prune(
             .and_then(|l| l.get(tator_api::labels::COMPONENT))
             .is_some_and(|c| spare.contains(&c.as_str()))
     };
-    let Children {
+    // Claims hold data: only the claim of the operator's own Prometheus is pruned.
+    let prunable = |kind: &str, m: &kube::api::ObjectMeta| {
+        !spared(m)
+            && (kind != "PersistentVolumeClaim"
+                || m.labels
+                    .as_ref()
+                    .and_then(|l| l.get(tator_api::labels::COMPONENT))
+                    .is_some_and(|c| c == monitoring::PROMETHEUS))
+    };
+    let live = &applied.live;
+    type Pruning<'a> =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<u32, Error>> + Send + 'a>>;
+    // One pruning per kind, run in the reverse of apply order: what uses an object goes first.
+    macro_rules! prunings {
+        ([] $( $(#[$doc:meta])* $field:ident : $ty:ty => $how:ident $(($($arg:tt)*))? ; )*) => {{
+            let mut all: Vec<Pruning<'_>> = Vec::new();
+            $( prunings!(@one all, $how $(($($arg)*))?, $ty, live.$field); )*
+            all
+        }};
         // Never pruned: the operator may not list Secrets, and the composed ones have fixed
         // names per installation and go with it (owner references).
-        secrets: _,
-        service_accounts,
-        roles,
-        role_bindings,
-        claims,
-        config_maps,
-        certificates,
-        services,
-        jobs,
-        cron_jobs,
-        stateful_sets,
-        daemon_sets,
-        deployments,
-        autoscalers,
-        disruption_budgets,
-        network_policies,
-        service_monitors,
-        pod_monitors,
-        scaled_objects,
-        workflow_templates,
-    } = &applied.live;
+        (@one $all:ident, composed, $ty:ty, $objs:expr) => {};
+        (@one $all:ident, crd($resource:path, $kind:literal), $ty:ty, $objs:expr) => {
+            $all.push(Box::pin(prune_dynamic(client, t, $resource(), $kind, names(&$objs), caches)));
+        };
+        (@one $all:ident, $how:ident, $ty:ty, $objs:expr) => {
+            $all.push(Box::pin(prune_kind_where::<$ty>(client, t, names(&$objs), caches, move |m| {
+                prunable(<$ty as k8s_openapi::Resource>::KIND, m)
+            })));
+        };
+    }
     let mut n = 0;
-    n += prune_kind_where::<DaemonSet>(client, t, names(daemon_sets), caches, |m| !spared(m))
-        .await?;
-    n += prune_kind_where::<ServiceAccount>(client, t, names(service_accounts), caches, |m| {
-        !spared(m)
-    })
-    .await?;
-    n += prune_kind_where::<Role>(client, t, names(roles), caches, |m| !spared(m)).await?;
-    n += prune_kind_where::<RoleBinding>(client, t, names(role_bindings), caches, |m| !spared(m))
-        .await?;
-    n += prune_kind_where::<PersistentVolumeClaim>(client, t, names(claims), caches, |m| {
-        m.labels
-            .as_ref()
-            .and_then(|l| l.get(tator_api::labels::COMPONENT))
-            .is_some_and(|c| c == monitoring::PROMETHEUS)
-            && !spared(m)
-    })
-    .await?;
-    n += prune_kind_where::<ConfigMap>(client, t, names(config_maps), caches, |m| !spared(m))
-        .await?;
-    n += prune_kind_where::<Service>(client, t, names(services), caches, |m| !spared(m)).await?;
-    n += prune_kind_where::<Job>(client, t, names(jobs), caches, |m| !spared(m)).await?;
-    n += prune_kind_where::<CronJob>(client, t, names(cron_jobs), caches, |m| !spared(m)).await?;
-    n += prune_kind_where::<StatefulSet>(client, t, names(stateful_sets), caches, |m| !spared(m))
-        .await?;
-    n += prune_kind_where::<Deployment>(client, t, names(deployments), caches, |m| !spared(m))
-        .await?;
-    n += prune_kind_where::<HorizontalPodAutoscaler>(client, t, names(autoscalers), caches, |m| {
-        !spared(m)
-    })
-    .await?;
-    n += prune_kind_where::<PodDisruptionBudget>(
-        client,
-        t,
-        names(disruption_budgets),
-        caches,
-        |m| !spared(m),
-    )
-    .await?;
-    n += prune_kind_where::<NetworkPolicy>(client, t, names(network_policies), caches, |m| {
-        !spared(m)
-    })
-    .await?;
-    for (resource, kind, objs) in [
-        (tls::certificate_resource(), "Certificate", certificates),
-        (
-            monitoring::service_monitor_resource(),
-            "ServiceMonitor",
-            service_monitors,
-        ),
-        (
-            monitoring::pod_monitor_resource(),
-            "PodMonitor",
-            pod_monitors,
-        ),
-        (
-            workflows::workflow_template_resource(),
-            "WorkflowTemplate",
-            workflow_templates,
-        ),
-        (
-            queue_workers::scaled_object_resource(),
-            "ScaledObject",
-            scaled_objects,
-        ),
-    ] {
-        n += prune_dynamic(client, t, &resource, kind, names(objs), caches).await?;
+    for pruning in child_kinds!(prunings).into_iter().rev() {
+        n += pruning.await?;
     }
     Ok(n)
 }

@@ -22,13 +22,8 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    apps::v1::{DaemonSet, Deployment, StatefulSet},
-    autoscaling::v2::HorizontalPodAutoscaler,
-    batch::v1::{CronJob, Job},
-    core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount},
-    networking::v1::NetworkPolicy,
-    policy::v1::PodDisruptionBudget,
-    rbac::v1::{Role, RoleBinding},
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::Secret,
 };
 use kube::{
     Resource,
@@ -40,7 +35,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tator_api::labels::INSTANCE;
 
-use crate::builders::children::APPLIED_HASH_ANNOTATION;
+use crate::builders::children::{APPLIED_HASH_ANNOTATION, child_kinds};
 
 /// The CRD's name: `<plural>.<group>`.
 pub fn crd_name(resource: &ApiResource) -> String {
@@ -72,105 +67,60 @@ impl CrdPresence {
     }
 }
 
-/// Readers of the child caches.
-#[derive(Clone)]
-pub struct Caches {
-    pub deployments: Store<Deployment>,
-    pub daemon_sets: Store<DaemonSet>,
-    pub service_accounts: Store<ServiceAccount>,
-    pub roles: Store<Role>,
-    pub role_bindings: Store<RoleBinding>,
-    pub stateful_sets: Store<StatefulSet>,
-    pub services: Store<Service>,
-    pub config_maps: Store<ConfigMap>,
-    pub jobs: Store<Job>,
-    pub cron_jobs: Store<PartialObjectMeta<CronJob>>,
-    pub autoscalers: Store<HorizontalPodAutoscaler>,
-    pub disruption_budgets: Store<PodDisruptionBudget>,
-    pub network_policies: Store<NetworkPolicy>,
-    pub claims: Store<PersistentVolumeClaim>,
-    /// The generations of the children not kept whole, as the operator last applied or read them.
-    pub generations: Generations,
-    /// Which third-party CRDs are installed.
-    pub crds: CrdPresence,
-    /// Secrets the operator applied or checked lately.
-    pub recent_secrets: RecentSecrets,
-}
+/// Generates [`Caches`] and [`CacheWriters`] from the table of child kinds: one store per watched
+/// kind (`whole`, `labelled` and `slim` kinds keep objects, `meta` kinds their metadata).
+macro_rules! define_caches {
+    (@done $( $field:ident : $kept:ty, )*) => {
+        /// Readers of the child caches.
+        #[derive(Clone)]
+        pub struct Caches {
+            $( pub $field: Store<$kept>, )*
+            /// The generations of the children not kept whole, as the operator last applied or
+            /// read them.
+            pub generations: Generations,
+            /// Which third-party CRDs are installed.
+            pub crds: CrdPresence,
+            /// Secrets the operator applied or checked lately.
+            pub recent_secrets: RecentSecrets,
+        }
 
-/// Writers of the child caches, handed to the watches.
-pub struct CacheWriters {
-    pub deployments: Writer<Deployment>,
-    pub daemon_sets: Writer<DaemonSet>,
-    pub service_accounts: Writer<ServiceAccount>,
-    pub roles: Writer<Role>,
-    pub role_bindings: Writer<RoleBinding>,
-    pub stateful_sets: Writer<StatefulSet>,
-    pub services: Writer<Service>,
-    pub config_maps: Writer<ConfigMap>,
-    pub jobs: Writer<Job>,
-    pub cron_jobs: Writer<PartialObjectMeta<CronJob>>,
-    pub autoscalers: Writer<HorizontalPodAutoscaler>,
-    pub disruption_budgets: Writer<PodDisruptionBudget>,
-    pub network_policies: Writer<NetworkPolicy>,
-    pub claims: Writer<PersistentVolumeClaim>,
-}
+        /// Writers of the child caches, handed to the watches.
+        pub struct CacheWriters {
+            $( pub $field: Writer<$kept>, )*
+        }
 
-impl Caches {
-    /// Empty caches and their writers.
-    pub fn new() -> (Self, CacheWriters) {
-        let (deployments, wd) = reflector::store();
-        let (daemon_sets, wds) = reflector::store();
-        let (service_accounts, wsa) = reflector::store();
-        let (roles, wr) = reflector::store();
-        let (role_bindings, wrb) = reflector::store();
-        let (stateful_sets, ws) = reflector::store();
-        let (services, wsv) = reflector::store();
-        let (config_maps, wc) = reflector::store();
-        let (jobs, wj) = reflector::store();
-        let (cron_jobs, wcj) = reflector::store();
-        let (autoscalers, wa) = reflector::store();
-        let (disruption_budgets, wp) = reflector::store();
-        let (network_policies, wnp) = reflector::store();
-        let (claims, wcl) = reflector::store();
-        (
-            Self {
-                deployments,
-                daemon_sets,
-                service_accounts,
-                roles,
-                role_bindings,
-                stateful_sets,
-                services,
-                config_maps,
-                jobs,
-                cron_jobs,
-                autoscalers,
-                disruption_budgets,
-                network_policies,
-                claims,
-                generations: Generations::default(),
-                crds: CrdPresence::default(),
-                recent_secrets: RecentSecrets::default(),
-            },
-            CacheWriters {
-                deployments: wd,
-                daemon_sets: wds,
-                service_accounts: wsa,
-                roles: wr,
-                role_bindings: wrb,
-                stateful_sets: ws,
-                services: wsv,
-                config_maps: wc,
-                jobs: wj,
-                cron_jobs: wcj,
-                autoscalers: wa,
-                disruption_budgets: wp,
-                network_policies: wnp,
-                claims: wcl,
-            },
-        )
-    }
+        impl Caches {
+            /// Empty caches and their writers.
+            pub fn new() -> (Self, CacheWriters) {
+                $( let $field = reflector::store(); )*
+                (
+                    Self {
+                        $( $field: $field.0, )*
+                        generations: Generations::default(),
+                        crds: CrdPresence::default(),
+                        recent_secrets: RecentSecrets::default(),
+                    },
+                    CacheWriters { $( $field: $field.1, )* },
+                )
+            }
+        }
+    };
+    (@sort [$($acc:tt)*]) => { define_caches!(@done $($acc)*); };
+    (@sort [$($acc:tt)*] $(#[$doc:meta])* $field:ident : $ty:ty => composed ; $($rest:tt)*) => {
+        define_caches!(@sort [$($acc)*] $($rest)*);
+    };
+    (@sort [$($acc:tt)*] $(#[$doc:meta])* $field:ident : $ty:ty => crd($($arg:tt)*) ; $($rest:tt)*) => {
+        define_caches!(@sort [$($acc)*] $($rest)*);
+    };
+    (@sort [$($acc:tt)*] $(#[$doc:meta])* $field:ident : $ty:ty => meta ; $($rest:tt)*) => {
+        define_caches!(@sort [$($acc)* $field : PartialObjectMeta<$ty>,] $($rest)*);
+    };
+    (@sort [$($acc:tt)*] $(#[$doc:meta])* $field:ident : $ty:ty => $how:ident ; $($rest:tt)*) => {
+        define_caches!(@sort [$($acc)* $field : $ty,] $($rest)*);
+    };
+    ([] $($table:tt)*) => { define_caches!(@sort [] $($table)*); };
 }
+child_kinds!(define_caches);
 
 /// The generation and applied hash a child had when the operator last applied or read it
 /// whole, for the kinds not kept whole. Keyed by kind, namespace and name; the UID tells a
@@ -302,6 +252,7 @@ where
     )
 }
 
+/// Kinds kept whole, compared field by field.
 macro_rules! cached {
     ($kind:ty, $field:ident) => {
         impl Cached for $kind {
@@ -321,17 +272,6 @@ macro_rules! cached {
         }
     };
 }
-cached!(ServiceAccount, service_accounts);
-cached!(Role, roles);
-cached!(RoleBinding, role_bindings);
-cached!(DaemonSet, daemon_sets);
-cached!(Service, services);
-cached!(ConfigMap, config_maps);
-cached!(Job, jobs);
-cached!(HorizontalPodAutoscaler, autoscalers);
-cached!(PodDisruptionBudget, disruption_budgets);
-cached!(NetworkPolicy, network_policies);
-cached!(PersistentVolumeClaim, claims);
 
 /// How long a Secret the operator wrote or read is taken as it left it. Secrets are not watched
 /// (watching them would take the right to list every Secret of the namespace), so an edit by
@@ -456,11 +396,21 @@ macro_rules! by_generation {
         }
     };
 }
-by_generation!(Deployment, deployments, |l: &Deployment| Some(l.clone()));
-by_generation!(StatefulSet, stateful_sets, |l: &StatefulSet| Some(
-    l.clone()
-));
-by_generation!(CronJob, cron_jobs, |_: &PartialObjectMeta<CronJob>| None);
+
+/// One `Cached` implementation per watched kind of the table (Secrets have theirs above; the
+/// third-party kinds are not watched).
+macro_rules! impl_cached {
+    ([] $( $(#[$doc:meta])* $field:ident : $ty:ty => $how:ident $(($($arg:tt)*))? ; )*) => {
+        $( impl_cached!(@one $how, $ty, $field); )*
+    };
+    (@one composed, $ty:ty, $field:ident) => {};
+    (@one crd, $ty:ty, $field:ident) => {};
+    (@one whole, $ty:ty, $field:ident) => { cached!($ty, $field); };
+    (@one labelled, $ty:ty, $field:ident) => { cached!($ty, $field); };
+    (@one slim, $ty:ty, $field:ident) => { by_generation!($ty, $field, |l: &$ty| Some(l.clone())); };
+    (@one meta, $ty:ty, $field:ident) => { by_generation!($ty, $field, |_: &PartialObjectMeta<$ty>| None); };
+}
+child_kinds!(impl_cached);
 
 fn applied_hash_of(meta: &ObjectMeta) -> Option<&String> {
     meta.annotations
@@ -527,6 +477,7 @@ pub fn unchanged<K: Resource + Serialize>(desired: &K, live: &K) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::batch::v1::CronJob;
     use serde_json::json;
 
     fn meta(uid: &str, generation: i64, hash: &str) -> ObjectMeta {

@@ -1,16 +1,10 @@
 //! [`Children`]: every object the builders produce for one TatorDeployment, in apply order, and
 //! the applied-hash annotation that lets apply tell an unchanged child from one to send.
+//!
+//! [`child_kinds!`] is the one table of child kinds. `Children` (here), the controller's caches
+//! and watches (`cache`, `controller`), apply, hold and prune (`apply`) and the third-party CRDs
+//! the operator watches (`controller::crds`) are all generated from it: a new kind is one line.
 
-use k8s_openapi::api::{
-    apps::v1::{DaemonSet, Deployment, StatefulSet},
-    autoscaling::v2::HorizontalPodAutoscaler,
-    batch::v1::{CronJob, Job},
-    core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount},
-    networking::v1::NetworkPolicy,
-    policy::v1::PodDisruptionBudget,
-    rbac::v1::{Role, RoleBinding},
-};
-use kube::api::DynamicObject;
 use serde::Serialize;
 
 use super::common::short_hash;
@@ -25,197 +19,105 @@ pub fn applied_hash<K: Serialize>(obj: &K) -> String {
         .unwrap_or_default()
 }
 
-/// Every child the operator applies for one TatorDeployment, in one place so that apply
-/// destructures it exhaustively and nothing built can be left unapplied.
-#[derive(Clone, Debug, Default)]
-pub struct Children {
-    /// Secrets whose values the operator composes (object storage). Compared by a read before
-    /// writing, never listed or pruned (the operator may not list Secrets; owner references
-    /// remove them with the installation), never printed by `render`.
-    pub secrets: Vec<Secret>,
-    pub service_accounts: Vec<ServiceAccount>,
-    pub roles: Vec<Role>,
-    pub role_bindings: Vec<RoleBinding>,
-    pub claims: Vec<PersistentVolumeClaim>,
-    pub config_maps: Vec<ConfigMap>,
-    pub certificates: Vec<DynamicObject>,
-    pub services: Vec<Service>,
-    pub jobs: Vec<Job>,
-    /// Tator's maintenance CronJobs.
-    pub cron_jobs: Vec<CronJob>,
-    pub stateful_sets: Vec<StatefulSet>,
-    pub daemon_sets: Vec<DaemonSet>,
-    pub deployments: Vec<Deployment>,
-    pub autoscalers: Vec<HorizontalPodAutoscaler>,
-    pub disruption_budgets: Vec<PodDisruptionBudget>,
-    pub network_policies: Vec<NetworkPolicy>,
-    /// prometheus-operator ServiceMonitors and PodMonitors (applied when its CRDs exist).
-    pub service_monitors: Vec<DynamicObject>,
-    pub pod_monitors: Vec<DynamicObject>,
-    pub scaled_objects: Vec<DynamicObject>,
-    /// Argo WorkflowTemplates (applied when Argo's CRDs exist).
-    pub workflow_templates: Vec<DynamicObject>,
+/// The table of child kinds, in apply order (prune goes the other way). `child_kinds!(m, args…)`
+/// calls `m!([args…] entries…)` with one entry per kind, `field: Type => handling;`, where
+/// handling is how the controller keeps and compares the kind:
+///
+/// - `composed`: Secrets whose values the operator composes. Not watched (that would take the
+///   right to list every Secret), so compared by a read; never pruned (owner references remove
+///   them with the installation); never printed by `render`.
+/// - `whole`: watched and kept whole, compared field by field; a change reconciles the owner.
+/// - `labelled`: as `whole`, but a change reconciles the installation named by the instance
+///   label (claims: a retaining deletion policy leaves them without an owner).
+/// - `slim`: watched without the pod template's spec, compared by generation (`cache`).
+/// - `meta`: watched as metadata only, compared by generation.
+/// - `crd(resource, "Kind")`: a third-party kind, applied when its CRD is installed; the
+///   operator watches the CRD, not the objects, and reads them before writing.
+macro_rules! child_kinds {
+    ($then:ident $(, $($extra:tt)*)?) => {
+        $then! {
+            [$($($extra)*)?]
+            /// Secrets whose values the operator composes (object storage).
+            secrets: ::k8s_openapi::api::core::v1::Secret => composed;
+            service_accounts: ::k8s_openapi::api::core::v1::ServiceAccount => whole;
+            roles: ::k8s_openapi::api::rbac::v1::Role => whole;
+            role_bindings: ::k8s_openapi::api::rbac::v1::RoleBinding => whole;
+            claims: ::k8s_openapi::api::core::v1::PersistentVolumeClaim => labelled;
+            config_maps: ::k8s_openapi::api::core::v1::ConfigMap => whole;
+            /// cert-manager Certificates (applied when its CRDs exist).
+            certificates: ::kube::api::DynamicObject
+                => crd($crate::builders::tls::certificate_resource, "Certificate");
+            services: ::k8s_openapi::api::core::v1::Service => whole;
+            jobs: ::k8s_openapi::api::batch::v1::Job => whole;
+            /// Tator's maintenance CronJobs.
+            cron_jobs: ::k8s_openapi::api::batch::v1::CronJob => meta;
+            stateful_sets: ::k8s_openapi::api::apps::v1::StatefulSet => slim;
+            daemon_sets: ::k8s_openapi::api::apps::v1::DaemonSet => whole;
+            deployments: ::k8s_openapi::api::apps::v1::Deployment => slim;
+            autoscalers: ::k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler => whole;
+            disruption_budgets: ::k8s_openapi::api::policy::v1::PodDisruptionBudget => whole;
+            network_policies: ::k8s_openapi::api::networking::v1::NetworkPolicy => whole;
+            /// prometheus-operator ServiceMonitors and PodMonitors (applied when its CRDs exist).
+            service_monitors: ::kube::api::DynamicObject
+                => crd($crate::builders::monitoring::service_monitor_resource, "ServiceMonitor");
+            pod_monitors: ::kube::api::DynamicObject
+                => crd($crate::builders::monitoring::pod_monitor_resource, "PodMonitor");
+            /// KEDA ScaledObjects (applied when its CRDs exist).
+            scaled_objects: ::kube::api::DynamicObject
+                => crd($crate::builders::queue_workers::scaled_object_resource, "ScaledObject");
+            /// Argo WorkflowTemplates (applied when Argo's CRDs exist).
+            workflow_templates: ::kube::api::DynamicObject
+                => crd($crate::builders::workflows::workflow_template_resource, "WorkflowTemplate");
+        }
+    };
 }
+pub(crate) use child_kinds;
 
-impl Children {
-    /// Adds another set of children (applied after these).
-    pub fn extend(&mut self, other: Children) {
-        let Children {
-            secrets,
-            service_accounts,
-            roles,
-            role_bindings,
-            claims,
-            config_maps,
-            certificates,
-            services,
-            jobs,
-            cron_jobs,
-            stateful_sets,
-            daemon_sets,
-            deployments,
-            autoscalers,
-            disruption_budgets,
-            network_policies,
-            service_monitors,
-            pod_monitors,
-            scaled_objects,
-            workflow_templates,
-        } = other;
-        self.secrets.extend(secrets);
-        self.service_accounts.extend(service_accounts);
-        self.roles.extend(roles);
-        self.role_bindings.extend(role_bindings);
-        self.claims.extend(claims);
-        self.config_maps.extend(config_maps);
-        self.certificates.extend(certificates);
-        self.services.extend(services);
-        self.jobs.extend(jobs);
-        self.cron_jobs.extend(cron_jobs);
-        self.stateful_sets.extend(stateful_sets);
-        self.daemon_sets.extend(daemon_sets);
-        self.deployments.extend(deployments);
-        self.autoscalers.extend(autoscalers);
-        self.disruption_budgets.extend(disruption_budgets);
-        self.network_policies.extend(network_policies);
-        self.service_monitors.extend(service_monitors);
-        self.pod_monitors.extend(pod_monitors);
-        self.scaled_objects.extend(scaled_objects);
-        self.workflow_templates.extend(workflow_templates);
-    }
-}
+macro_rules! define_children {
+    ([] $( $(#[$doc:meta])* $field:ident : $ty:ty => $how:ident $(($($arg:tt)*))? ; )*) => {
+        /// Every child the operator applies for one TatorDeployment, one list per kind of
+        /// [`child_kinds!`], in apply order.
+        #[derive(Clone, Debug, Default)]
+        pub struct Children {
+            $( $(#[$doc])* pub $field: Vec<$ty>, )*
+        }
 
-impl Children {
-    /// Stamps every object with a hash of itself ([`APPLIED_HASH_ANNOTATION`]), so
-    /// that apply can tell an unchanged child from one to send.
-    pub fn stamp_applied_hashes(&mut self) {
-        fn stamp<K: kube::Resource + serde::Serialize>(objs: &mut [K]) {
-            for o in objs {
-                let h = applied_hash(o);
-                o.meta_mut()
-                    .annotations
-                    .get_or_insert_with(Default::default)
-                    .insert(APPLIED_HASH_ANNOTATION.into(), h);
+        impl Children {
+            /// Adds another set of children (applied after these).
+            pub fn extend(&mut self, other: Children) {
+                $( self.$field.extend(other.$field); )*
+            }
+
+            /// Stamps every object with a hash of itself ([`APPLIED_HASH_ANNOTATION`]), so
+            /// that apply can tell an unchanged child from one to send.
+            pub fn stamp_applied_hashes(&mut self) {
+                $( stamp(&mut self.$field); )*
+            }
+
+            /// Every object as JSON, in apply order, composed Secrets left out (they carry
+            /// credentials).
+            pub fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+                let mut out = Vec::new();
+                $(
+                    if stringify!($how) != "composed" {
+                        for o in &self.$field {
+                            out.push(serde_json::to_value(o)?);
+                        }
+                    }
+                )*
+                Ok(out)
             }
         }
-        let Children {
-            secrets,
-            service_accounts,
-            roles,
-            role_bindings,
-            claims,
-            config_maps,
-            certificates,
-            services,
-            jobs,
-            cron_jobs,
-            stateful_sets,
-            daemon_sets,
-            deployments,
-            autoscalers,
-            disruption_budgets,
-            network_policies,
-            service_monitors,
-            pod_monitors,
-            scaled_objects,
-            workflow_templates,
-        } = self;
-        stamp(secrets);
-        stamp(service_accounts);
-        stamp(roles);
-        stamp(role_bindings);
-        stamp(claims);
-        stamp(config_maps);
-        stamp(certificates);
-        stamp(services);
-        stamp(jobs);
-        stamp(cron_jobs);
-        stamp(stateful_sets);
-        stamp(daemon_sets);
-        stamp(deployments);
-        stamp(autoscalers);
-        stamp(disruption_budgets);
-        stamp(network_policies);
-        stamp(service_monitors);
-        stamp(pod_monitors);
-        stamp(scaled_objects);
-        stamp(workflow_templates);
-    }
+    };
+}
+child_kinds!(define_children);
 
-    /// Every object as JSON, in apply order, Secrets left out (they carry credentials).
-    pub fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
-        fn push<T: serde::Serialize>(
-            out: &mut Vec<serde_json::Value>,
-            objs: &[T],
-        ) -> Result<(), serde_json::Error> {
-            for o in objs {
-                out.push(serde_json::to_value(o)?);
-            }
-            Ok(())
-        }
-        let Children {
-            // Credentials: never printed (render).
-            secrets: _,
-            service_accounts,
-            roles,
-            role_bindings,
-            claims,
-            config_maps,
-            certificates,
-            services,
-            jobs,
-            cron_jobs,
-            stateful_sets,
-            daemon_sets,
-            deployments,
-            autoscalers,
-            disruption_budgets,
-            network_policies,
-            service_monitors,
-            pod_monitors,
-            scaled_objects,
-            workflow_templates,
-        } = self;
-        let mut out = Vec::new();
-        push(&mut out, service_accounts)?;
-        push(&mut out, roles)?;
-        push(&mut out, role_bindings)?;
-        push(&mut out, claims)?;
-        push(&mut out, config_maps)?;
-        push(&mut out, certificates)?;
-        push(&mut out, services)?;
-        push(&mut out, jobs)?;
-        push(&mut out, cron_jobs)?;
-        push(&mut out, stateful_sets)?;
-        push(&mut out, daemon_sets)?;
-        push(&mut out, deployments)?;
-        push(&mut out, autoscalers)?;
-        push(&mut out, disruption_budgets)?;
-        push(&mut out, network_policies)?;
-        push(&mut out, service_monitors)?;
-        push(&mut out, pod_monitors)?;
-        push(&mut out, scaled_objects)?;
-        push(&mut out, workflow_templates)?;
-        Ok(out)
+fn stamp<K: kube::Resource + Serialize>(objs: &mut [K]) {
+    for o in objs {
+        let h = applied_hash(o);
+        o.meta_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(APPLIED_HASH_ANNOTATION.into(), h);
     }
 }

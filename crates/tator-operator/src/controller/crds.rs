@@ -13,18 +13,20 @@ use kube::{
 };
 use tracing::debug;
 
-use crate::builders::{monitoring, queue_workers, tls, workflows};
+use crate::builders::children::child_kinds;
 use crate::cache::CrdPresence;
 
-/// The CRDs whose objects the operator may apply or prune.
+/// The CRDs whose objects the operator may apply or prune: the `crd` kinds of the table of
+/// child kinds.
 pub fn watched() -> Vec<ApiResource> {
-    vec![
-        tls::certificate_resource(),
-        monitoring::service_monitor_resource(),
-        monitoring::pod_monitor_resource(),
-        workflows::workflow_template_resource(),
-        queue_workers::scaled_object_resource(),
-    ]
+    macro_rules! crds {
+        ([] $( $(#[$doc:meta])* $field:ident : $ty:ty => $how:ident $(($($arg:tt)*))? ; )*) => {
+            [$( crds!(@one $how $(($($arg)*))?) ),*].into_iter().flatten().collect()
+        };
+        (@one crd($resource:path, $kind:literal)) => { Some($resource()) };
+        (@one $how:ident) => { None };
+    }
+    child_kinds!(crds)
 }
 
 /// Whether the API server refused the watch (403).

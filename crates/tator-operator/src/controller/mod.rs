@@ -13,15 +13,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::{
-    apps::v1::{DaemonSet, Deployment, StatefulSet},
-    autoscaling::v2::HorizontalPodAutoscaler,
-    batch::v1::{CronJob, Job},
-    core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Service, ServiceAccount},
-    networking::v1::NetworkPolicy,
-    policy::v1::PodDisruptionBudget,
-    rbac::v1::{Role, RoleBinding},
-};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -49,6 +41,7 @@ use crate::{
     apply::{self, FIELD_MANAGER},
     builders::{
         self,
+        children::child_kinds,
         migrations::{self, JobState},
     },
     consent, dependencies,
@@ -876,93 +869,54 @@ pub async fn run(ctx: Arc<Context>) {
         o.slim();
     }
     let by_generation = |kind| Some((ctx.caches.generations.clone(), kind));
-    Controller::for_stream(trigger, reader)
+    let controller = Controller::for_stream(trigger, reader)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         // Every watch backs off on its own (`default_backoff` above). The controller's joint
         // backoff over all of them would pause watches that are mid-request whenever another
         // one fails, and after an API server restart it never let them reconnect (the watches
         // kept reporting stale connection errors until the process restarted).
-        .trigger_backoff(NoJointBackoff)
-        .owns_stream(cached(
-            api_for::<Deployment>(&client, ns),
-            w.deployments,
-            slim,
-            by_generation(<Deployment as k8s_openapi::Resource>::KIND),
-        ))
-        .owns_stream(cached(
-            api_for::<StatefulSet>(&client, ns),
-            w.stateful_sets,
-            slim,
-            by_generation(<StatefulSet as k8s_openapi::Resource>::KIND),
-        ))
-        .owns_stream(cached(
-            api_for::<DaemonSet>(&client, ns),
-            w.daemon_sets,
-            whole,
-            None,
-        ))
-        .owns_stream(cached(
-            api_for::<ServiceAccount>(&client, ns),
-            w.service_accounts,
-            whole,
-            None,
-        ))
-        .owns_stream(cached(api_for::<Role>(&client, ns), w.roles, whole, None))
-        .owns_stream(cached(
-            api_for::<RoleBinding>(&client, ns),
-            w.role_bindings,
-            whole,
-            None,
-        ))
-        .owns_stream(cached(
-            api_for::<Service>(&client, ns),
-            w.services,
-            whole,
-            None,
-        ))
-        .owns_stream(cached(
-            api_for::<ConfigMap>(&client, ns),
-            w.config_maps,
-            whole,
-            None,
-        ))
-        .owns_stream(cached(api_for::<Job>(&client, ns), w.jobs, whole, None))
-        .owns_stream(cached(
-            api_for::<PartialObjectMeta<CronJob>>(&client, ns),
-            w.cron_jobs,
-            whole,
-            by_generation(<CronJob as k8s_openapi::Resource>::KIND),
-        ))
-        .owns_stream(cached(
-            api_for::<HorizontalPodAutoscaler>(&client, ns),
-            w.autoscalers,
-            whole,
-            None,
-        ))
-        .owns_stream(cached(
-            api_for::<PodDisruptionBudget>(&client, ns),
-            w.disruption_budgets,
-            whole,
-            None,
-        ))
-        .owns_stream(cached(
-            api_for::<NetworkPolicy>(&client, ns),
-            w.network_policies,
-            whole,
-            None,
-        ))
-        .watches_stream(
-            cached(
-                api_for::<PersistentVolumeClaim>(&client, ns),
-                w.claims,
+        .trigger_backoff(NoJointBackoff);
+    // One watch per watched kind of the table of child kinds (`builders::children`).
+    macro_rules! watch_children {
+        ([$c:ident] $( $(#[$doc:meta])* $field:ident : $ty:ty => $how:ident $(($($arg:tt)*))? ; )*) => {
+            $( let $c = watch_children!(@one $c, $how, $ty, $field); )*
+        };
+        // Not watched: Secrets (that would take the right to list them all) and third-party
+        // kinds (their CRDs are watched instead).
+        (@one $c:ident, composed, $ty:ty, $field:ident) => { $c };
+        (@one $c:ident, crd, $ty:ty, $field:ident) => { $c };
+        (@one $c:ident, whole, $ty:ty, $field:ident) => {
+            $c.owns_stream(cached(api_for::<$ty>(&client, ns), w.$field, whole, None))
+        };
+        (@one $c:ident, slim, $ty:ty, $field:ident) => {
+            $c.owns_stream(cached(
+                api_for::<$ty>(&client, ns),
+                w.$field,
+                slim,
+                by_generation(<$ty as k8s_openapi::Resource>::KIND),
+            ))
+        };
+        (@one $c:ident, meta, $ty:ty, $field:ident) => {
+            $c.owns_stream(cached(
+                api_for::<PartialObjectMeta<$ty>>(&client, ns),
+                w.$field,
                 whole,
-                None,
-            ),
-            |pvc| {
-                let instance = pvc.labels().get(labels::INSTANCE).cloned()?;
-                Some(reflector::ObjectRef::new(&instance).within(&pvc.namespace()?))
-            },
-        )
+                by_generation(<$ty as k8s_openapi::Resource>::KIND),
+            ))
+        };
+        // Reconciles the installation its instance label names (it may have no owner).
+        (@one $c:ident, labelled, $ty:ty, $field:ident) => {
+            $c.watches_stream(
+                cached(api_for::<$ty>(&client, ns), w.$field, whole, None),
+                |o| {
+                    let instance = o.labels().get(labels::INSTANCE).cloned()?;
+                    Some(reflector::ObjectRef::new(&instance).within(&o.namespace()?))
+                },
+            )
+        };
+    }
+    child_kinds!(watch_children, controller);
+    controller
         .reconcile_all_on(crd_changes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

@@ -7,6 +7,10 @@
 //! job clusters through [`remote`]) and [`status`] (conditions from what was applied, pure).
 //! [`controller`] wires them to watches and runs them in order; [`controller::decide`] holds
 //! its pure decisions (requeue, Events, deletion).
+//!
+//! The kinds of children are listed once, in `builders::children::child_kinds!`: the
+//! `Children` lists, the watches and their caches ([`cache`]), apply, hold and prune, and the
+//! third-party CRDs watched are generated from that table.
 
 pub mod apply;
 pub mod bounded;

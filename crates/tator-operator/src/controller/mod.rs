@@ -791,8 +791,11 @@ pub async fn run(ctx: Arc<Context>) {
     let tds: Api<Watched> = api_for(&client, ns);
     let (reader, writer) = reflector::store();
     // Only spec changes (generation) trigger from the resource itself: our own status writes do not.
+    // Managed fields are never read: the copies do not keep them (with the status's, they were
+    // most of an installation's watched bytes).
     let trigger = watcher(tds, watcher::Config::default())
         .default_backoff()
+        .modify(|w: &mut Watched| w.meta_mut().managed_fields = None)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());

@@ -334,7 +334,11 @@ build_transcode() {
 }
 
 build_pgvector() {
-  [[ -x $pg_config ]] || { log "pgvector: $pg_config is missing: apt-get install postgresql-server-dev-15 (or pass --no-pgvector)"; return 1; }
+  # postgresql-client-15 ships pg_config too: the server headers are what pgvector needs.
+  [[ -x $pg_config && -f $("$pg_config" --includedir-server)/postgres.h ]] || {
+    log "pgvector: PostgreSQL 15's server headers are missing: apt-get install postgresql-server-dev-15 (or pass --no-pgvector)"
+    return 1
+  }
   reset_part pgvector
   unpack "$pgvector_archive" "$scratch"
   # with_llvm=no: no JIT bitcode, so clang is not needed; serial make (shared CPUs).

@@ -726,7 +726,7 @@ struct RequestRow {
 }
 
 /// Requests other than watches by "verb resource".
-fn by_resource(counts: &tator_operator::client::RequestCounts) -> BTreeMap<String, u64> {
+fn by_resource(counts: &RequestCounts) -> BTreeMap<String, u64> {
     counts
         .snapshot()
         .into_iter()
@@ -741,6 +741,32 @@ fn requests_total(m: &BTreeMap<String, u64>) -> u64 {
         .filter(|(v, _)| v.as_str() != "watch")
         .map(|(_, n)| n)
         .sum()
+}
+
+/// The operator's request counts and reconcile count before a case; `row` gives the case's share.
+struct Mark {
+    by_verb: BTreeMap<String, u64>,
+    reconciles: u64,
+    by_resource: BTreeMap<String, u64>,
+}
+
+impl Mark {
+    fn new(counts: &RequestCounts, ctx: &Context) -> Self {
+        Mark {
+            by_verb: counts.by_verb(),
+            reconciles: ctx.reconcile_count(),
+            by_resource: by_resource(counts),
+        }
+    }
+
+    fn row(self, case: &'static str, counts: &RequestCounts, ctx: &Context) -> RequestRow {
+        RequestRow {
+            case,
+            reconciles: ctx.reconcile_count() - self.reconciles,
+            counts: diff(&self.by_verb, &counts.by_verb()),
+            by_resource: diff(&self.by_resource, &by_resource(counts)),
+        }
+    }
 }
 
 /// Requests per reconcile, counted on the operator's side (in-process controller).
@@ -769,19 +795,15 @@ async fn requests(
 
     // Full apply: from creation to Ready and quiet.
     let server_before = server_counts(&admin).await?;
-    let (c0, r0, b0) = (
-        counts.by_verb(),
-        ctx.reconcile_count(),
-        by_resource(&counts),
-    );
+    let mark = Mark::new(&counts, &ctx);
     let td: TatorDeployment = serde_json::from_value(manifest("t", ns))?;
     tds.create(&PostParams::default(), &td).await?;
     wait_ready(&tds, "t").await?;
     settle(&ctx, Duration::from_secs(3), Duration::from_secs(30)).await;
-    let full = diff(&c0, &counts.by_verb());
+    let full = mark.row("full apply (create to Ready)", &counts, &ctx);
+    let full_apply = full.counts.get("apply").copied().unwrap_or(0);
+    rows.push(full);
     let server_after = server_counts(&admin).await?;
-    let server_apply = server_after.get("APPLY").copied().unwrap_or(0.0)
-        - server_before.get("APPLY").copied().unwrap_or(0.0);
     let mut server_diff = BTreeMap::new();
     for (k, v) in &server_after {
         let d = v - server_before.get(k).copied().unwrap_or(0.0);
@@ -789,20 +811,9 @@ async fn requests(
             server_diff.insert(k.clone(), d);
         }
     }
-    rows.push(RequestRow {
-        case: "full apply (create to Ready)",
-        reconciles: ctx.reconcile_count() - r0,
-        counts: full.clone(),
-        by_resource: diff(&b0, &by_resource(&counts)),
-    });
-    let _ = server_apply;
 
     // One field.
-    let (c0, r0, b0) = (
-        counts.by_verb(),
-        ctx.reconcile_count(),
-        by_resource(&counts),
-    );
+    let mark = Mark::new(&counts, &ctx);
     tds.patch(
         "t",
         &PatchParams::default(),
@@ -812,20 +823,15 @@ async fn requests(
     // The change rolls the UI Deployment: Ready goes False until its new pod is ready.
     wait_ready(&tds, "t").await?;
     settle(&ctx, Duration::from_secs(3), Duration::from_secs(30)).await;
-    rows.push(RequestRow {
-        case: "one-field change with a rollout (ui.replicas)",
-        reconciles: ctx.reconcile_count() - r0,
-        counts: diff(&c0, &counts.by_verb()),
-        by_resource: diff(&b0, &by_resource(&counts)),
-    });
+    rows.push(mark.row(
+        "one-field change with a rollout (ui.replicas)",
+        &counts,
+        &ctx,
+    ));
 
     // One field that rolls no pod: a maintenance CronJob's schedule. One child changes, and
     // nothing becomes unready.
-    let (c0, r0, b0) = (
-        counts.by_verb(),
-        ctx.reconcile_count(),
-        by_resource(&counts),
-    );
+    let mark = Mark::new(&counts, &ctx);
     tds.patch(
         "t",
         &PatchParams::default(),
@@ -836,20 +842,15 @@ async fn requests(
     .await?;
     wait_ready(&tds, "t").await?;
     settle(&ctx, Duration::from_secs(3), Duration::from_secs(30)).await;
-    rows.push(RequestRow {
-        case: "one-field change, no rollout (a CronJob's schedule)",
-        reconciles: ctx.reconcile_count() - r0,
-        counts: diff(&c0, &counts.by_verb()),
-        by_resource: diff(&b0, &by_resource(&counts)),
-    });
+    rows.push(mark.row(
+        "one-field change, no rollout (a CronJob's schedule)",
+        &counts,
+        &ctx,
+    ));
 
     // No-op: a foreign annotation on a child triggers a reconcile with nothing to do.
     settle(&ctx, Duration::from_secs(3), Duration::from_secs(30)).await;
-    let (c0, r0, b0) = (
-        counts.by_verb(),
-        ctx.reconcile_count(),
-        by_resource(&counts),
-    );
+    let mark = Mark::new(&counts, &ctx);
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), ns);
     cms.patch(
         "t-nginx-conf",
@@ -858,15 +859,9 @@ async fn requests(
     )
     .await?;
     settle(&ctx, Duration::from_secs(3), Duration::from_secs(30)).await;
-    rows.push(RequestRow {
-        case: "no-op (a child annotated by someone else)",
-        reconciles: ctx.reconcile_count() - r0,
-        counts: diff(&c0, &counts.by_verb()),
-        by_resource: diff(&b0, &by_resource(&counts)),
-    });
+    rows.push(mark.row("no-op (a child annotated by someone else)", &counts, &ctx));
     task.abort();
     delete_namespace(&admin, ns).await;
-    let full_apply = full.get("apply").copied().unwrap_or(0);
     Ok((rows, server_diff, full_apply))
 }
 

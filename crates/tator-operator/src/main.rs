@@ -219,6 +219,7 @@ async fn operate(
                 namespace: ns.clone(),
                 concurrency: args.concurrency,
                 resync: Duration::from_secs(600),
+                debounce: controller::DEBOUNCE,
                 overrides: args.overrides_policy,
                 secret_consent: args.secret_consent,
                 operator_namespace: std::env::var("POD_NAMESPACE")

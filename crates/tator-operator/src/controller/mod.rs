@@ -60,6 +60,10 @@ pub struct Settings {
     pub concurrency: u16,
     /// Requeue interval once Ready (a safety net: watches drive the work).
     pub resync: Duration,
+    /// How long an installation's reconcile waits for its events to settle: the watch events of
+    /// one step (a Deployment's rollout, a pod turning ready) come in bursts, and one reconcile
+    /// after the burst does what one per event would. Every new event restarts the wait.
+    pub debounce: Duration,
     /// What `podOverrides` may change.
     pub overrides: crate::overrides::Policy,
     /// Whether a Secret the spec names must consent (see [`crate::consent`]).
@@ -75,12 +79,16 @@ impl Default for Settings {
             namespace: None,
             concurrency: 4,
             resync: Duration::from_secs(600),
+            debounce: DEBOUNCE,
             overrides: crate::overrides::Policy::default(),
             secret_consent: consent::Mode::default(),
             operator_namespace: None,
         }
     }
 }
+
+/// The default [`Settings::debounce`].
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Shared state of every reconcile.
 pub struct Context {
@@ -873,7 +881,11 @@ pub async fn run(ctx: Arc<Context>) {
     }
     let by_generation = |kind| Some((ctx.caches.generations.clone(), kind));
     let controller = Controller::for_stream(trigger, reader)
-        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(settings.concurrency)
+                .debounce(settings.debounce),
+        )
         // Every watch backs off on its own (`default_backoff` above). The controller's joint
         // backoff over all of them would pause watches that are mid-request whenever another
         // one fails, and after an API server restart it never let them reconnect (the watches

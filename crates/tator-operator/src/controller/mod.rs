@@ -98,6 +98,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// When each TatorDeployment's dependencies were first seen unavailable.
     dependencies_down_since: Mutex<HashMap<String, std::time::Instant>>,
+    /// The status last written for each TatorDeployment, until the watch delivers it.
+    written: WrittenStatus,
     reconciles: AtomicU64,
     /// Reconciles ended (every write they made is done).
     finished: AtomicU64,
@@ -149,6 +151,7 @@ impl Context {
             settings,
             failures: Mutex::new(HashMap::new()),
             dependencies_down_since: Mutex::new(HashMap::new()),
+            written: WrittenStatus::default(),
             reconciles: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             caches,
@@ -205,6 +208,52 @@ impl Context {
 
 fn key(td: &TatorDeployment) -> String {
     format!("{}/{}", td.namespace().unwrap_or_default(), td.name_any())
+}
+
+fn meta_key(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The status the operator last wrote for each installation, with the resourceVersion of the
+/// object it was computed from. The next reconcile can start before the watch has delivered that
+/// write (a child's event queued meanwhile): while the watched copy still has that
+/// resourceVersion, nothing has changed it since but the write, so the status written is the
+/// current one. Comparing against the watched copy's older status would write the same status
+/// again and repeat its Events.
+#[derive(Default)]
+struct WrittenStatus(Mutex<HashMap<String, (String, TatorDeploymentStatus)>>);
+
+impl WrittenStatus {
+    fn record(&self, meta: &ObjectMeta, status: &TatorDeploymentStatus) {
+        let (Some(rv), Ok(mut map)) = (meta.resource_version.clone(), self.0.lock()) else {
+            return;
+        };
+        map.insert(meta_key(meta), (rv, status.clone()));
+    }
+
+    /// The status written from this very version of `td`, if the watch has not delivered it
+    /// yet; once it has (the resourceVersion moved on), the entry is dropped.
+    fn newer_than(&self, td: &TatorDeployment) -> Option<TatorDeploymentStatus> {
+        let mut map = self.0.lock().ok()?;
+        let key = key(td);
+        let (rv, _) = map.get(&key)?;
+        if td.meta().resource_version.as_ref() == Some(rv) {
+            map.get(&key).map(|(_, st)| st.clone())
+        } else {
+            map.remove(&key);
+            None
+        }
+    }
+
+    fn forget(&self, meta: &ObjectMeta) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(&meta_key(meta));
+        }
+    }
 }
 
 async fn publish(
@@ -272,6 +321,7 @@ async fn write_status_of(
     )
     .await
     .map_err(Error::Status)?;
+    ctx.written.record(meta, status);
     Ok(true)
 }
 
@@ -287,6 +337,18 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
     let td = match obj.as_ref() {
         Watched::Decoded(td) => td,
         Watched::Undecodable(u) => return undecodable(&ctx, &obj, u).await,
+    };
+    // The status this operator wrote last, when the watched copy does not have it yet.
+    let fresher;
+    let td = match ctx.written.newer_than(td) {
+        Some(status) => {
+            fresher = TatorDeployment {
+                status: Some(status),
+                ..(**td).clone()
+            };
+            &fresher
+        }
+        None => td,
     };
     let span = info_span!("reconcile", tator = %key(td), generation = td.meta().generation.unwrap_or_default());
     ctx.reconciles.fetch_add(1, Ordering::Relaxed);
@@ -801,9 +863,15 @@ pub async fn run(ctx: Arc<Context>) {
     // Only spec changes (generation) trigger from the resource itself: our own status writes do not.
     // Managed fields are never read: the copies do not keep them (with the status's, they were
     // most of an installation's watched bytes).
+    let forget = ctx.clone();
     let trigger = watcher(tds, watcher::Config::default())
         .default_backoff()
         .modify(|w: &mut Watched| w.meta_mut().managed_fields = None)
+        .inspect(move |e| {
+            if let Ok(watcher::Event::Delete(w)) = e {
+                forget.written.forget(w.meta());
+            }
+        })
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
@@ -941,4 +1009,40 @@ pub async fn run(ctx: Arc<Context>) {
         w.abort();
     }
     info!("controller stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(rv: &str, phase: &str) -> TatorDeployment {
+        let mut td = crate::test_fixtures::minimal("1.5.0");
+        td.metadata.namespace = Some("ns".into());
+        td.metadata.resource_version = Some(rv.into());
+        td.status = Some(TatorDeploymentStatus {
+            phase: Some(phase.into()),
+            ..Default::default()
+        });
+        td
+    }
+
+    #[test]
+    fn the_written_status_stands_until_the_watch_delivers_it() {
+        let written = WrittenStatus::default();
+        let before = at("10", "Progressing");
+        let ready = TatorDeploymentStatus {
+            phase: Some("Ready".into()),
+            ..Default::default()
+        };
+        assert_eq!(written.newer_than(&before), None);
+        written.record(before.meta(), &ready);
+        // The watched copy is still the one the status was computed from.
+        assert_eq!(written.newer_than(&before), Some(ready.clone()));
+        // The watch delivered the write (or anything newer): its copy counts, the entry goes.
+        assert_eq!(written.newer_than(&at("11", "Ready")), None);
+        assert_eq!(written.newer_than(&before), None);
+        written.record(before.meta(), &ready);
+        written.forget(before.meta());
+        assert_eq!(written.newer_than(&before), None);
+    }
 }

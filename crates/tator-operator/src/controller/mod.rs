@@ -207,7 +207,7 @@ impl Context {
 }
 
 fn key(td: &TatorDeployment) -> String {
-    format!("{}/{}", td.namespace().unwrap_or_default(), td.name_any())
+    meta_key(td.meta())
 }
 
 fn meta_key(meta: &ObjectMeta) -> String {
@@ -240,12 +240,12 @@ impl WrittenStatus {
     fn newer_than(&self, td: &TatorDeployment) -> Option<TatorDeploymentStatus> {
         let mut map = self.0.lock().ok()?;
         let key = key(td);
-        let (rv, _) = map.get(&key)?;
-        if td.meta().resource_version.as_ref() == Some(rv) {
-            map.get(&key).map(|(_, st)| st.clone())
-        } else {
-            map.remove(&key);
-            None
+        match map.get(&key)? {
+            (rv, st) if td.meta().resource_version.as_ref() == Some(rv) => Some(st.clone()),
+            _ => {
+                map.remove(&key);
+                None
+            }
         }
     }
 

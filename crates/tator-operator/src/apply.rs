@@ -94,7 +94,7 @@ async fn apply_all<K: Child + Cached>(
             // Nothing to send when the watched copy already has it: a no-op reconcile writes
             // nothing.
             match K::seen(caches, ns, &obj) {
-                Seen::Same(live) => return Ok(live),
+                Seen::Same(live) => return Ok(trimmed(live)),
                 Seen::Differs(_) | Seen::Missing => {}
                 // Not kept whole, and its generation is not the one remembered (someone changed
                 // its spec, or the operator just started): one read instead of a write.
@@ -105,7 +105,7 @@ async fn apply_all<K: Child + Cached>(
                     })?;
                     if let Some(live) = live.filter(|l| cache::unchanged(&obj, l)) {
                         K::remember(caches, &live);
-                        return Ok(live);
+                        return Ok(trimmed(live));
                     }
                 }
             }
@@ -114,10 +114,18 @@ async fn apply_all<K: Child + Cached>(
                 .await
                 .map_err(|source| Error::Apply { kind, name, source })?;
             K::remember(caches, &live);
-            Ok(live)
+            Ok(trimmed(live))
         }
     });
     futures::future::try_join_all(sends).await
+}
+
+/// A live object as the reconcile keeps it until its status is written: what the status reads,
+/// without what no copy keeps (`Cached::trim`). A hundred installations' reconciles held their
+/// children's managed fields and pod templates, several times what the watches keep.
+fn trimmed<K: Cached>(mut live: K) -> K {
+    live.trim();
+    live
 }
 
 fn held<K: Child + Cached>(
@@ -131,16 +139,16 @@ fn held<K: Child + Cached>(
         let name = obj.name_any();
         let kind = <K as k8s_openapi::Resource>::KIND;
         match K::seen(caches, ns, &obj) {
-            Seen::Same(live) => out.push(live),
+            Seen::Same(live) => out.push(trimmed(live)),
             Seen::Differs(Some(live)) => {
                 pending.push(format!("{kind}/{name}"));
-                out.push(live);
+                out.push(trimmed(live));
             }
             Seen::Differs(None) => pending.push(format!("{kind}/{name}")),
             Seen::Missing => pending.push(format!("{kind}/{name} (new)")),
             // Nothing is read while paused: a child not kept whole that carries the hash of
             // what would be sent is taken as unchanged.
-            Seen::Unknown(live) => out.push(live.unwrap_or(obj)),
+            Seen::Unknown(live) => out.push(trimmed(live.unwrap_or(obj))),
         }
     }
     out
@@ -238,7 +246,8 @@ async fn apply_dynamic(
         // These kinds are not watched: read the live copy, and send nothing when it already has
         // everything (a no-op reconcile writes nothing).
         match api.get_opt(&name).await {
-            Ok(Some(live)) if cache::unchanged(&obj, &live) => {
+            Ok(Some(mut live)) if cache::unchanged(&obj, &live) => {
+                live.metadata.managed_fields = None;
                 out.push(live);
                 continue;
             }
@@ -252,7 +261,10 @@ async fn apply_dynamic(
             }
         }
         match api.patch(&name, &params, &Patch::Apply(&obj)).await {
-            Ok(live) => out.push(live),
+            Ok(mut live) => {
+                live.metadata.managed_fields = None;
+                out.push(live);
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok((out, true)),
             Err(source) => return Err(Error::Apply { kind, name, source }),
         }

@@ -6,8 +6,8 @@
 //!
 //! - CronJobs (16 per installation, each with Tator's whole environment) are kept as metadata
 //!   only;
-//! - Deployments and StatefulSets are kept without their pod template's spec (their replicas,
-//!   labels and status, which the TatorDeployment's status reads, stay).
+//! - Deployments and StatefulSets are kept as their metadata, replicas and status (what the
+//!   TatorDeployment's status reads), without their pod template, selector or claim templates.
 //!
 //! Such a child is unchanged when its metadata still has what the operator sends and its
 //! `generation` (which the API server raises on every spec change, by anyone) is the one the
@@ -22,7 +22,8 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
+    apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec},
+    batch::v1::CronJob,
     core::v1::Secret,
 };
 use kube::{
@@ -35,7 +36,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tator_api::labels::INSTANCE;
 
-use crate::builders::children::{APPLIED_HASH_ANNOTATION, child_kinds};
+use crate::{
+    builders::children::{APPLIED_HASH_ANNOTATION, child_kinds},
+    workload::PROGRESS_DEADLINE_EXCEEDED,
+};
 
 /// The CRD's name: `<plural>.<group>`.
 pub fn crd_name(resource: &ApiResource) -> String {
@@ -207,6 +211,13 @@ pub trait Cached: Resource<DynamicType = ()> + Clone + Serialize + Sized + 'stat
     /// Records a live copy the operator applied or read whole.
     fn remember(_caches: Option<&Caches>, _live: &Self) {}
 
+    /// Drops what no copy keeps: the managed fields, and for the kinds not kept whole what
+    /// [`Slim`] drops. The watch trims the copies it keeps with it, and apply the live objects a
+    /// reconcile holds until its status is written.
+    fn trim(&mut self) {
+        self.meta_mut().managed_fields = None;
+    }
+
     /// The metadata of the watched children of this kind of one installation, once the watch has
     /// listed them all (None before, and for kinds without a watch).
     fn metas(caches: Option<&Caches>, ns: &str, instance: &str) -> Option<Vec<ObjectMeta>>;
@@ -337,16 +348,23 @@ impl Cached for Secret {
     }
 }
 
-/// Kinds kept without their pod template's spec (see the module documentation).
+/// Kinds not kept whole (see the module documentation): what stays is what the status reads.
 pub trait Slim: Resource {
-    /// Drops what the cache does not keep.
+    /// Drops what the copies do not keep.
     fn slim(&mut self);
 }
 
 impl Slim for Deployment {
     fn slim(&mut self) {
         if let Some(spec) = self.spec.as_mut() {
-            spec.template.spec = None;
+            *spec = DeploymentSpec {
+                replicas: spec.replicas,
+                ..Default::default()
+            };
+        }
+        // Of its conditions only a stalled rollout's is read (`Workload`).
+        if let Some(conditions) = self.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            conditions.retain(|c| c.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED));
         }
     }
 }
@@ -354,8 +372,21 @@ impl Slim for Deployment {
 impl Slim for StatefulSet {
     fn slim(&mut self) {
         if let Some(spec) = self.spec.as_mut() {
-            spec.template.spec = None;
+            *spec = StatefulSetSpec {
+                replicas: spec.replicas,
+                ..Default::default()
+            };
         }
+        if let Some(status) = self.status.as_mut() {
+            status.conditions = None;
+        }
+    }
+}
+
+/// CronJobs are watched as metadata only; the live ones a reconcile holds keep no more.
+impl Slim for CronJob {
+    fn slim(&mut self) {
+        self.spec = None;
     }
 }
 
@@ -388,6 +419,11 @@ macro_rules! by_generation {
                     c.generations
                         .remember(<$kind as k8s_openapi::Resource>::KIND, live.meta());
                 }
+            }
+
+            fn trim(&mut self) {
+                self.meta_mut().managed_fields = None;
+                self.slim();
             }
 
             fn metas(caches: Option<&Caches>, ns: &str, instance: &str) -> Option<Vec<ObjectMeta>> {
@@ -509,22 +545,54 @@ mod tests {
     }
 
     #[test]
-    fn slim_copies_keep_replicas_labels_and_status() {
+    fn slim_copies_keep_what_the_status_reads() {
         let mut d: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": "tator-api", "labels": {"a": "b"}},
-            "spec": {"replicas": 3, "selector": {}, "template": {
+            "metadata": {"name": "tator-api", "generation": 4, "labels": {"a": "b"},
+                         "managedFields": [{"manager": "tator-operator"}]},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"a": "b"}}, "template": {
                 "metadata": {"labels": {"a": "b"}},
                 "spec": {"containers": [{"name": "api", "image": "x"}]}}},
-            "status": {"readyReplicas": 2}
+            "status": {"readyReplicas": 2, "replicas": 3, "updatedReplicas": 2,
+                       "observedGeneration": 4, "conditions": [
+                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                 "message": "too slow"}]}
         }))
         .unwrap();
-        d.slim();
+        let read = crate::workload::Workload::of_deployment(&d);
+        Cached::trim(&mut d);
+        assert_eq!(crate::workload::Workload::of_deployment(&d), read);
+        assert_eq!(read.stalled.as_deref(), Some("too slow"));
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(3));
-        assert!(spec.template.spec.is_none());
-        assert!(spec.template.metadata.is_some());
-        assert_eq!(d.status.unwrap().ready_replicas, Some(2));
-        assert_eq!(d.metadata.labels.unwrap()["a"], "b");
+        assert!(spec.template.spec.is_none() && spec.template.metadata.is_none());
+        assert!(spec.selector.match_labels.is_none());
+        assert_eq!(
+            d.status
+                .as_ref()
+                .unwrap()
+                .conditions
+                .as_ref()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(d.metadata.labels.as_ref().unwrap()["a"], "b");
+        assert!(d.metadata.managed_fields.is_none());
+
+        let mut s: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": "tator-postgis", "generation": 2},
+            "spec": {"replicas": 1, "serviceName": "x", "selector": {}, "template": {
+                "spec": {"containers": [{"name": "db", "image": "x"}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}}]},
+            "status": {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1,
+                       "observedGeneration": 2}
+        }))
+        .unwrap();
+        let read = crate::workload::Workload::of_stateful_set(&s);
+        Cached::trim(&mut s);
+        assert_eq!(crate::workload::Workload::of_stateful_set(&s), read);
+        assert!(s.spec.as_ref().unwrap().volume_claim_templates.is_none());
     }
 
     #[test]

@@ -4,6 +4,9 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 
+/// The reason of a Deployment's `Progressing` condition once its rollout stalled.
+pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+
 /// What the API server says of a workload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
@@ -25,7 +28,7 @@ impl Workload {
     pub fn of_deployment(d: &Deployment) -> Self {
         let st = d.status.clone().unwrap_or_default();
         let stalled = st.conditions.unwrap_or_default().into_iter().find_map(|c| {
-            (c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+            (c.type_ == "Progressing" && c.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED))
                 .then(|| {
                     c.message
                         .unwrap_or_else(|| "progress deadline exceeded".into())

@@ -29,7 +29,7 @@ pub fn applied_hash<K: Serialize>(obj: &K) -> String {
 /// - `whole`: watched and kept whole, compared field by field; a change reconciles the owner.
 /// - `labelled`: as `whole`, but a change reconciles the installation named by the instance
 ///   label (claims: a retaining deletion policy leaves them without an owner).
-/// - `slim`: watched without the pod template's spec, compared by generation (`cache`).
+/// - `slim`: watched as metadata, replicas and status, compared by generation (`cache`).
 /// - `meta`: watched as metadata only, compared by generation.
 /// - `crd(resource, "Kind")`: a third-party kind, applied when its CRD is installed; the
 ///   operator watches the CRD, not the objects, and reads them before writing.

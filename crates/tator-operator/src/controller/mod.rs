@@ -34,7 +34,7 @@ pub mod decide;
 pub mod fetch;
 pub mod job_clusters;
 
-use crate::cache::{CacheWriters, Caches, Generations, Slim};
+use crate::cache::{CacheWriters, Cached, Caches, Generations};
 use crate::metrics::Metrics;
 use crate::watched::{Unreadable, Watched};
 use crate::{
@@ -939,13 +939,10 @@ pub async fn run(ctx: Arc<Context>) {
             .reflect(writer)
             .touched_objects()
     }
-    // Managed fields are never compared: no copy keeps them.
-    fn whole<K: Resource>(o: &mut K) {
+    // Managed fields are never compared: no copy keeps them (`Cached::trim` for the kinds kept
+    // as objects, this for those kept as metadata).
+    fn meta_only<K: Resource>(o: &mut K) {
         o.meta_mut().managed_fields = None;
-    }
-    fn slim<K: Resource + Slim>(o: &mut K) {
-        whole(o);
-        o.slim();
     }
     let by_generation = |kind| Some((ctx.caches.generations.clone(), kind));
     let controller = Controller::for_stream(trigger, reader)
@@ -969,13 +966,13 @@ pub async fn run(ctx: Arc<Context>) {
         (@one $c:ident, composed, $ty:ty, $field:ident) => { $c };
         (@one $c:ident, crd, $ty:ty, $field:ident) => { $c };
         (@one $c:ident, whole, $ty:ty, $field:ident) => {
-            $c.owns_stream(cached(api_for::<$ty>(&client, ns), w.$field, whole, None))
+            $c.owns_stream(cached(api_for::<$ty>(&client, ns), w.$field, <$ty as Cached>::trim, None))
         };
         (@one $c:ident, slim, $ty:ty, $field:ident) => {
             $c.owns_stream(cached(
                 api_for::<$ty>(&client, ns),
                 w.$field,
-                slim,
+                <$ty as Cached>::trim,
                 by_generation(<$ty as k8s_openapi::Resource>::KIND),
             ))
         };
@@ -983,14 +980,14 @@ pub async fn run(ctx: Arc<Context>) {
             $c.owns_stream(cached(
                 api_for::<PartialObjectMeta<$ty>>(&client, ns),
                 w.$field,
-                whole,
+                meta_only,
                 by_generation(<$ty as k8s_openapi::Resource>::KIND),
             ))
         };
         // Reconciles the installation its instance label names (it may have no owner).
         (@one $c:ident, labelled, $ty:ty, $field:ident) => {
             $c.watches_stream(
-                cached(api_for::<$ty>(&client, ns), w.$field, whole, None),
+                cached(api_for::<$ty>(&client, ns), w.$field, <$ty as Cached>::trim, None),
                 |o| {
                     let instance = o.labels().get(labels::INSTANCE).cloned()?;
                     Some(reflector::ObjectRef::new(&instance).within(&o.namespace()?))

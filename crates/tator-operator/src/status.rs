@@ -29,6 +29,7 @@ use crate::{
     },
     dependencies::Dependencies,
     validate::{ValidatedTator, VersionPlan},
+    workload::{PROGRESS_DEADLINE_EXCEEDED, Workload},
 };
 
 /// One condition before timestamps are attached.
@@ -100,12 +101,12 @@ fn deployment_cond(type_: &str, deps: &[&Deployment], waiting_for_migration: boo
     let mut msgs = Vec::new();
     let mut all_ok = true;
     for d in deps {
-        let s = crate::workload::Workload::of_deployment(d);
+        let s = Workload::of_deployment(d);
         if let Some(why) = &s.stalled {
             return Cond::new(
                 type_,
                 false,
-                "ProgressDeadlineExceeded",
+                PROGRESS_DEADLINE_EXCEEDED,
                 format!("{}: {why}", d.name_any()),
             );
         }
@@ -456,8 +457,8 @@ pub fn compute(
     if stalled.is_none() {
         stalled = conds
             .iter()
-            .find(|c| c.reason == "ProgressDeadlineExceeded")
-            .map(|c| ("ProgressDeadlineExceeded".to_string(), c.message.clone()));
+            .find(|c| c.reason == PROGRESS_DEADLINE_EXCEEDED)
+            .map(|c| (PROGRESS_DEADLINE_EXCEEDED.to_string(), c.message.clone()));
     }
     let not_ready: Vec<&Cond> = conds.iter().filter(|c| !c.ok).collect();
     let all_ok = not_ready.is_empty();
@@ -505,7 +506,7 @@ pub fn compute(
     };
     let mut components = BTreeMap::new();
     for d in &applied.deployments {
-        let s = crate::workload::Workload::of_deployment(d);
+        let s = Workload::of_deployment(d);
         components.insert(
             component_of(d),
             ComponentStatus {
